@@ -1,0 +1,31 @@
+"""Every Redis key attentive-relay uses, in one place.
+
+All keys share the ``relay:`` prefix except the Celery queue itself, whose name is the
+queue name (kombu's Redis transport keeps a queue as a plain list under that name).
+"""
+
+from __future__ import annotations
+
+PREFIX = "relay:"
+
+STATS = PREFIX + "stats"
+"""Hash of counters: enqueued, delivered, retries, replayed, dead:<reason>."""
+
+SCHEDULE = PREFIX + "schedule"
+"""Sorted set of job ids waiting for a retry, scored by due time (epoch milliseconds)."""
+
+LEASES = PREFIX + "leases"
+"""Sorted set of job ids being delivered, scored by lease expiry (epoch milliseconds)."""
+
+DEAD_INDEX = PREFIX + "dead"
+"""Sorted set of dead-lettered job ids, scored by when they were dead-lettered."""
+
+
+def job(job_id: str) -> str:
+    """Hash holding one live job: its JSON, state, ticket, attempts."""
+    return f"{PREFIX}job:{job_id}"
+
+
+def dead(job_id: str) -> str:
+    """String holding one dead-letter entry as JSON."""
+    return f"{PREFIX}dead:{job_id}"

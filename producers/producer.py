@@ -1,0 +1,69 @@
+"""The producer: validate a job, stamp it, and queue it atomically."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from producers.errors import InvalidJob
+from producers.queue import new_job_id, push_jobs
+from producers.settings import Settings
+from producers.validation import job_json, parse_job
+
+if TYPE_CHECKING:
+    import redis
+
+
+class Producer:
+    """Queues jobs for delivery. Thread-safe; one per process is plenty.
+
+    ``client`` is a redis-py client; by default one is built from ``settings.redis_url``
+    on first use (no connection is opened before the first enqueue).
+    """
+
+    def __init__(self, settings: Settings | None = None, client: redis.Redis | None = None) -> None:
+        self.settings = settings or Settings()
+        self._client = client
+
+    @property
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            import redis
+
+            self._client = redis.Redis.from_url(self.settings.redis_url)
+        return self._client
+
+    def prepare(self, job: Any, now: datetime | None = None) -> tuple[str, str, str]:
+        """Validate and stamp one job: (job_id, kind, job_json). Raises `InvalidJob`."""
+        model = parse_job(job, self.settings, now or datetime.now(UTC), at_enqueue=True)
+        return new_job_id(), model.kind, job_json(model)  # type: ignore[attr-defined]
+
+    def enqueue(self, job: Any) -> str:
+        """Validate ``job`` (dict, JSON text or model), queue it, and return its job id.
+
+        Raises `InvalidJob` (a ``ValueError``) listing every problem; nothing is queued then.
+        Raises ``redis.RedisError`` when Redis cannot be reached; nothing is queued then either.
+        """
+        prepared = self.prepare(job)
+        push_jobs(self.client, self.settings.attentive_queue, [prepared])
+        return prepared[0]
+
+    def enqueue_many(self, jobs: Iterable[Any]) -> list[str | InvalidJob]:
+        """Queue every valid job in one round trip; invalid ones come back as their `InvalidJob`.
+
+        The result lines up with the input: a job id or the error for each job.
+        """
+        results: list[str | InvalidJob] = []
+        ready: list[tuple[str, str, str]] = []
+        now = datetime.now(UTC)
+        for job in jobs:
+            try:
+                prepared = self.prepare(job, now)
+            except InvalidJob as err:
+                results.append(err)
+                continue
+            ready.append(prepared)
+            results.append(prepared[0])
+        push_jobs(self.client, self.settings.attentive_queue, ready)
+        return results

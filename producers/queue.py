@@ -1,0 +1,104 @@
+"""What goes on the queue, and the atomic enqueue.
+
+The broker message carries only the job id; the job itself (with its personal data) sits in
+a Redis hash (`producers.keys.job`). So Flower, broker events and Celery's logs see ids,
+never phone numbers or emails.
+
+Messages are written straight into kombu's Redis list in Celery's message protocol v2,
+in the same MULTI/EXEC as the job record and the ``enqueued`` counter: either all three
+happen or none does, and a producer does not need Celery (heavy to import, slow to send).
+The worker's promoter builds its messages from the same template.
+
+Each message's task id is a *ticket* ``<job_id>.<round>``. The job record holds the ticket
+that may run it; a copy of an older message (kombu restoring an unacked message, a
+duplicate push) carries an older ticket and is ignored. That fencing is what makes a
+crash-restored or promoted message run at most once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from producers import keys
+
+if TYPE_CHECKING:
+    import redis
+
+TASK_NAME = "attentive.deliver"
+JOB_PLACEHOLDER = "@JOB@"
+TICKET_PLACEHOLDER = "@TICKET@"
+KIND_PLACEHOLDER = "@KIND@"
+
+
+def ticket_for(job_id: str, round_: int) -> str:
+    return f"{job_id}.{round_}"
+
+
+def celery_message(job_id: str, ticket: str, queue: str, kind: str = "") -> str:
+    """A Celery protocol v2 message, as kombu's Redis transport stores it, for one delivery.
+
+    The body is plain JSON (no ``body_encoding``), which kombu passes through unchanged.
+    ``argsrepr`` is what Flower displays: the job id and kind, nothing personal.
+    """
+    body = json.dumps([[job_id], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+    return json.dumps({
+        "body": body,
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py", "task": TASK_NAME, "id": ticket, "shadow": None, "eta": None, "expires": None,
+            "group": None, "group_index": None, "retries": 0, "timelimit": [None, None],
+            "root_id": ticket, "parent_id": None, "argsrepr": f"('{job_id}',) {kind}".rstrip(),
+            "kwargsrepr": "{}", "origin": "attentive-relay", "ignore_result": True,
+        },
+        "properties": {
+            "correlation_id": ticket, "reply_to": "", "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0, "delivery_tag": ticket,
+        },
+    }, separators=(",", ":"))
+
+
+def message_template(queue: str) -> str:
+    """`celery_message` with placeholders, for the promoter's Lua script to fill in."""
+    return celery_message(JOB_PLACEHOLDER, TICKET_PLACEHOLDER, queue, KIND_PLACEHOLDER)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def job_record(job_json: str, kind: str, now_ms: int, round_: int = 0) -> dict[str, Any]:
+    """The fields of a freshly queued job's hash."""
+    return {
+        "job": job_json, "kind": kind, "state": "queued", "round": round_,
+        "attempts": 0, "history": "[]", "first_seen": now_ms,
+    }
+
+
+def add_job(pipe: redis.client.Pipeline, queue: str, job_id: str, record: Mapping[str, Any]) -> None:
+    """Add to ``pipe`` the commands that store a job record and queue its message.
+
+    The record's ``round`` picks the ticket; the caller executes the pipeline, so storing
+    and queueing happen together or not at all.
+    """
+    ticket = ticket_for(job_id, int(record["round"]))
+    pipe.hset(keys.job(job_id), mapping={**record, "ticket": ticket})
+    pipe.lpush(queue, celery_message(job_id, ticket, queue, str(record.get("kind", ""))))
+
+
+def push_jobs(client: redis.Redis, queue: str, jobs: Iterable[tuple[str, str, str]]) -> None:
+    """Store and queue new jobs in one MULTI/EXEC: ``jobs`` yields (job_id, kind, job_json)."""
+    now_ms = int(time.time() * 1000)
+    pipe = client.pipeline(transaction=True)
+    n = 0
+    for job_id, kind, data in jobs:
+        add_job(pipe, queue, job_id, job_record(data, kind, now_ms))
+        n += 1
+    if n:
+        pipe.hincrby(keys.STATS, "enqueued", n)
+        pipe.execute()

@@ -1,0 +1,67 @@
+"""The one settings object, read from the environment once and passed explicitly.
+
+The environment variable names are part of the contract (other tools set them).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All knobs. Build it once (``Settings()``) and hand it to what needs it."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    redis_url: str = "redis://localhost:6379/0"
+    """Broker and all state: jobs, the retry schedule, dead letters, counters."""
+
+    attentive_api_token: SecretStr | None = None
+    """Bearer token. Only the worker needs it; producers never read it."""
+
+    attentive_base_url: str = "https://api.attentivemobile.com"
+
+    attentive_freshness_hours: float = Field(12.0, gt=0)
+    """Events older than this are never sent: Attentive accepts them and discards them."""
+
+    attentive_max_attempts: int = Field(12, ge=1, le=100)
+    """Delivery attempts (first one included) before a transient failure is dead-lettered."""
+
+    attentive_backoff_base_s: float = Field(5.0, gt=0)
+    attentive_backoff_max_s: float = Field(1800.0, gt=0)
+    """Backoff before attempt n+1 is uniform in [0, min(max, base * 2**(n-1))] (full jitter)."""
+
+    attentive_timeout_s: float = Field(10.0, gt=0, le=120)
+    """Whole-request HTTP timeout for one call to Attentive."""
+
+    attentive_default_region: str = Field("US", min_length=2, max_length=2)
+    """Region used to read phone numbers written without a +country code."""
+
+    attentive_lease_s: float = Field(60.0, ge=5, le=3600)
+    """How long one delivery may take before another worker assumes it died and takes over.
+
+    The task's hard time limit and the broker's visibility timeout are derived from it, so a
+    live delivery is never taken over and a dead one comes back within about this long.
+    """
+
+    attentive_queue: str = Field("attentive", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    """Celery queue the deliveries go through."""
+
+    attentive_future_skew_s: float = Field(300.0, ge=0)
+    """How far in the future an ``occurredAt`` may be (clock skew between hosts)."""
+
+    attentive_dead_letter_retention_days: float = Field(30.0, gt=0)
+    """Dead-letter entries expire after this long (they hold personal data)."""
+
+    @model_validator(mode="after")
+    def _lease_covers_a_request(self) -> Settings:
+        if self.attentive_lease_s < self.attentive_timeout_s + 10:
+            raise ValueError("ATTENTIVE_LEASE_S must be at least ATTENTIVE_TIMEOUT_S + 10")
+        if self.attentive_backoff_max_s < self.attentive_backoff_base_s:
+            raise ValueError("ATTENTIVE_BACKOFF_MAX_S must be at least ATTENTIVE_BACKOFF_BASE_S")
+        return self
+
+    @property
+    def freshness_s(self) -> float:
+        return self.attentive_freshness_hours * 3600.0

@@ -1,0 +1,130 @@
+"""From untrusted input to a valid job, or an `InvalidJob` listing every problem.
+
+Shape rules live in the models (`producers.jobs`); this module adds the rules that need the
+clock and the settings (freshness, clock skew), stamps what a producer left out, and turns
+pydantic's errors into `Problem` values that name the field and the rule but never the value.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from producers import freshness, rules
+from producers.errors import InvalidJob, Problem
+from producers.jobs import Job
+from producers.settings import Settings
+
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(Job)
+_KIND_ERRORS = {"union_tag_not_found", "union_tag_invalid", "model_attributes_type"}
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def problems_of(err: ValidationError) -> list[Problem]:
+    """pydantic errors as field/rule pairs, without the offending values."""
+    problems = []
+    errors = err.errors(include_url=False, include_input=False, include_context=False)
+    failed = [tuple(e["loc"]) for e in errors if e["type"] != "too_short"]
+    for e in errors:
+        loc = tuple(e["loc"])
+        if e["type"] == "too_short" and any(f[: len(loc)] == loc and len(f) > len(loc) for f in failed):
+            continue  # an array whose members failed: the members' own problems say it
+        if e["type"] in _KIND_ERRORS and len(loc) == 0:
+            problems.append(Problem("kind", "must be one of custom_event, custom_attributes, product_view, "
+                                            "add_to_cart, purchase, identity"))
+            continue
+        if e["type"] == "union_tag_invalid":
+            problems.append(Problem("kind", "must be one of custom_event, custom_attributes, product_view, "
+                                            "add_to_cart, purchase, identity"))
+            continue
+        if loc and isinstance(loc[0], str) and loc[0] in _TAGS:
+            loc = loc[1:]
+        msg = e["msg"].removeprefix("Value error, ")
+        msg = _PLAIN.get(e["type"], msg)
+        problems.append(Problem(_path(loc), msg))
+    return problems
+
+
+_PLAIN = {
+    "extra_forbidden": "is not a field Attentive accepts here",
+    "tuple_type": "must be an array",
+    "missing": "is required",
+    "dict_type": "must be an object",
+    "model_type": "must be an object",
+    "string_type": "must be a string",
+}
+_TAGS = {"custom_event", "custom_attributes", "product_view", "add_to_cart", "purchase", "identity"}
+
+
+def _decode(data: Any) -> Any:
+    if isinstance(data, BaseModel):
+        return data.model_dump(mode="json", exclude_none=True)
+    if isinstance(data, str | bytes | bytearray):
+        if len(data) > rules.MAX_JOB_BYTES:
+            raise InvalidJob([Problem("", f"job is larger than {rules.MAX_JOB_BYTES} bytes")])
+        try:
+            data = json.loads(data)
+        except (ValueError, RecursionError):
+            raise InvalidJob([Problem("", "not valid JSON")]) from None
+    if not isinstance(data, dict):
+        raise InvalidJob([Problem("", "a job must be a JSON object")])
+    return data
+
+
+def parse_job(data: Any, settings: Settings, now: datetime, *, at_enqueue: bool) -> BaseModel:
+    """Validate ``data`` (dict, JSON text or model) into a job model.
+
+    At enqueue (``at_enqueue=True``) an event without ``occurredAt`` gets ``now`` and one
+    without ``externalEventId`` gets a UUID, and an event already past the freshness window
+    is refused. At delivery nothing is stamped and staleness is left to the freshness check,
+    which dead-letters as ``stale`` rather than ``invalid``.
+
+    Raises `InvalidJob` with every problem found.
+    """
+    raw = _decode(data)
+    if at_enqueue and raw.get("kind") in freshness.EVENT_KINDS:
+        raw = dict(raw)
+        if raw.get("occurredAt") in (None, ""):
+            raw["occurredAt"] = now.isoformat()
+        if raw.get("kind") == "custom_event" and raw.get("externalEventId") in (None, ""):
+            raw["externalEventId"] = str(uuid.uuid4())
+    try:
+        job = _ADAPTER.validate_python(raw, context={"region": settings.attentive_default_region})
+    except ValidationError as err:
+        raise InvalidJob(problems_of(err)) from None
+    except RecursionError:
+        raise InvalidJob([Problem("", f"nested deeper than {rules.MAX_DEPTH} levels")]) from None
+    problems = _time_problems(job, settings, now, at_enqueue=at_enqueue)
+    if problems:
+        raise InvalidJob(problems)
+    return job
+
+
+def _time_problems(job: BaseModel, settings: Settings, now: datetime, *, at_enqueue: bool) -> list[Problem]:
+    occurred = getattr(job, "occurredAt", None)
+    if occurred is None:
+        return []
+    if occurred > now + timedelta(seconds=settings.attentive_future_skew_s):
+        return [Problem("occurredAt", f"is more than {settings.attentive_future_skew_s:g} s in the future")]
+    if at_enqueue and freshness.is_stale(occurred, now, settings.freshness_s):
+        return [Problem("occurredAt", f"is older than the {settings.attentive_freshness_hours:g} h freshness "
+                                      "window: Attentive would accept it and drop it")]
+    return []
+
+
+def job_json(job: BaseModel) -> str:
+    """The job as stored and replayed: compact JSON, nulls left out, ``kind`` kept."""
+    out = job.model_dump_json(exclude_none=True)
+    if len(out) > rules.MAX_JOB_BYTES:
+        raise InvalidJob([Problem("", f"job is larger than {rules.MAX_JOB_BYTES} bytes")])
+    return out

@@ -1,0 +1,113 @@
+"""The Celery app and its configuration, and the per-process runtime the task uses.
+
+Configuration choices, and why (see ../README.md, "Operations"):
+
+- JSON only (no pickle), results ignored: a delivery's outcome lives in Redis counters and
+  the dead-letter store, not in a result backend.
+- ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged after the
+  attempt is recorded, and requeued if the pool process dies.
+- ``worker_disable_prefetch`` and a prefetch multiplier of 1: a worker holds only messages it
+  is running, so the queue length is the real backlog and nothing waits in memory.
+- The visibility timeout and the hard time limit derive from ``ATTENTIVE_LEASE_S``: an
+  attempt is killed before its lease ends (so a live delivery is never taken over), and the
+  unacked restore sweep runs every 5 s instead of every 100 s.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import redis
+from celery import Celery, signals
+
+from producers.queue import TASK_NAME
+from producers.settings import Settings
+from worker.attentive import AttentiveClient
+from worker.delivery import Delivery
+from worker.jobstore import JobStore
+from worker.schedule import Promoter
+
+log = logging.getLogger("attentive_relay.worker")
+
+
+def configure(app: Celery, settings: Settings) -> None:
+    lease = settings.attentive_lease_s
+    app.conf.update(
+        broker_url=settings.redis_url,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": int(lease + 30),
+            "unacked_restore_interval": 5,
+            "unacked_restore_throttle": 1,
+        },
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_default_queue=settings.attentive_queue,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_time_limit=int(lease - 5),
+        worker_prefetch_multiplier=1,
+        worker_disable_prefetch=True,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+    )
+
+
+class Runtime:
+    """What one worker process needs, built once on first use (after the pool forks)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+        self.store = JobStore(self.redis, settings.attentive_queue, int(settings.attentive_lease_s * 1000),
+                              int(settings.attentive_dead_letter_retention_days * 86_400_000))
+        self.client = AttentiveClient(settings)
+        self.delivery = Delivery(settings, self.client, self.store)
+
+
+settings = Settings()
+app = Celery("attentive_relay", set_as_current=True)
+configure(app, settings)
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+_promoter: Promoter | None = None
+
+
+def runtime() -> Runtime:
+    global _runtime
+    if _runtime is None:
+        with _runtime_lock:
+            if _runtime is None:
+                _runtime = Runtime(settings)
+    return _runtime
+
+
+@signals.worker_process_init.connect
+def _fresh_runtime_after_fork(**_: object) -> None:
+    # Sockets and pools must not be shared across a fork.
+    global _runtime
+    _runtime = None
+
+
+@signals.worker_ready.connect
+def _start_promoter(**_: object) -> None:
+    global _promoter
+    _promoter = Promoter(Runtime(settings).store)
+    _promoter.start()
+    if settings.attentive_api_token is None:
+        log.error("ATTENTIVE_API_TOKEN is not set: every delivery will be dead-lettered as 'unauthorized'")
+
+
+@signals.worker_shutdown.connect
+def _stop_promoter(**_: object) -> None:
+    if _promoter is not None:
+        _promoter.stop()
+
+
+__all__ = ["TASK_NAME", "app", "runtime", "settings"]

@@ -1,0 +1,230 @@
+"""``attentive-relay``: enqueue jobs, read counters, work the dead-letter queue, run the sandbox
+and the demo. Output with ``--json`` is part of the contract: keys stay stable.
+
+Exit status: 0 on success, 1 when some input was invalid or an entry was not found, 2 on usage
+errors (typer's), 3 when Redis cannot be reached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import redis
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from producers.errors import InvalidJob, Problem
+from producers.producer import Producer
+from producers.queue import push_jobs
+from producers.rules import MAX_JOB_BYTES
+from producers.settings import Settings
+
+cli = typer.Typer(help="Deliver customer events and attributes to Attentive through Redis and Celery.",
+                  no_args_is_help=True, add_completion=False)
+dlq = typer.Typer(help="Inspect, replay and purge dead-lettered jobs.", no_args_is_help=True)
+cli.add_typer(dlq, name="dlq")
+out = Console()
+err = Console(stderr=True)
+BATCH = 500
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Only entries with this reason.")]
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _client(settings: Settings) -> redis.Redis:
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        err.print(f"[red]cannot reach Redis at REDIS_URL ({type(exc).__name__})[/red]")
+        raise typer.Exit(3) from None
+    return client
+
+
+def _lines(source: str) -> Iterator[tuple[int, str]]:
+    stream = sys.stdin if source == "-" else Path(source).open(encoding="utf-8", errors="replace")  # noqa: SIM115
+    with stream:
+        for number, line in enumerate(stream, 1):
+            if line.strip():
+                yield number, line
+
+
+@cli.command()
+def enqueue(
+    source: Annotated[str, typer.Argument(help="NDJSON file, one job per line; - for stdin.")] = "-",
+    as_json: JsonFlag = False,
+) -> None:
+    """Validate and queue jobs from NDJSON. Invalid lines are reported; the rest are queued."""
+    settings = _settings()
+    producer = Producer(settings, _client(settings))
+    enqueued = invalid = 0
+    batch: list[tuple[str, str, str]] = []
+    for number, line in _lines(source):
+        try:
+            if len(line) > MAX_JOB_BYTES:
+                raise InvalidJob([Problem("", f"line is longer than {MAX_JOB_BYTES} bytes")])
+            batch.append(producer.prepare(line))
+        except InvalidJob as exc:
+            invalid += 1
+            err.print(f"line {number}: {exc}", markup=False, highlight=False)
+        if len(batch) >= BATCH:
+            push_jobs(producer.client, settings.attentive_queue, batch)
+            enqueued += len(batch)
+            batch = []
+    push_jobs(producer.client, settings.attentive_queue, batch)
+    enqueued += len(batch)
+    if as_json:
+        print(json.dumps({"enqueued": enqueued, "invalid": invalid}))
+    else:
+        out.print(f"enqueued {enqueued}, invalid {invalid}")
+    raise typer.Exit(1 if invalid else 0)
+
+
+@cli.command()
+def stats(as_json: JsonFlag = False) -> None:
+    """Counters by outcome and the current queue depths."""
+    from worker.counters import stats as read_stats
+
+    settings = _settings()
+    data = read_stats(_client(settings), settings.attentive_queue)
+    if as_json:
+        print(json.dumps(data))
+        return
+    table = Table(title="attentive-relay", show_header=False)
+    for key, value in data.items():
+        if key == "dead_letter":
+            for reason, count in value.items():
+                table.add_row(f"dead_letter.{reason}", str(count))
+        else:
+            table.add_row(key, str(value))
+    out.print(table)
+
+
+def _dead_letters() -> Any:
+    from worker.deadletter import DeadLetters
+
+    settings = _settings()
+    return DeadLetters(_client(settings), settings)
+
+
+def _select(store: Any, ids: list[str], all_: bool, reason: str | None) -> list[str]:
+    if ids and all_:
+        raise typer.BadParameter("give job ids or --all, not both")
+    if not ids and not all_:
+        raise typer.BadParameter("give job ids or --all")
+    return ids if ids else store.ids(reason)
+
+
+@dlq.command("list")
+def dlq_list(reason: ReasonOpt = None, limit: int = 100, as_json: JsonFlag = False) -> None:
+    """Dead-lettered jobs, newest first (without their personal data)."""
+    entries = _dead_letters().list(reason, limit)
+    rows = [{k: e.get(k) for k in ("job_id", "reason", "status", "detail", "first_seen", "last_seen")}
+            | {"kind": e["job"].get("kind") if isinstance(e["job"], dict) else None,
+               "attempts": len([a for a in e.get("attempts", []) if "attempt" in a])} for e in entries]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table("job_id", "kind", "reason", "status", "attempts", "last_seen", "detail")
+    for r in rows:
+        table.add_row(r["job_id"], str(r["kind"]), r["reason"], str(r["status"] or ""), str(r["attempts"]),
+                      r["last_seen"], (r["detail"] or "")[:80])
+    out.print(table)
+
+
+@dlq.command("show")
+def dlq_show(job_id: str) -> None:
+    """One entry in full, as JSON (it includes the job and so its personal data)."""
+    entry = _dead_letters().show(job_id)
+    if entry is None:
+        err.print(f"no dead-letter entry {job_id}")
+        raise typer.Exit(1)
+    print(json.dumps(entry, indent=2))
+
+
+@dlq.command("replay")
+def dlq_replay(ids: Annotated[list[str] | None, typer.Argument()] = None,
+               all_: Annotated[bool, typer.Option("--all")] = False,
+               reason: ReasonOpt = None, as_json: JsonFlag = False) -> None:
+    """Queue dead-lettered jobs again with a fresh attempt count."""
+    store = _dead_letters()
+    result = store.replay(_select(store, ids or [], all_, reason))
+    if as_json:
+        print(json.dumps({k: len(v) for k, v in result.items()}))
+    else:
+        out.print(f"replayed {len(result['replayed'])}, still stale {len(result['stale'])}, "
+                  f"not found {len(result['missing'])}")
+    raise typer.Exit(1 if result["missing"] and ids else 0)
+
+
+@dlq.command("purge")
+def dlq_purge(ids: Annotated[list[str] | None, typer.Argument()] = None,
+              all_: Annotated[bool, typer.Option("--all")] = False,
+              reason: ReasonOpt = None, as_json: JsonFlag = False) -> None:
+    """Delete dead-letter entries for good."""
+    store = _dead_letters()
+    purged = store.purge(_select(store, ids or [], all_, reason))
+    if as_json:
+        print(json.dumps({"purged": purged}))
+    else:
+        out.print(f"purged {purged}")
+
+
+@cli.command()
+def sandbox(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8787,
+    rate: Annotated[int, typer.Option(help="Requests per second per endpoint per token.")] = 150,
+    fail_rate: Annotated[float, typer.Option(help="Fraction of requests answered 503.")] = 0.0,
+    latency_ms: Annotated[int, typer.Option(help="Added to every request.")] = 0,
+    token: Annotated[str | None, typer.Option(help="Accept only this token (default: any).",
+                                             envvar="SANDBOX_TOKEN")] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+) -> None:
+    """Run the local stand-in for Attentive's API."""
+    from worker.sandbox import Sandbox
+
+    server = Sandbox(host, port, token=token, rate=rate, fail_rate=fail_rate, latency_ms=latency_ms)
+    out.print(f"sandbox listening on {server.url} (rate {rate}/s, fail rate {fail_rate}, latency {latency_ms} ms)")
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+
+
+@cli.command()
+def scheduler(interval: Annotated[float, typer.Option(help="Seconds between passes.")] = 1.0) -> None:
+    """Run only the promoter (due retries and lost deliveries); workers also run one each."""
+    from worker.app import Runtime
+    from worker.schedule import Promoter
+
+    settings = _settings()
+    _client(settings)
+    promoter = Promoter(Runtime(settings).store, interval)
+    out.print("promoter running; Ctrl-C stops it")
+    try:
+        promoter.run_forever()
+    except KeyboardInterrupt:
+        promoter.stop()
+
+
+@cli.command()
+def demo(
+    jobs: Annotated[int, typer.Option(help="How many sample jobs.")] = 60,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 120.0,
+) -> None:
+    """Bring up Redis (embedded if none is reachable), the sandbox and a worker; deliver samples."""
+    from worker.demo import run_demo
+
+    raise typer.Exit(run_demo(jobs, timeout, out))
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,108 @@
+"""The dead-letter store: jobs that will not be delivered without a person, and their story.
+
+Each entry is a JSON string at `producers.keys.dead` holding the job id, the full job, the
+reason, Attentive's last status and response body (truncated), every attempt, and first/last
+seen times. `producers.keys.DEAD_INDEX` orders them by when they died. Entries expire after
+``ATTENTIVE_DEAD_LETTER_RETENTION_DAYS`` because they hold personal data; the index drops
+expired ids lazily.
+
+Replay puts a job back on the queue with a fresh attempt count and a new ticket, in one
+transaction with removing the entry (WATCHed, so two operators replaying at once queue it
+once). The worker validates it again: a stale event stays refused unless it is fresh again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from producers import freshness, keys
+from producers.queue import add_job, job_record
+from producers.settings import Settings
+
+
+class DeadLetters:
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+
+    def ids(self, reason: str | None = None, limit: int | None = None) -> list[str]:
+        """Newest first; with ``reason``, only those entries."""
+        ids = [i.decode() for i in self.client.zrevrange(keys.DEAD_INDEX, 0, -1)]
+        if reason is None:
+            return ids[:limit] if limit else ids
+        return [e["job_id"] for e in self.entries(ids) if e["reason"] == reason][:limit]
+
+    def entries(self, ids: Iterable[str]) -> list[dict[str, Any]]:
+        """Entries for ``ids`` that still exist; expired ones are dropped from the index."""
+        ids = list(ids)
+        if not ids:
+            return []
+        raws = self.client.mget([keys.dead(i) for i in ids])
+        expired = [i for i, raw in zip(ids, raws, strict=True) if raw is None]
+        if expired:
+            self.client.zrem(keys.DEAD_INDEX, *expired)
+        return [json.loads(raw) for raw in raws if raw is not None]
+
+    def list(self, reason: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.entries(self.ids()) if reason is None or e["reason"] == reason][:limit]
+
+    def show(self, job_id: str) -> dict[str, Any] | None:
+        found = self.entries([job_id])
+        return found[0] if found else None
+
+    def replay(self, ids: Iterable[str]) -> dict[str, list[str]]:
+        """Queue these jobs again. Returns ``{"replayed": [...], "stale": [...], "missing": [...]}``."""
+        out: dict[str, list[str]] = {"replayed": [], "stale": [], "missing": []}
+        now = datetime.now(UTC)
+        for job_id in ids:
+            out[self._replay_one(job_id, now)].append(job_id)
+        return out
+
+    def _replay_one(self, job_id: str, now: datetime) -> str:
+        key = keys.dead(job_id)
+        with self.client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(key)
+                raw = pipe.get(key)
+                if raw is None:
+                    return "missing"
+                entry = json.loads(raw)
+                text = entry["job"] if isinstance(entry["job"], str) else json.dumps(entry["job"])
+                try:
+                    job = json.loads(text)
+                except ValueError:
+                    job = {}
+                job = job if isinstance(job, dict) else {}
+                occurred = job.get("occurredAt")
+                if job.get("kind") in freshness.EVENT_KINDS and occurred and freshness.is_stale(
+                        datetime.fromisoformat(occurred.replace("Z", "+00:00")), now, self.settings.freshness_s):
+                    return "stale"
+                record = job_record(text, str(job.get("kind", "")), int(time.time() * 1000),
+                                    round_=int(entry.get("round", 0)) + 1)
+                record["history"] = json.dumps([*entry.get("attempts", []), {"at": now.isoformat(), "replayed": True}])
+                pipe.multi()
+                pipe.delete(key)
+                pipe.zrem(keys.DEAD_INDEX, job_id)
+                add_job(pipe, self.settings.attentive_queue, job_id, record)
+                pipe.hincrby(keys.STATS, "replayed", 1)
+                pipe.execute()
+            except redis.WatchError:
+                return "missing"  # someone else replayed or purged it just now
+        return "replayed"
+
+    def purge(self, ids: Iterable[str]) -> int:
+        """Delete these entries for good. Returns how many existed."""
+        ids = list(ids)
+        if not ids:
+            return 0
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(*[keys.dead(i) for i in ids])
+        pipe.zrem(keys.DEAD_INDEX, *ids)
+        deleted, _ = pipe.execute()
+        return int(deleted)

@@ -1,0 +1,152 @@
+"""One delivery attempt from claim to outcome: the body of the Celery task.
+
+Order of checks: claim (fencing) -> a lost previous attempt -> validate again -> freshness ->
+send -> retry policy -> record the decision. Any exception in here is a poison job: it is
+dead-lettered as ``crashed`` with a traceback summary (exception type and code locations,
+never values), so it cannot loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from producers import freshness
+from producers.errors import InvalidJob, Stale, WorkerLost
+from producers.settings import Settings
+from producers.validation import parse_job
+from worker.attentive import AttentiveClient, Outcome
+from worker.jobstore import Claim, JobStore
+from worker.policy import DeadLetter, Decision, Delivered, Retry, RetryPolicy, decide
+
+log = logging.getLogger("attentive_relay.delivery")
+MAX_RESPONSE_KEPT = 2000
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+def traceback_summary(exc: BaseException) -> str:
+    """Exception type and where it was raised, without its message or locals (they may hold data)."""
+    frames = traceback.extract_tb(exc.__traceback__)[-6:]
+    where = " <- ".join(f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno} in {f.name}" for f in reversed(frames))
+    return f"{type(exc).__module__}.{type(exc).__qualname__} at {where}"
+
+
+class Delivery:
+    """Runs attempts. One per worker process; ``clock`` and ``rand`` are injectable for tests."""
+
+    def __init__(self, settings: Settings, client: AttentiveClient, store: JobStore,
+                 clock: Callable[[], float] = time.time, rand: Callable[[], float] = random.random) -> None:
+        self.settings = settings
+        self.client = client
+        self.store = store
+        self.policy = RetryPolicy.from_settings(settings)
+        self.clock = clock
+        self.rand = rand
+
+    def run(self, job_id: str, ticket: str) -> str:
+        """Attempt the job if this message holds its ticket. Returns the outcome's name."""
+        now_ms = int(self.clock() * 1000)
+        claim = self.store.claim(job_id, ticket, now_ms)
+        if isinstance(claim, str):
+            # gone: already finished; stale: an old copy of the message; busy: another worker
+            # holds the lease (if it died, the reaper queues the job again when the lease ends).
+            log.info("skipped job_id=%s ticket=%s: %s", job_id, ticket, claim)
+            return f"skipped:{claim}"
+        try:
+            return self._attempt(claim, now_ms)
+        except Exception as exc:
+            summary = traceback_summary(exc)
+            log.error("job_id=%s crashed the worker: %s", job_id, summary)
+            history = (claim.history or []) + [{"at": _iso(now_ms), "attempt": claim.attempt, "status": None,
+                                                 "error": "crashed"}]
+            self._dead(claim, now_ms, history, DeadLetter("crashed", summary), None)
+            return "dead:crashed"
+
+    def _attempt(self, claim: Claim, now_ms: int) -> str:
+        if claim.history is None:
+            raise ValueError("job record has a corrupt attempt history")
+        history = list(claim.history)
+        now = datetime.fromtimestamp(now_ms / 1000, UTC)
+        if claim.lost_at_ms is not None:
+            history.append({"at": _iso(claim.lost_at_ms), "attempt": claim.attempt - 1, "status": None,
+                            "error": "worker lost mid-delivery"})
+            lost = decide(WorkerLost("the worker died mid-delivery"), claim.attempt - 1, None, now,
+                          self.policy, 0.0)
+            if isinstance(lost, DeadLetter):
+                return self._record(claim, now_ms, history, lost, None)
+        try:
+            job = parse_job(claim.job_json, self.settings, now, at_enqueue=False)
+        except InvalidJob as err:
+            return self._record(claim, now_ms, history, DeadLetter(err.reason, str(err)), None)
+        occurred = getattr(job, "occurredAt", None)
+        if job.kind in freshness.EVENT_KINDS and freshness.is_stale(  # type: ignore[attr-defined]
+                occurred, now, self.policy.freshness_s):
+            detail = (f"occurredAt is {freshness.age_s(occurred, now) / 3600:.1f} h old, past the "  # type: ignore[arg-type]
+                      f"{self.settings.attentive_freshness_hours:g} h window; not sent")
+            return self._record(claim, now_ms, history, DeadLetter(Stale.reason, detail), None)
+
+        outcome = self.client.deliver(job)
+        done_ms = int(self.clock() * 1000)
+        history.append({"at": _iso(done_ms), "attempt": claim.attempt, "status": outcome.status,
+                        "error": outcome.error.reason if outcome.error else None})
+        decision = decide(outcome.error, claim.attempt, occurred,
+                          datetime.fromtimestamp(done_ms / 1000, UTC), self.policy, self.rand())
+        log.info("job_id=%s kind=%s attempt=%d status=%s outcome=%s", claim.job_id, job.kind,  # type: ignore[attr-defined]
+                 claim.attempt, outcome.status, _name(decision))
+        return self._record(claim, done_ms, history, decision, outcome)
+
+    def _record(self, claim: Claim, now_ms: int, history: list[dict[str, Any]], decision: Decision,
+                outcome: Outcome | None) -> str:
+        if isinstance(decision, Delivered):
+            kept = self.store.delivered(claim, now_ms)
+        elif isinstance(decision, Retry):
+            kept = self.store.schedule(claim, now_ms, int(decision.delay_s * 1000), history)
+        else:
+            kept = self._dead(claim, now_ms, history, decision, outcome)
+        if not kept:
+            log.warning("job_id=%s outcome %s discarded: the delivery was taken over after its lease ended",
+                        claim.job_id, _name(decision))
+        return _name(decision)
+
+    def _dead(self, claim: Claim, now_ms: int, history: list[dict[str, Any]], decision: DeadLetter,
+              outcome: Outcome | None) -> bool:
+        error = outcome.error if outcome else None
+        level = logging.ERROR if decision.reason == "unauthorized" else logging.WARNING
+        log.log(level, "job_id=%s dead-lettered reason=%s: %s", claim.job_id, decision.reason, decision.detail)
+        entry = {
+            "job_id": claim.job_id,
+            "job": _job_value(claim.job_json),
+            "reason": decision.reason,
+            "detail": decision.detail,
+            "status": outcome.status if outcome else None,
+            "response": (error.body if error is not None else "")[:MAX_RESPONSE_KEPT],
+            "attempts": history,
+            "first_seen": _iso(claim.first_seen_ms),
+            "last_seen": _iso(now_ms),
+            "round": claim.round,
+        }
+        return self.store.dead_letter(claim, now_ms, decision.reason, entry)
+
+
+def _job_value(job_json: str) -> Any:
+    try:
+        return json.loads(job_json)
+    except ValueError:
+        return job_json  # kept as text so a person can still read a corrupt job
+
+
+def _name(decision: Decision) -> str:
+    if isinstance(decision, Delivered):
+        return "delivered"
+    if isinstance(decision, Retry):
+        return f"retry_in_{decision.delay_s:.1f}s"
+    return f"dead:{decision.reason}"

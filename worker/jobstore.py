@@ -1,0 +1,161 @@
+"""A job's life in Redis: claim, finish, promote, reap. Every transition is one Lua script.
+
+States of the job hash (`producers.keys.job`)::
+
+    queued --claim--> running --finish(delivered)--> (deleted, counted)
+                         |----finish(retry)-------> scheduled --promote--> queued
+                         |----finish(dead)--------> (moved to the dead-letter store)
+                         '----lease expires-------> queued (marked lost; reaped)
+
+Only the message whose task id equals the job's ``ticket`` may claim it, and only while the
+job is ``queued``; promote and reap issue a new ticket. A duplicate or restored message
+therefore finds ``stale`` or ``busy`` and does nothing, and a finish whose ticket no longer
+matches (the delivery was taken over) changes nothing. Each job ends in exactly one outcome.
+
+These scripts touch keys derived inside the script (one job hash per id), so they need a
+single Redis (or Sentinel-managed primary), not Redis Cluster: the Celery Redis broker has the
+same requirement.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from producers import keys
+from producers.queue import message_template
+
+_CLAIM = """
+local h = redis.call('HMGET', KEYS[1], 'state', 'ticket', 'job', 'history', 'lost', 'first_seen', 'round')
+if not h[1] then return {'gone'} end
+if h[2] ~= ARGV[1] then return {'stale'} end
+if h[1] ~= 'queued' then return {'busy'} end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'state', 'running', 'lost', '')
+redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), ARGV[3])
+return {'ok', h[3], tostring(attempts), h[4] or '[]', h[5] or '', h[6] or '0', h[7] or '0'}
+"""
+
+# KEYS: job, leases, schedule, stats, dead entry, dead index
+# ARGV: ticket, job_id, outcome, now_ms, history, due_ms, entry, reason, retention_ms
+_FINISH = """
+local h = redis.call('HMGET', KEYS[1], 'ticket', 'state')
+if h[1] ~= ARGV[1] or h[2] ~= 'running' then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[2])
+if ARGV[3] == 'delivered' then
+  redis.call('DEL', KEYS[1])
+  redis.call('HINCRBY', KEYS[4], 'delivered', 1)
+elseif ARGV[3] == 'retry' then
+  redis.call('HSET', KEYS[1], 'state', 'scheduled', 'history', ARGV[5])
+  redis.call('ZADD', KEYS[3], tonumber(ARGV[6]), ARGV[2])
+  redis.call('HINCRBY', KEYS[4], 'retries', 1)
+else
+  redis.call('SET', KEYS[5], ARGV[7], 'PX', tonumber(ARGV[9]))
+  redis.call('ZADD', KEYS[6], tonumber(ARGV[4]), ARGV[2])
+  redis.call('DEL', KEYS[1])
+  redis.call('HINCRBY', KEYS[4], 'dead:' .. ARGV[8], 1)
+end
+return 1
+"""
+
+# KEYS: schedule, leases, queue
+# ARGV: now_ms, limit, message template, key prefix
+_PROMOTE = """
+local function requeue(jk, id)
+  local round = redis.call('HINCRBY', jk, 'round', 1)
+  local ticket = id .. '.' .. round
+  local kind = redis.call('HGET', jk, 'kind') or ''
+  redis.call('HSET', jk, 'state', 'queued', 'ticket', ticket)
+  local msg = string.gsub(ARGV[3], '@JOB@', id)
+  msg = string.gsub(msg, '@TICKET@', ticket)
+  msg = string.gsub(msg, '@KIND@', kind)
+  redis.call('LPUSH', KEYS[3], msg)
+end
+local promoted, reaped = 0, 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))) do
+  redis.call('ZREM', KEYS[1], id)
+  local jk = ARGV[4] .. 'job:' .. id
+  if redis.call('HGET', jk, 'state') == 'scheduled' then requeue(jk, id); promoted = promoted + 1 end
+end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))) do
+  redis.call('ZREM', KEYS[2], id)
+  local jk = ARGV[4] .. 'job:' .. id
+  if redis.call('HGET', jk, 'state') == 'running' then
+    redis.call('HSET', jk, 'lost', ARGV[1])
+    requeue(jk, id)
+    reaped = reaped + 1
+  end
+end
+return {promoted, reaped}
+"""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this worker may now deliver: its JSON, attempt number and history so far."""
+
+    job_id: str
+    ticket: str
+    job_json: str
+    attempt: int
+    history: list[dict[str, Any]]
+    lost_at_ms: int | None
+    first_seen_ms: int
+    round: int
+
+
+class JobStore:
+    """The Redis side of one worker process. ``client`` is a redis-py client."""
+
+    def __init__(self, client: redis.Redis, queue: str, lease_ms: int, retention_ms: int) -> None:
+        self.client = client
+        self.queue = queue
+        self.lease_ms = lease_ms
+        self.retention_ms = retention_ms
+        self._claim = client.register_script(_CLAIM)
+        self._finish = client.register_script(_FINISH)
+        self._promote = client.register_script(_PROMOTE)
+        self._template = message_template(queue)
+
+    def claim(self, job_id: str, ticket: str, now_ms: int) -> Claim | str:
+        """Take the job for one attempt, or say why not: ``gone``, ``stale`` or ``busy``."""
+        r = self._claim(keys=[keys.job(job_id), keys.LEASES], args=[ticket, now_ms + self.lease_ms, job_id])
+        status = r[0].decode()
+        if status != "ok":
+            return status
+        try:
+            history = json.loads(r[3])
+        except ValueError:
+            history = None  # a corrupt record: the delivery treats it as a poison job
+        return Claim(job_id, ticket, r[1].decode(), int(r[2]), history,  # type: ignore[arg-type]
+                     int(r[4]) if r[4] else None, int(r[5]), int(r[6]))
+
+    def _run_finish(self, claim: Claim, outcome: str, now_ms: int, history: list[dict[str, Any]],
+                    due_ms: int = 0, entry: str = "", reason: str = "") -> bool:
+        return bool(self._finish(
+            keys=[keys.job(claim.job_id), keys.LEASES, keys.SCHEDULE, keys.STATS, keys.dead(claim.job_id),
+                  keys.DEAD_INDEX],
+            args=[claim.ticket, claim.job_id, outcome, now_ms, json.dumps(history), due_ms, entry, reason,
+                  self.retention_ms],
+        ))
+
+    def delivered(self, claim: Claim, now_ms: int) -> bool:
+        """Count the job delivered and forget it. False when the delivery had been taken over."""
+        return self._run_finish(claim, "delivered", now_ms, [])
+
+    def schedule(self, claim: Claim, now_ms: int, delay_ms: int, history: list[dict[str, Any]]) -> bool:
+        """Park the job in the retry schedule; a promoter queues it again when due."""
+        return self._run_finish(claim, "retry", now_ms, history, due_ms=now_ms + delay_ms)
+
+    def dead_letter(self, claim: Claim, now_ms: int, reason: str, entry: dict[str, Any]) -> bool:
+        """Move the job to the dead-letter store with ``entry`` as its record."""
+        return self._run_finish(claim, "dead", now_ms, [], entry=json.dumps(entry), reason=reason)
+
+    def promote(self, now_ms: int, limit: int = 500) -> tuple[int, int]:
+        """Queue due retries and reclaim expired leases: (promoted, reaped)."""
+        promoted, reaped = self._promote(keys=[keys.SCHEDULE, keys.LEASES, self.queue],
+                                         args=[now_ms, limit, self._template, keys.PREFIX])
+        return int(promoted), int(reaped)

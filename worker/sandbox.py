@@ -1,0 +1,265 @@
+"""A local stand-in for Attentive's REST API, for development, the tests, the demo and benchmarks.
+
+It checks the Bearer token, validates bodies with the same rules the producers apply (400
+with the problems listed), enforces per-endpoint-per-token limits with 429s and
+``x-ratelimit-limit`` / ``x-ratelimit-remaining`` headers (a fixed one-second window, as
+Attentive describes it), and can inject 5xx, latency and timeouts. Events older than the
+freshness window are answered 200 and recorded as ``dropped_stale``, as Attentive does.
+
+Control endpoints (no auth; the sandbox only listens where you tell it, 127.0.0.1 by default):
+
+    GET  /__sandbox/requests   every request seen: path, status, body, time
+    GET  /__sandbox/stats      counts by path and status
+    POST /__sandbox/faults     {"status": 503, "times": 2, "type": "Order Shipped",
+                                "retry_after": 1, "delay_ms": 0, "path": "/v1/events/custom"}
+    POST /__sandbox/config     {"rate": 150, "fail_rate": 0.1, "latency_ms": 100}
+    POST /__sandbox/reset      forget requests, faults and rate windows
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from producers import freshness
+from producers.errors import InvalidJob
+from producers.jobs import EVENT_PATHS
+from producers.settings import Settings
+from producers.validation import parse_job
+
+log = logging.getLogger("attentive_relay.sandbox")
+KIND_BY_PATH = {path: kind for kind, path in EVENT_PATHS.items()}
+#: Attentive's published per-endpoint limits where they differ from the default.
+SPECIAL_LIMITS = {"/v1/identity-resolution/user-identifiers": 10}
+MAX_BODY = 1024 * 1024
+
+
+@dataclass
+class Fault:
+    status: int
+    times: int = 1
+    type: str | None = None
+    path: str | None = None
+    retry_after: float | None = None
+    delay_ms: int = 0
+
+    def matches(self, path: str, body: dict[str, Any]) -> bool:
+        return (self.path is None or self.path == path) and (self.type is None or body.get("type") == self.type)
+
+
+@dataclass
+class SandboxState:
+    token: str | None
+    rate: int = 150
+    fail_rate: float = 0.0
+    latency_ms: int = 0
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    windows: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    attributes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    settings: Settings = field(default_factory=Settings)
+
+    def take(self, token: str, path: str) -> tuple[bool, int, int]:
+        """Count one request in the current second: (allowed, limit, remaining)."""
+        limit = SPECIAL_LIMITS.get(path, self.rate)
+        second = int(time.time())
+        with self.lock:
+            start, used = self.windows.get((token, path), (second, 0))
+            if start != second:
+                start, used = second, 0
+            used += 1
+            self.windows[(token, path)] = (start, used)
+        return used <= limit, limit, max(0, limit - used)
+
+    def fault_for(self, path: str, body: dict[str, Any]) -> Fault | None:
+        with self.lock:
+            for fault in self.faults:
+                if fault.times > 0 and fault.matches(path, body):
+                    fault.times -= 1
+                    return fault
+        return None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "attentive-sandbox"
+    state: SandboxState
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # request lines hold query strings with phone numbers: never print them
+
+    def _send(self, status: int, payload: Any = None, headers: dict[str, str] | None = None) -> None:
+        data = b"" if payload is None else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> bytes | None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            self._send(413, {"status": 413, "message": "body too large"})
+            self.close_connection = True
+            return None
+        return self.rfile.read(length) if length else b""
+
+    def _token(self) -> str | None:
+        auth = self.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or not auth[7:].strip():
+            return None
+        token = auth[7:].strip()
+        return token if self.state.token is None or token == self.state.token else None
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        s = self.state
+        if url.path == "/__sandbox/requests":
+            with s.lock:
+                return self._send(200, list(s.requests))
+        if url.path == "/__sandbox/stats":
+            with s.lock:
+                counts = Counter(f"{r['path']} {r['status']}" for r in s.requests)
+            return self._send(200, dict(counts))
+        token = self._token()
+        if token is None:
+            return self._send(401, {"status": 401, "error": "Unauthorized"})
+        if url.path == "/v1/me":
+            return self._send(200, {"applicationName": "attentive-relay sandbox", "companyName": "Sandbox"})
+        if url.path == "/v1/attributes/custom":
+            query = parse_qs(url.query)
+            if len([k for k in ("phone", "email") if k in query]) != 1:
+                return self._send(400, {"status": 400, "message": "exactly one of phone or email"})
+            ident = (query.get("phone") or query.get("email"))[0]  # type: ignore[index]
+            with s.lock:
+                attrs = dict(s.attributes.get(ident, {}))
+            return self._send(200, [{"name": k, "value": v} for k, v in attrs.items()])
+        return self._send(404, {"status": 404, "error": "Not Found"})
+
+    def do_POST(self) -> None:
+        url = urlsplit(self.path)
+        raw = self._body()
+        if raw is None:
+            return None
+        if url.path.startswith("/__sandbox/"):
+            return self._control(url.path, raw)
+        s = self.state
+        token = self._token()
+        kind = KIND_BY_PATH.get(url.path)
+        status, payload, headers, note = self._answer(token, kind, url.path, raw)
+        with s.lock:
+            s.requests.append({"path": url.path, "status": status, "note": note, "at": time.time(),
+                               "body": _json_or_none(raw)})
+        self._send(status, payload, headers)
+        return None
+
+    def _answer(self, token: str | None, kind: str | None, path: str,
+                raw: bytes) -> tuple[int, Any, dict[str, str], str]:
+        s = self.state
+        if token is None:
+            return 401, {"status": 401, "error": "Unauthorized"}, {}, "bad token"
+        if kind is None:
+            return 404, {"status": 404, "error": "Not Found", "path": path}, {}, "no such endpoint"
+        allowed, limit, remaining = s.take(token, path)
+        headers = {"x-ratelimit-limit": str(limit), "x-ratelimit-remaining": str(remaining)}
+        if not allowed:
+            return 429, {"status": 429, "error": "Too Many Requests"}, headers, "rate limited"
+        body = _json_or_none(raw)
+        if not isinstance(body, dict):
+            return 400, {"status": 400, "error": "Bad Request", "message": "body must be a JSON object"}, headers, ""
+        if s.latency_ms:
+            time.sleep(s.latency_ms / 1000)
+        fault = s.fault_for(path, body)
+        if fault is not None:
+            time.sleep(fault.delay_ms / 1000)
+            if fault.retry_after is not None:
+                headers["Retry-After"] = f"{fault.retry_after:g}"
+            return fault.status, {"status": fault.status, "error": "injected"}, headers, "fault"
+        if s.fail_rate and random.random() < s.fail_rate:
+            return 503, {"status": 503, "error": "Service Unavailable"}, headers, "random failure"
+        now = datetime.now(UTC)
+        try:
+            job = parse_job({**body, "kind": kind}, s.settings, now, at_enqueue=False)
+        except InvalidJob as err:
+            return 400, {"status": 400, "error": "Bad Request", "message": str(err), "path": path}, headers, "invalid"
+        if freshness.is_stale(getattr(job, "occurredAt", None), now, s.settings.freshness_s):
+            return 200, None, headers, "dropped_stale"
+        if kind == "custom_attributes":
+            user = body["user"]
+            with s.lock:
+                for ident in (user.get("phone"), user.get("email")):
+                    if ident:
+                        s.attributes.setdefault(ident, {}).update(body["properties"])
+        return (202 if kind == "identity" else 200), None, headers, "accepted"
+
+    def _control(self, path: str, raw: bytes) -> None:
+        s = self.state
+        body = _json_or_none(raw) or {}
+        if not isinstance(body, dict):
+            return self._send(400, {"message": "JSON object expected"})
+        with s.lock:
+            if path == "/__sandbox/reset":
+                s.requests.clear()
+                s.faults.clear()
+                s.windows.clear()
+                s.attributes.clear()
+            elif path == "/__sandbox/faults":
+                try:
+                    s.faults.append(Fault(**body))
+                except TypeError as exc:
+                    return self._send(400, {"message": str(exc)})
+            elif path == "/__sandbox/config":
+                s.rate = int(body.get("rate", s.rate))
+                s.fail_rate = float(body.get("fail_rate", s.fail_rate))
+                s.latency_ms = int(body.get("latency_ms", s.latency_ms))
+            else:
+                return self._send(404, {"message": "unknown control endpoint"})
+        return self._send(200, {"ok": True})
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+class Sandbox:
+    """The server. ``with Sandbox(port=0) as sb: sb.url`` runs it in a background thread."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8787, *, token: str | None = None,
+                 rate: int = 150, fail_rate: float = 0.0, latency_ms: int = 0) -> None:
+        self.state = SandboxState(token=token, rate=rate, fail_rate=fail_rate, latency_ms=latency_ms)
+        handler = type("Handler", (_Handler,), {"state": self.state})
+        self.server = ThreadingHTTPServer((host, port), handler)
+        self.server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def serve_forever(self) -> None:
+        self.server.serve_forever(poll_interval=0.2)
+
+    def __enter__(self) -> Sandbox:
+        self._thread = threading.Thread(target=self.serve_forever, name="sandbox", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

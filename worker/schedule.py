@@ -1,0 +1,61 @@
+"""The promoter: moves due retries back onto the queue and reclaims deliveries whose worker died.
+
+Retries never wait inside the broker. Celery's ETA/countdown messages on Redis are held in
+worker memory and, once older than the visibility timeout, restored and run again (kombu
+issue 337). Here a retry is a member of a sorted set scored by its due time; every worker
+runs a `Promoter` thread that, about once a second, atomically moves due members back onto
+the queue with a new ticket (`JobStore.promote`). Many promoters can run at once: the Lua
+script makes each move happen exactly once, so a retry survives any worker crash and runs once.
+
+The same pass reclaims expired leases: a job whose delivery started but neither finished nor
+renewed within ``ATTENTIVE_LEASE_S`` is queued again (its attempt counts), so a worker killed
+outright costs a lease period, not kombu's visibility timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+
+from worker.jobstore import JobStore
+
+log = logging.getLogger("attentive_relay.schedule")
+
+
+class Promoter:
+    """Runs `JobStore.promote` every ``interval_s`` in a daemon thread until stopped."""
+
+    def __init__(self, store: JobStore, interval_s: float = 1.0) -> None:
+        self.store = store
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> tuple[int, int]:
+        promoted, reaped = self.store.promote(int(time.time() * 1000))
+        if promoted or reaped:
+            log.info("promoter: %d due retries queued, %d lost deliveries reclaimed", promoted, reaped)
+        return promoted, reaped
+
+    def run_forever(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+                failures = 0
+            except redis.RedisError as exc:
+                failures += 1
+                log.warning("promoter cannot reach Redis (%s); retrying", type(exc).__name__)
+            self._stop.wait(min(30.0, self.interval_s * (2 ** min(failures, 5))))
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run_forever, name="attentive-promoter", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
