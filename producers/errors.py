@@ -84,8 +84,9 @@ class TransientError(DeliveryError):
 class RateLimited(TransientError):
     reason = "rate_limited"
 
-    def __init__(self, detail: str, *, status: int | None = 429, body: str = "",
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self, detail: str, *, status: int | None = 429, body: str = "", retry_after: float | None = None
+    ) -> None:
         super().__init__(detail, status=status, body=body)
         self.retry_after = retry_after
 
@@ -124,6 +125,13 @@ class Crashed(PermanentError):
 
 #: Every dead-letter reason, in the order `stats` and the docs list them.
 REASONS: tuple[str, ...] = (
-    InvalidJob.reason, Stale.reason, Rejected.reason, Unauthorized.reason, RateLimited.reason,
-    ServerError.reason, NetworkError.reason, WorkerLost.reason, Crashed.reason,
+    InvalidJob.reason,
+    Stale.reason,
+    Rejected.reason,
+    Unauthorized.reason,
+    RateLimited.reason,
+    ServerError.reason,
+    NetworkError.reason,
+    WorkerLost.reason,
+    Crashed.reason,
 )

@@ -70,8 +70,9 @@ def _to_utc(value: datetime) -> datetime:
 
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=rules.MAX_TEXT)]
-Identifier = Annotated[Annotated[str, StringConstraints(max_length=rules.MAX_TEXT)] | None,
-                       BeforeValidator(_blank_to_none)]
+Identifier = Annotated[
+    Annotated[str, StringConstraints(max_length=rules.MAX_TEXT)] | None, BeforeValidator(_blank_to_none)
+]
 PhoneText = Annotated[str, StringConstraints(max_length=64), AfterValidator(_phone)]
 EmailText = Annotated[str, StringConstraints(max_length=rules.MAX_EMAIL), AfterValidator(rules.check_email)]
 Phone = Annotated[PhoneText | None, BeforeValidator(_blank_to_none)]
@@ -114,7 +115,8 @@ class User(_Model):
         if not (self.phone or self.email or (ext and (ext.clientUserId or ext.customIdentifiers))):
             raise ValueError(
                 "needs at least one of phone, email, externalIdentifiers.clientUserId, "
-                "externalIdentifiers.customIdentifiers")
+                "externalIdentifiers.customIdentifiers"
+            )
         return self
 
 
@@ -125,12 +127,12 @@ def _event_properties(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
     if bad:
         raise ValueError(
             f"property names must be non-empty and free of {rules.PROPERTY_KEY_FORBIDDEN}; "
-            f"offending names: {', '.join(bad[:20])}")
+            f"offending names: {', '.join(bad[:20])}"
+        )
     if rules.json_depth(value) > rules.MAX_DEPTH:
         raise ValueError(f"nested deeper than {rules.MAX_DEPTH} levels")
     if len(value) > rules.JOURNEY_KEY_LIMIT:
-        log.warning("custom event has %d property keys; Journeys use only %d",
-                    len(value), rules.JOURNEY_KEY_LIMIT)
+        log.warning("custom event has %d property keys; Journeys use only %d", len(value), rules.JOURNEY_KEY_LIMIT)
     return value
 
 
@@ -141,15 +143,17 @@ def _attribute_properties(value: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"at most {rules.MAX_PROPERTIES} attributes")
     too_long = sorted(k[:40] for k in value if len(k) > rules.MAX_ATTRIBUTE_NAME)
     if too_long:
-        raise ValueError(f"attribute names must be at most {rules.MAX_ATTRIBUTE_NAME} characters: "
-                         + ", ".join(too_long[:20]))
+        raise ValueError(
+            f"attribute names must be at most {rules.MAX_ATTRIBUTE_NAME} characters: " + ", ".join(too_long[:20])
+        )
     empty = [k for k in value if not k]
     if empty:
         raise ValueError("attribute names must not be empty")
     bad_type = sorted(k for k, v in value.items() if not isinstance(v, str | int | float))
     if bad_type:
-        raise ValueError("values must be a string, number or boolean (no null, array or object): "
-                         + ", ".join(bad_type[:20]))
+        raise ValueError(
+            "values must be a string, number or boolean (no null, array or object): " + ", ".join(bad_type[:20])
+        )
     long_value = sorted(k for k, v in value.items() if isinstance(v, str) and len(v) > rules.MAX_TEXT)
     if long_value:
         raise ValueError(f"values must be at most {rules.MAX_TEXT} characters: " + ", ".join(long_value[:20]))
@@ -172,8 +176,9 @@ class CustomAttributes(_Model):
 
 
 class Price(_Model):
-    value: Annotated[float, Field(ge=0, strict=False), BeforeValidator(
-        lambda v: v if not isinstance(v, bool) else _not_bool())]
+    value: Annotated[
+        float, Field(ge=0, strict=False), BeforeValidator(lambda v: v if not isinstance(v, bool) else _not_bool())
+    ]
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{3}$", to_upper=True)] = "USD"
 
 
@@ -229,8 +234,9 @@ class IdentityIdentifier(_Model):
 class Identity(_Model):
     kind: Literal["identity"] = "identity"
     phone: Phone = None
-    email: Annotated[Annotated[IdentityText, AfterValidator(rules.check_email)] | None,
-                     BeforeValidator(_blank_to_none)] = None
+    email: Annotated[
+        Annotated[IdentityText, AfterValidator(rules.check_email)] | None, BeforeValidator(_blank_to_none)
+    ] = None
     shopifyId: IdentityValue = None
     klaviyoId: IdentityValue = None
     clientUserId: IdentityValue = None
@@ -240,11 +246,13 @@ class Identity(_Model):
     def _attentive_identity_rules(self) -> Identity:
         if not (self.clientUserId or self.customIdentifiers):
             raise ValueError("clientUserId or customIdentifiers must be set")
-        present = [f for f in ("phone", "email", "shopifyId", "klaviyoId", "clientUserId", "customIdentifiers")
-                   if getattr(self, f)]
+        present = [
+            f
+            for f in ("phone", "email", "shopifyId", "klaviyoId", "clientUserId", "customIdentifiers")
+            if getattr(self, f)
+        ]
         if len(present) < 2:
-            raise ValueError("at least one other identifier must be set besides "
-                             + " and ".join(present))
+            raise ValueError("at least one other identifier must be set besides " + " and ".join(present))
         return self
 
 

@@ -45,22 +45,40 @@ def celery_message(job_id: str, ticket: str, queue: str, kind: str = "") -> str:
     ``argsrepr`` is what Flower displays: the job id and kind, nothing personal.
     """
     body = json.dumps([[job_id], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
-    return json.dumps({
-        "body": body,
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": {
-            "lang": "py", "task": TASK_NAME, "id": ticket, "shadow": None, "eta": None, "expires": None,
-            "group": None, "group_index": None, "retries": 0, "timelimit": [None, None],
-            "root_id": ticket, "parent_id": None, "argsrepr": f"('{job_id}',) {kind}".rstrip(),
-            "kwargsrepr": "{}", "origin": "attentive-relay", "ignore_result": True,
+    return json.dumps(
+        {
+            "body": body,
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {
+                "lang": "py",
+                "task": TASK_NAME,
+                "id": ticket,
+                "shadow": None,
+                "eta": None,
+                "expires": None,
+                "group": None,
+                "group_index": None,
+                "retries": 0,
+                "timelimit": [None, None],
+                "root_id": ticket,
+                "parent_id": None,
+                "argsrepr": f"('{job_id}',) {kind}".rstrip(),
+                "kwargsrepr": "{}",
+                "origin": "attentive-relay",
+                "ignore_result": True,
+            },
+            "properties": {
+                "correlation_id": ticket,
+                "reply_to": "",
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": queue},
+                "priority": 0,
+                "delivery_tag": ticket,
+            },
         },
-        "properties": {
-            "correlation_id": ticket, "reply_to": "", "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": queue},
-            "priority": 0, "delivery_tag": ticket,
-        },
-    }, separators=(",", ":"))
+        separators=(",", ":"),
+    )
 
 
 def message_template(queue: str) -> str:
@@ -75,8 +93,13 @@ def new_job_id() -> str:
 def job_record(job_json: str, kind: str, now_ms: int, round_: int = 0) -> dict[str, Any]:
     """The fields of a freshly queued job's hash."""
     return {
-        "job": job_json, "kind": kind, "state": "queued", "round": round_,
-        "attempts": 0, "history": "[]", "first_seen": now_ms,
+        "job": job_json,
+        "kind": kind,
+        "state": "queued",
+        "round": round_,
+        "attempts": 0,
+        "history": "[]",
+        "first_seen": now_ms,
     }
 
 

@@ -34,18 +34,26 @@ def problems_of(err: ValidationError) -> list[Problem]:
     """pydantic errors as field/rule pairs, without the offending values."""
     problems = []
     errors = err.errors(include_url=False, include_input=False, include_context=False)
-    failed = [tuple(e["loc"]) for e in errors if e["type"] != "too_short"]
+    failed = [tuple(e["loc"]) for e in errors]
     for e in errors:
         loc = tuple(e["loc"])
         if e["type"] == "too_short" and any(f[: len(loc)] == loc and len(f) > len(loc) for f in failed):
             continue  # an array whose members failed: the members' own problems say it
         if e["type"] in _KIND_ERRORS and len(loc) == 0:
-            problems.append(Problem("kind", "must be one of custom_event, custom_attributes, product_view, "
-                                            "add_to_cart, purchase, identity"))
+            problems.append(
+                Problem(
+                    "kind",
+                    "must be one of custom_event, custom_attributes, product_view, add_to_cart, purchase, identity",
+                )
+            )
             continue
         if e["type"] == "union_tag_invalid":
-            problems.append(Problem("kind", "must be one of custom_event, custom_attributes, product_view, "
-                                            "add_to_cart, purchase, identity"))
+            problems.append(
+                Problem(
+                    "kind",
+                    "must be one of custom_event, custom_attributes, product_view, add_to_cart, purchase, identity",
+                )
+            )
             continue
         if loc and isinstance(loc[0], str) and loc[0] in _TAGS:
             loc = loc[1:]
@@ -70,7 +78,8 @@ def _decode(data: Any) -> Any:
     if isinstance(data, BaseModel):
         return data.model_dump(mode="json", exclude_none=True)
     if isinstance(data, str | bytes | bytearray):
-        if len(data) > rules.MAX_JOB_BYTES:
+        size = len(data.encode()) if isinstance(data, str) else len(data)
+        if size > rules.MAX_JOB_BYTES:
             raise InvalidJob([Problem("", f"job is larger than {rules.MAX_JOB_BYTES} bytes")])
         try:
             data = json.loads(data)
@@ -79,6 +88,10 @@ def _decode(data: Any) -> Any:
     if not isinstance(data, dict):
         raise InvalidJob([Problem("", "a job must be a JSON object")])
     return data
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 def parse_job(data: Any, settings: Settings, now: datetime, *, at_enqueue: bool) -> BaseModel:
@@ -92,11 +105,12 @@ def parse_job(data: Any, settings: Settings, now: datetime, *, at_enqueue: bool)
     Raises `InvalidJob` with every problem found.
     """
     raw = _decode(data)
-    if at_enqueue and raw.get("kind") in freshness.EVENT_KINDS:
+    kind = raw.get("kind")
+    if at_enqueue and isinstance(kind, str) and kind in freshness.EVENT_KINDS:
         raw = dict(raw)
-        if raw.get("occurredAt") in (None, ""):
+        if _missing(raw.get("occurredAt")):
             raw["occurredAt"] = now.isoformat()
-        if raw.get("kind") == "custom_event" and raw.get("externalEventId") in (None, ""):
+        if kind == "custom_event" and _missing(raw.get("externalEventId")):
             raw["externalEventId"] = str(uuid.uuid4())
     try:
         job = _ADAPTER.validate_python(raw, context={"region": settings.attentive_default_region})
@@ -117,14 +131,19 @@ def _time_problems(job: BaseModel, settings: Settings, now: datetime, *, at_enqu
     if occurred > now + timedelta(seconds=settings.attentive_future_skew_s):
         return [Problem("occurredAt", f"is more than {settings.attentive_future_skew_s:g} s in the future")]
     if at_enqueue and freshness.is_stale(occurred, now, settings.freshness_s):
-        return [Problem("occurredAt", f"is older than the {settings.attentive_freshness_hours:g} h freshness "
-                                      "window: Attentive would accept it and drop it")]
+        return [
+            Problem(
+                "occurredAt",
+                f"is older than the {settings.attentive_freshness_hours:g} h freshness "
+                "window: Attentive would accept it and drop it",
+            )
+        ]
     return []
 
 
 def job_json(job: BaseModel) -> str:
     """The job as stored and replayed: compact JSON, nulls left out, ``kind`` kept."""
     out = job.model_dump_json(exclude_none=True)
-    if len(out) > rules.MAX_JOB_BYTES:
+    if len(out.encode()) > rules.MAX_JOB_BYTES:
         raise InvalidJob([Problem("", f"job is larger than {rules.MAX_JOB_BYTES} bytes")])
     return out

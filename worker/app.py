@@ -64,8 +64,12 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.redis = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
-        self.store = JobStore(self.redis, settings.attentive_queue, int(settings.attentive_lease_s * 1000),
-                              int(settings.attentive_dead_letter_retention_days * 86_400_000))
+        self.store = JobStore(
+            self.redis,
+            settings.attentive_queue,
+            int(settings.attentive_lease_s * 1000),
+            int(settings.attentive_dead_letter_retention_days * 86_400_000),
+        )
         self.client = AttentiveClient(settings)
         self.delivery = Delivery(settings, self.client, self.store)
 

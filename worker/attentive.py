@@ -49,8 +49,12 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    try:
+        seconds = float(value)  # RFC 9110 says an integer; some servers send decimals
+    except ValueError:
+        pass
+    else:
+        return seconds if 0 <= seconds < 1e9 else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -74,11 +78,13 @@ def classify(status: int, body: str, headers: httpx.Headers) -> DeliveryError | 
         return None
     kept = body[:MAX_BODY_KEPT]
     if status == 429:
-        return RateLimited("HTTP 429 from Attentive", body=kept,
-                           retry_after=parse_retry_after(headers.get("retry-after")))
+        return RateLimited(
+            "HTTP 429 from Attentive", body=kept, retry_after=parse_retry_after(headers.get("retry-after"))
+        )
     if status in (401, 403):
-        return Unauthorized(f"HTTP {status} from Attentive: check ATTENTIVE_API_TOKEN and its scopes",
-                            status=status, body=kept)
+        return Unauthorized(
+            f"HTTP {status} from Attentive: check ATTENTIVE_API_TOKEN and its scopes", status=status, body=kept
+        )
     if status >= 500:
         return ServerError(f"HTTP {status} from Attentive", status=status, body=kept)
     return Rejected(f"HTTP {status} from Attentive", status=status, body=kept)
@@ -121,8 +127,7 @@ class AttentiveClient:
         except httpx.TimeoutException as exc:
             return Outcome(None, NetworkError(f"timeout ({type(exc).__name__})"), time.monotonic() - started)
         except httpx.TransportError as exc:
-            return Outcome(None, NetworkError(f"connection failed ({type(exc).__name__})"),
-                           time.monotonic() - started)
+            return Outcome(None, NetworkError(f"connection failed ({type(exc).__name__})"), time.monotonic() - started)
         return Outcome(
             status=response.status_code,
             error=classify(response.status_code, response.text, response.headers),

@@ -25,8 +25,11 @@ from producers.queue import push_jobs
 from producers.rules import MAX_JOB_BYTES
 from producers.settings import Settings
 
-cli = typer.Typer(help="Deliver customer events and attributes to Attentive through Redis and Celery.",
-                  no_args_is_help=True, add_completion=False)
+cli = typer.Typer(
+    help="Deliver customer events and attributes to Attentive through Redis and Celery.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 dlq = typer.Typer(help="Inspect, replay and purge dead-lettered jobs.", no_args_is_help=True)
 cli.add_typer(dlq, name="dlq")
 out = Console()
@@ -129,16 +132,28 @@ def _select(store: Any, ids: list[str], all_: bool, reason: str | None) -> list[
 def dlq_list(reason: ReasonOpt = None, limit: int = 100, as_json: JsonFlag = False) -> None:
     """Dead-lettered jobs, newest first (without their personal data)."""
     entries = _dead_letters().list(reason, limit)
-    rows = [{k: e.get(k) for k in ("job_id", "reason", "status", "detail", "first_seen", "last_seen")}
-            | {"kind": e["job"].get("kind") if isinstance(e["job"], dict) else None,
-               "attempts": len([a for a in e.get("attempts", []) if "attempt" in a])} for e in entries]
+    rows = [
+        {k: e.get(k) for k in ("job_id", "reason", "status", "detail", "first_seen", "last_seen")}
+        | {
+            "kind": e["job"].get("kind") if isinstance(e["job"], dict) else None,
+            "attempts": len([a for a in e.get("attempts", []) if "attempt" in a]),
+        }
+        for e in entries
+    ]
     if as_json:
         print(json.dumps(rows))
         return
     table = Table("job_id", "kind", "reason", "status", "attempts", "last_seen", "detail")
     for r in rows:
-        table.add_row(r["job_id"], str(r["kind"]), r["reason"], str(r["status"] or ""), str(r["attempts"]),
-                      r["last_seen"], (r["detail"] or "")[:80])
+        table.add_row(
+            r["job_id"],
+            str(r["kind"]),
+            r["reason"],
+            str(r["status"] or ""),
+            str(r["attempts"]),
+            r["last_seen"],
+            (r["detail"] or "")[:80],
+        )
     out.print(table)
 
 
@@ -153,24 +168,32 @@ def dlq_show(job_id: str) -> None:
 
 
 @dlq.command("replay")
-def dlq_replay(ids: Annotated[list[str] | None, typer.Argument()] = None,
-               all_: Annotated[bool, typer.Option("--all")] = False,
-               reason: ReasonOpt = None, as_json: JsonFlag = False) -> None:
+def dlq_replay(
+    ids: Annotated[list[str] | None, typer.Argument()] = None,
+    all_: Annotated[bool, typer.Option("--all")] = False,
+    reason: ReasonOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
     """Queue dead-lettered jobs again with a fresh attempt count."""
     store = _dead_letters()
     result = store.replay(_select(store, ids or [], all_, reason))
     if as_json:
         print(json.dumps({k: len(v) for k, v in result.items()}))
     else:
-        out.print(f"replayed {len(result['replayed'])}, still stale {len(result['stale'])}, "
-                  f"not found {len(result['missing'])}")
+        out.print(
+            f"replayed {len(result['replayed'])}, still stale {len(result['stale'])}, "
+            f"not found {len(result['missing'])}"
+        )
     raise typer.Exit(1 if result["missing"] and ids else 0)
 
 
 @dlq.command("purge")
-def dlq_purge(ids: Annotated[list[str] | None, typer.Argument()] = None,
-              all_: Annotated[bool, typer.Option("--all")] = False,
-              reason: ReasonOpt = None, as_json: JsonFlag = False) -> None:
+def dlq_purge(
+    ids: Annotated[list[str] | None, typer.Argument()] = None,
+    all_: Annotated[bool, typer.Option("--all")] = False,
+    reason: ReasonOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
     """Delete dead-letter entries for good."""
     store = _dead_letters()
     purged = store.purge(_select(store, ids or [], all_, reason))
@@ -186,8 +209,9 @@ def sandbox(
     rate: Annotated[int, typer.Option(help="Requests per second per endpoint per token.")] = 150,
     fail_rate: Annotated[float, typer.Option(help="Fraction of requests answered 503.")] = 0.0,
     latency_ms: Annotated[int, typer.Option(help="Added to every request.")] = 0,
-    token: Annotated[str | None, typer.Option(help="Accept only this token (default: any).",
-                                             envvar="SANDBOX_TOKEN")] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Accept only this token (default: any).", envvar="SANDBOX_TOKEN")
+    ] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
 ) -> None:
     """Run the local stand-in for Attentive's API."""

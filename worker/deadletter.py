@@ -80,11 +80,17 @@ class DeadLetters:
                     job = {}
                 job = job if isinstance(job, dict) else {}
                 occurred = job.get("occurredAt")
-                if job.get("kind") in freshness.EVENT_KINDS and occurred and freshness.is_stale(
-                        datetime.fromisoformat(occurred.replace("Z", "+00:00")), now, self.settings.freshness_s):
+                if (
+                    job.get("kind") in freshness.EVENT_KINDS
+                    and occurred
+                    and freshness.is_stale(
+                        datetime.fromisoformat(occurred.replace("Z", "+00:00")), now, self.settings.freshness_s
+                    )
+                ):
                     return "stale"
-                record = job_record(text, str(job.get("kind", "")), int(time.time() * 1000),
-                                    round_=int(entry.get("round", 0)) + 1)
+                record = job_record(
+                    text, str(job.get("kind", "")), int(time.time() * 1000), round_=int(entry.get("round", 0)) + 1
+                )
                 record["history"] = json.dumps([*entry.get("attempts", []), {"at": now.isoformat(), "replayed": True}])
                 pipe.multi()
                 pipe.delete(key)

@@ -43,8 +43,14 @@ def traceback_summary(exc: BaseException) -> str:
 class Delivery:
     """Runs attempts. One per worker process; ``clock`` and ``rand`` are injectable for tests."""
 
-    def __init__(self, settings: Settings, client: AttentiveClient, store: JobStore,
-                 clock: Callable[[], float] = time.time, rand: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: AttentiveClient,
+        store: JobStore,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
         self.settings = settings
         self.client = client
         self.store = store
@@ -66,8 +72,9 @@ class Delivery:
         except Exception as exc:
             summary = traceback_summary(exc)
             log.error("job_id=%s crashed the worker: %s", job_id, summary)
-            history = (claim.history or []) + [{"at": _iso(now_ms), "attempt": claim.attempt, "status": None,
-                                                 "error": "crashed"}]
+            history = (claim.history or []) + [
+                {"at": _iso(now_ms), "attempt": claim.attempt, "status": None, "error": "crashed"}
+            ]
             self._dead(claim, now_ms, history, DeadLetter("crashed", summary), None)
             return "dead:crashed"
 
@@ -77,10 +84,15 @@ class Delivery:
         history = list(claim.history)
         now = datetime.fromtimestamp(now_ms / 1000, UTC)
         if claim.lost_at_ms is not None:
-            history.append({"at": _iso(claim.lost_at_ms), "attempt": claim.attempt - 1, "status": None,
-                            "error": "worker lost mid-delivery"})
-            lost = decide(WorkerLost("the worker died mid-delivery"), claim.attempt - 1, None, now,
-                          self.policy, 0.0)
+            history.append(
+                {
+                    "at": _iso(claim.lost_at_ms),
+                    "attempt": claim.attempt - 1,
+                    "status": None,
+                    "error": "worker lost mid-delivery",
+                }
+            )
+            lost = decide(WorkerLost("the worker died mid-delivery"), claim.attempt - 1, None, now, self.policy, 0.0)
             if isinstance(lost, DeadLetter):
                 return self._record(claim, now_ms, history, lost, None)
         try:
@@ -89,23 +101,45 @@ class Delivery:
             return self._record(claim, now_ms, history, DeadLetter(err.reason, str(err)), None)
         occurred = getattr(job, "occurredAt", None)
         if job.kind in freshness.EVENT_KINDS and freshness.is_stale(  # type: ignore[attr-defined]
-                occurred, now, self.policy.freshness_s):
-            detail = (f"occurredAt is {freshness.age_s(occurred, now) / 3600:.1f} h old, past the "  # type: ignore[arg-type]
-                      f"{self.settings.attentive_freshness_hours:g} h window; not sent")
+            occurred, now, self.policy.freshness_s
+        ):
+            detail = (
+                f"occurredAt is {freshness.age_s(occurred, now) / 3600:.1f} h old, past the "  # type: ignore[arg-type]
+                f"{self.settings.attentive_freshness_hours:g} h window; not sent"
+            )
             return self._record(claim, now_ms, history, DeadLetter(Stale.reason, detail), None)
 
         outcome = self.client.deliver(job)
         done_ms = int(self.clock() * 1000)
-        history.append({"at": _iso(done_ms), "attempt": claim.attempt, "status": outcome.status,
-                        "error": outcome.error.reason if outcome.error else None})
-        decision = decide(outcome.error, claim.attempt, occurred,
-                          datetime.fromtimestamp(done_ms / 1000, UTC), self.policy, self.rand())
-        log.info("job_id=%s kind=%s attempt=%d status=%s outcome=%s", claim.job_id, job.kind,  # type: ignore[attr-defined]
-                 claim.attempt, outcome.status, _name(decision))
+        history.append(
+            {
+                "at": _iso(done_ms),
+                "attempt": claim.attempt,
+                "status": outcome.status,
+                "error": outcome.error.reason if outcome.error else None,
+            }
+        )
+        decision = decide(
+            outcome.error,
+            claim.attempt,
+            occurred,
+            datetime.fromtimestamp(done_ms / 1000, UTC),
+            self.policy,
+            self.rand(),
+        )
+        log.info(
+            "job_id=%s kind=%s attempt=%d status=%s outcome=%s",
+            claim.job_id,
+            job.kind,  # type: ignore[attr-defined]
+            claim.attempt,
+            outcome.status,
+            _name(decision),
+        )
         return self._record(claim, done_ms, history, decision, outcome)
 
-    def _record(self, claim: Claim, now_ms: int, history: list[dict[str, Any]], decision: Decision,
-                outcome: Outcome | None) -> str:
+    def _record(
+        self, claim: Claim, now_ms: int, history: list[dict[str, Any]], decision: Decision, outcome: Outcome | None
+    ) -> str:
         if isinstance(decision, Delivered):
             kept = self.store.delivered(claim, now_ms)
         elif isinstance(decision, Retry):
@@ -113,12 +147,16 @@ class Delivery:
         else:
             kept = self._dead(claim, now_ms, history, decision, outcome)
         if not kept:
-            log.warning("job_id=%s outcome %s discarded: the delivery was taken over after its lease ended",
-                        claim.job_id, _name(decision))
+            log.warning(
+                "job_id=%s outcome %s discarded: the delivery was taken over after its lease ended",
+                claim.job_id,
+                _name(decision),
+            )
         return _name(decision)
 
-    def _dead(self, claim: Claim, now_ms: int, history: list[dict[str, Any]], decision: DeadLetter,
-              outcome: Outcome | None) -> bool:
+    def _dead(
+        self, claim: Claim, now_ms: int, history: list[dict[str, Any]], decision: DeadLetter, outcome: Outcome | None
+    ) -> bool:
         error = outcome.error if outcome else None
         level = logging.ERROR if decision.reason == "unauthorized" else logging.WARNING
         log.log(level, "job_id=%s dead-lettered reason=%s: %s", claim.job_id, decision.reason, decision.detail)

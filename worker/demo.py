@@ -36,12 +36,22 @@ def sample_jobs(n: int, rng: random.Random) -> list[dict[str, Any]]:
     jobs: list[dict[str, Any]] = []
     for i in range(n):
         user = {"phone": f"(415) 555-{2600 + i % 100:04d}", "email": f"shopper{i}@example.com"}
-        item = {"productId": f"sku-{i % 7}", "productVariantId": f"sku-{i % 7}-m",
-                "price": [{"value": round(rng.uniform(5, 120), 2), "currency": "usd"}], "quantity": 1 + i % 3}
+        item = {
+            "productId": f"sku-{i % 7}",
+            "productVariantId": f"sku-{i % 7}-m",
+            "price": [{"value": round(rng.uniform(5, 120), 2), "currency": "usd"}],
+            "quantity": 1 + i % 3,
+        }
         kind = ["custom_event", "product_view", "add_to_cart", "purchase", "custom_attributes", "identity"][i % 6]
         if kind == "custom_event":
-            jobs.append({"kind": kind, "type": "Order Shipped", "user": user,
-                         "properties": {"carrier": "UPS", "items": 1 + i % 4}})
+            jobs.append(
+                {
+                    "kind": kind,
+                    "type": "Order Shipped",
+                    "user": user,
+                    "properties": {"carrier": "UPS", "items": 1 + i % 4},
+                }
+            )
         elif kind == "custom_attributes":
             jobs.append({"kind": kind, "user": user, "properties": {"tier": "gold", "visits": i}})
         elif kind == "identity":
@@ -79,10 +89,18 @@ def run_demo(n: int, timeout: float, out: Console) -> int:
         with Sandbox(port=0, token=TOKEN, fail_rate=0.15) as sandbox:
             httpx.post(f"{sandbox.url}/__sandbox/faults", json={"status": 400, "type": "Demo Rejected", "times": 5})
             out.print(f"Sandbox (stand-in for Attentive) on {sandbox.url}, answering 15% of requests with 503")
-            worker = WorkerProcess(env={
-                "REDIS_URL": redis_url, "ATTENTIVE_BASE_URL": sandbox.url, "ATTENTIVE_API_TOKEN": TOKEN,
-                "ATTENTIVE_QUEUE": QUEUE, "ATTENTIVE_BACKOFF_BASE_S": "0.5", "ATTENTIVE_BACKOFF_MAX_S": "2",
-            }, log_path=workdir / "worker.log", name="demo").start()
+            worker = WorkerProcess(
+                env={
+                    "REDIS_URL": redis_url,
+                    "ATTENTIVE_BASE_URL": sandbox.url,
+                    "ATTENTIVE_API_TOKEN": TOKEN,
+                    "ATTENTIVE_QUEUE": QUEUE,
+                    "ATTENTIVE_BACKOFF_BASE_S": "0.5",
+                    "ATTENTIVE_BACKOFF_MAX_S": "2",
+                },
+                log_path=workdir / "worker.log",
+                name="demo",
+            ).start()
             out.print(f"Worker started (log: {worker.log_path})")
             producer = Producer(settings)
             before = stats(producer.client, QUEUE)
@@ -110,21 +128,26 @@ def run_demo(n: int, timeout: float, out: Console) -> int:
 
 def _finished(now: dict[str, Any], before: dict[str, Any]) -> int:
     return (now["delivered"] - before["delivered"]) + sum(
-        now["dead_letter"][r] - before["dead_letter"].get(r, 0) for r in now["dead_letter"])
+        now["dead_letter"][r] - before["dead_letter"].get(r, 0) for r in now["dead_letter"]
+    )
 
 
-def _progress(producer: Producer, queue: str, before: dict[str, Any], total: int, timeout: float,
-              out: Console) -> bool:
+def _progress(producer: Producer, queue: str, before: dict[str, Any], total: int, timeout: float, out: Console) -> bool:
     deadline = time.monotonic() + timeout
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  console=out) as progress:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), console=out
+    ) as progress:
         task = progress.add_task("delivering", total=total)
         while time.monotonic() < deadline:
             now = stats(producer.client, queue)
             finished = _finished(now, before)
-            progress.update(task, completed=finished, description=(
-                f"delivering (retries so far {now['retries'] - before['retries']}, "
-                f"scheduled {now['scheduled']})"))
+            progress.update(
+                task,
+                completed=finished,
+                description=(
+                    f"delivering (retries so far {now['retries'] - before['retries']}, scheduled {now['scheduled']})"
+                ),
+            )
             if finished >= total:
                 return True
             time.sleep(0.25)

@@ -130,17 +130,50 @@ class JobStore:
             history = json.loads(r[3])
         except ValueError:
             history = None  # a corrupt record: the delivery treats it as a poison job
-        return Claim(job_id, ticket, r[1].decode(), int(r[2]), history,  # type: ignore[arg-type]
-                     int(r[4]) if r[4] else None, int(r[5]), int(r[6]))
+        return Claim(
+            job_id,
+            ticket,
+            r[1].decode(),
+            int(r[2]),
+            history,  # type: ignore[arg-type]
+            int(r[4]) if r[4] else None,
+            int(r[5]),
+            int(r[6]),
+        )
 
-    def _run_finish(self, claim: Claim, outcome: str, now_ms: int, history: list[dict[str, Any]],
-                    due_ms: int = 0, entry: str = "", reason: str = "") -> bool:
-        return bool(self._finish(
-            keys=[keys.job(claim.job_id), keys.LEASES, keys.SCHEDULE, keys.STATS, keys.dead(claim.job_id),
-                  keys.DEAD_INDEX],
-            args=[claim.ticket, claim.job_id, outcome, now_ms, json.dumps(history), due_ms, entry, reason,
-                  self.retention_ms],
-        ))
+    def _run_finish(
+        self,
+        claim: Claim,
+        outcome: str,
+        now_ms: int,
+        history: list[dict[str, Any]],
+        due_ms: int = 0,
+        entry: str = "",
+        reason: str = "",
+    ) -> bool:
+        return bool(
+            self._finish(
+                keys=[
+                    keys.job(claim.job_id),
+                    keys.LEASES,
+                    keys.SCHEDULE,
+                    keys.STATS,
+                    keys.dead(claim.job_id),
+                    keys.DEAD_INDEX,
+                ],
+                args=[
+                    claim.ticket,
+                    claim.job_id,
+                    outcome,
+                    now_ms,
+                    json.dumps(history),
+                    due_ms,
+                    entry,
+                    reason,
+                    self.retention_ms,
+                ],
+            )
+        )
 
     def delivered(self, claim: Claim, now_ms: int) -> bool:
         """Count the job delivered and forget it. False when the delivery had been taken over."""
@@ -156,6 +189,7 @@ class JobStore:
 
     def promote(self, now_ms: int, limit: int = 500) -> tuple[int, int]:
         """Queue due retries and reclaim expired leases: (promoted, reaped)."""
-        promoted, reaped = self._promote(keys=[keys.SCHEDULE, keys.LEASES, self.queue],
-                                         args=[now_ms, limit, self._template, keys.PREFIX])
+        promoted, reaped = self._promote(
+            keys=[keys.SCHEDULE, keys.LEASES, self.queue], args=[now_ms, limit, self._template, keys.PREFIX]
+        )
         return int(promoted), int(reaped)

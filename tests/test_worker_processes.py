@@ -1,0 +1,169 @@
+"""Real ``celery -A worker worker`` processes, a real Redis, the sandbox over real HTTP.
+
+Shows every outcome end to end, and the crash cases: a pool process SIGKILLed mid-delivery,
+a whole worker SIGKILLed mid-delivery, and a worker killed while a retry waits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import redis
+from conftest import add_fault, make_settings, sandbox_requests, wait_for
+
+from producers import keys
+from producers.producer import Producer
+from producers.queue import push_jobs
+from worker.counters import stats
+
+PHONE = "+14155552671"
+
+
+def event(type_: str, **extra) -> dict:
+    return {"kind": "custom_event", "type": type_, "user": {"phone": PHONE}, **extra}
+
+
+def finished(client: redis.Redis, queue: str = "attentive") -> int:
+    s = stats(client, queue)
+    return s["delivered"] + sum(s["dead_letter"].values())
+
+
+def requests_for(sandbox, type_: str) -> list[dict]:
+    return [r for r in sandbox_requests(sandbox) if (r["body"] or {}).get("type") == type_]
+
+
+def test_every_outcome_through_a_real_worker(settings, producer, redis_client, sandbox, start_worker):
+    add_fault(sandbox, status=400, type="Rejected Event", times=1)
+    add_fault(sandbox, status=401, type="Unauthorized Event", times=1)
+    add_fault(sandbox, status=503, type="Flaky Event", times=2)
+    add_fault(sandbox, status=429, type="Throttled Event", times=99)
+    add_fault(sandbox, status=500, type="Broken Event", times=99)
+    ids = {
+        name: producer.enqueue(event(name))
+        for name in (
+            "Plain Event",
+            "Rejected Event",
+            "Unauthorized Event",
+            "Flaky Event",
+            "Throttled Event",
+            "Broken Event",
+        )
+    }
+    ids["attributes"] = producer.enqueue(
+        {"kind": "custom_attributes", "user": {"phone": PHONE}, "properties": {"tier": "gold"}}
+    )
+    ids["identity"] = producer.enqueue({"kind": "identity", "clientUserId": "c-1", "phone": PHONE})
+    old = (datetime.now(UTC) - timedelta(hours=13)).isoformat()
+    push_jobs(
+        redis_client,
+        "attentive",
+        [
+            ("stale-job", "custom_event", json.dumps(event("Stale Event", occurredAt=old))),
+            ("invalid-job", "custom_event", json.dumps(event("Bad|Type"))),
+            ("poison-job", "custom_event", json.dumps(event("Poison Event"))),
+        ],
+    )
+    redis_client.hset(keys.job("poison-job"), "history", "{not json")
+    total = len(ids) + 3
+    start_worker()
+    wait_for(lambda: finished(redis_client) >= total, 90, "every job to finish")
+    time.sleep(1)
+    s = stats(redis_client, "attentive")
+    assert s["delivered"] == 4  # plain, flaky after two 503s, attributes, identity
+    assert {k: v for k, v in s["dead_letter"].items() if v} == {
+        "rejected": 1,
+        "unauthorized": 1,
+        "rate_limited": 1,
+        "server_error": 1,
+        "stale": 1,
+        "invalid": 1,
+        "crashed": 1,
+    }
+    assert s["enqueued"] == s["delivered"] + sum(s["dead_letter"].values()), "exactly one outcome per job"
+    assert s["queued"] == s["scheduled"] == s["in_flight"] == 0
+    assert [r["status"] for r in requests_for(sandbox, "Flaky Event")] == [503, 503, 200]
+    assert len(requests_for(sandbox, "Throttled Event")) == settings.attentive_max_attempts
+    assert requests_for(sandbox, "Stale Event") == [] and requests_for(sandbox, "Poison Event") == []
+    paths = {r["path"] for r in sandbox_requests(sandbox)}
+    assert {"/v1/attributes/custom", "/v1/identity-resolution/user-identifiers"} <= paths
+
+
+def _wait_for_arrival(sandbox, type_: str) -> dict:
+    return wait_for(lambda: requests_for(sandbox, type_), 30, f"{type_} to reach the sandbox")[0]
+
+
+def test_pool_process_killed_mid_delivery_loses_nothing(settings, producer, redis_client, sandbox, start_worker):
+    add_fault(sandbox, status=200, type="Slow Event", times=1, delay_ms=5000)
+    worker = start_worker(concurrency=1)
+    job_id = producer.enqueue(event("Slow Event"))
+    first = _wait_for_arrival(sandbox, "Slow Event")
+    for pid in worker.child_pids():
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: stats(redis_client, "attentive")["delivered"] == 1, 60, "delivery after the kill")
+    sent = requests_for(sandbox, "Slow Event")
+    assert len(sent) == 2 and sent[1]["status"] == 200
+    assert sent[0]["body"]["externalEventId"] == sent[1]["body"]["externalEventId"] == first["body"]["externalEventId"]
+    assert not redis_client.exists(keys.job(job_id))
+
+
+def test_whole_worker_killed_mid_delivery_is_recovered_by_another_worker(
+    redis_server, redis_client, sandbox, start_worker
+):
+    settings = make_settings(redis_server.url, sandbox.url, attentive_lease_s=13)
+    producer = Producer(settings, redis_client)
+    add_fault(sandbox, status=200, type="Slow Event", times=1, delay_ms=8000)
+    doomed = start_worker("doomed", settings_=settings)
+    job_id = producer.enqueue(event("Slow Event"))
+    _wait_for_arrival(sandbox, "Slow Event")
+    doomed.kill_all()
+    killed_at = time.monotonic()
+    start_worker("rescuer", settings_=settings)
+    wait_for(lambda: stats(redis_client, "attentive")["delivered"] == 1, 120, "the rescuer to deliver")
+    assert time.monotonic() - killed_at < 120
+    # kombu restores the dead worker's unacked message after the visibility timeout (lease + 30 s);
+    # its ticket is old by then, so it must not be delivered again.
+    wait_for(lambda: redis_client.hlen("unacked") == 0, 70, "kombu to restore the orphaned message", 1)
+    time.sleep(3)
+    # Two requests reached Attentive: the dead worker's (answered to nobody) and the rescuer's,
+    # carrying the same externalEventId; no third one from the restored message.
+    sent = requests_for(sandbox, "Slow Event")
+    assert len(sent) == 2
+    assert len({r["body"]["externalEventId"] for r in sent}) == 1
+    s = stats(redis_client, "attentive")
+    assert s["delivered"] == 1 and sum(s["dead_letter"].values()) == 0 and s["queued"] == 0
+    assert not redis_client.exists(keys.job(job_id))
+
+
+def test_a_delayed_retry_survives_a_worker_crash_and_runs_once(redis_server, redis_client, sandbox, start_worker):
+    settings = make_settings(redis_server.url, sandbox.url, attentive_lease_s=13, attentive_backoff_max_s=60)
+    producer = Producer(settings, redis_client)
+    visibility = 13 + 30
+    add_fault(sandbox, status=429, type="Later Event", times=1, retry_after=visibility + 5)
+    doomed = start_worker("doomed", settings_=settings)
+    job_id = producer.enqueue(event("Later Event"))
+    wait_for(lambda: redis_client.zscore(keys.SCHEDULE, job_id), 30, "the retry to be scheduled")
+    # The retry waits in the schedule, not in the broker: nothing for kombu to restore or redeliver.
+    assert redis_client.llen("attentive") == 0
+    wait_for(lambda: redis_client.hlen("unacked") == 0, 10, "the first attempt to be acknowledged")
+    doomed.kill_all()
+    start_worker("rescuer", settings_=settings)
+    wait_for(lambda: stats(redis_client, "attentive")["delivered"] == 1, visibility + 40, "the retry")
+    time.sleep(3)
+    assert [r["status"] for r in requests_for(sandbox, "Later Event")] == [429, 200]
+    s = stats(redis_client, "attentive")
+    assert s["retries"] == 1 and s["scheduled"] == 0 and s["queued"] == 0
+
+
+def test_flower_sees_ids_not_personal_data(settings, producer, redis_client, sandbox, start_worker):
+    """The broker message (what Flower and events show as args) holds the job id and kind only."""
+    job_id = producer.enqueue(event("Private Event", properties={"secret": "value-123"}))
+    raw = redis_client.lrange("attentive", 0, -1)[0].decode()
+    assert job_id in raw and PHONE not in raw and "value-123" not in raw
+    start_worker()
+    wait_for(lambda: stats(redis_client, "attentive")["delivered"] == 1, 30, "delivery")
+    assert httpx.get(sandbox.url + "/__sandbox/requests").json()[0]["body"]["user"]["phone"] == PHONE
