@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
-from conftest import add_fault, make_settings, sandbox_requests
 
 from producers import keys
 from producers.producer import Producer
@@ -21,6 +20,8 @@ from worker.attentive import AttentiveClient
 from worker.delivery import Delivery
 from worker.jobstore import JobStore
 from worker.sandbox import Sandbox
+
+from conftest import add_fault, make_settings, sandbox_requests
 
 EVENT = {"kind": "custom_event", "type": "Order Shipped", "user": {"phone": "+14155552671"}}
 

@@ -10,9 +10,10 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import TOKEN, add_fault, sandbox_requests
 
 from worker.sandbox import MAX_BODY, Sandbox
+
+from conftest import TOKEN, add_fault, sandbox_requests
 
 PHONE = "+14155552671"
 EMAIL = "jane.doe@example.com"

@@ -14,12 +14,13 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import redis
-from conftest import add_fault, make_settings, sandbox_requests, wait_for
 
 from producers import keys
 from producers.producer import Producer
 from producers.queue import push_jobs
 from worker.counters import stats
+
+from conftest import add_fault, make_settings, sandbox_requests, wait_for
 
 PHONE = "+14155552671"
 

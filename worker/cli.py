@@ -252,3 +252,7 @@ def demo(
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()

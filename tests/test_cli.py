@@ -1,0 +1,85 @@
+"""The ``attentive-relay`` command as a user runs it: a real process, a real Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from producers.queue import ticket_for
+from worker.attentive import AttentiveClient
+from worker.delivery import Delivery
+from worker.jobstore import JobStore
+
+from conftest import add_fault
+
+GOOD = {"kind": "custom_event", "type": "Order Shipped", "user": {"phone": "(415) 555-2671"}}
+
+
+def relay(args: list[str], settings, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "NO_COLOR": "1", "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_enqueue_ndjson_reports_invalid_lines_and_queues_the_rest(settings, redis_client, tmp_path: Path):
+    lines = [json.dumps(GOOD), "", "{not json", json.dumps({**GOOD, "type": "Bad(Type)"}), json.dumps(GOOD)]
+    source = tmp_path / "jobs.ndjson"
+    source.write_text("\n".join(lines) + "\n")
+    result = relay(["enqueue", str(source), "--json"], settings)
+    assert result.returncode == 1
+    assert json.loads(result.stdout) == {"enqueued": 2, "invalid": 2}
+    assert "line 3: invalid job: not valid JSON" in result.stderr
+    assert "line 4: invalid job: type: must not contain" in result.stderr
+    assert redis_client.llen("attentive") == 2
+
+
+def test_enqueue_from_stdin_all_valid_exits_zero(settings, redis_client):
+    result = relay(["enqueue", "-"], settings, stdin=json.dumps(GOOD) + "\n")
+    assert result.returncode == 0 and "enqueued 1, invalid 0" in result.stdout
+
+
+def test_stats_json_has_the_contract_keys(settings, producer):
+    producer.enqueue(GOOD)
+    result = relay(["stats", "--json"], settings)
+    data = json.loads(result.stdout)
+    assert {"enqueued", "delivered", "retries", "dead_letter", "queued", "scheduled"} <= data.keys()
+    assert data["enqueued"] == 1 and data["queued"] == 1 and data["dead_letter"]["rejected"] == 0
+
+
+def test_dlq_list_show_replay_purge(settings, producer, redis_client, sandbox):
+    add_fault(sandbox, status=400, times=2)
+    delivery = Delivery(settings, AttentiveClient(settings), JobStore(redis_client, "attentive", 15_000, 10**9))
+    ids = [producer.enqueue(GOOD) for _ in range(2)]
+    for job_id in ids:
+        assert delivery.run(job_id, ticket_for(job_id, 0)) == "dead:rejected"
+
+    listed = json.loads(relay(["dlq", "list", "--json", "--reason", "rejected"], settings).stdout)
+    assert sorted(e["job_id"] for e in listed) == sorted(ids)
+    assert all("+14155552671" not in json.dumps(e) for e in listed), "list shows no personal data"
+
+    shown = relay(["dlq", "show", ids[0]], settings)
+    assert json.loads(shown.stdout)["job"]["user"]["phone"] == "+14155552671"
+    assert relay(["dlq", "show", "nope"], settings).returncode == 1
+
+    replayed = relay(["dlq", "replay", ids[0], "--json"], settings)
+    assert json.loads(replayed.stdout) == {"replayed": 1, "stale": 0, "missing": 0}
+    assert relay(["dlq", "replay"], settings).returncode == 2, "ids or --all is required"
+
+    purged = relay(["dlq", "purge", "--all", "--json"], settings)
+    assert json.loads(purged.stdout) == {"purged": 1}
+    assert json.loads(relay(["dlq", "list", "--json"], settings).stdout) == []
+
+
+def test_unreachable_redis_is_a_clear_error(settings):
+    result = relay(["stats"], settings.model_copy(update={"redis_url": "redis://127.0.0.1:9/0"}))
+    assert result.returncode == 3 and "cannot reach Redis" in result.stderr
