@@ -19,6 +19,9 @@ import redis
 
 from producers.producer import Producer
 from producers.settings import Settings
+from worker.attentive import AttentiveClient
+from worker.delivery import Delivery
+from worker.jobstore import JobStore
 from worker.processes import RedisServer, WorkerProcess
 from worker.sandbox import Sandbox
 
@@ -58,6 +61,12 @@ def make_settings(redis_url: str, base_url: str = "http://127.0.0.1:9", **overri
     }
     values.update(overrides)
     return Settings(**values)
+
+
+def delivery_for(settings: Settings, client: redis.Redis) -> Delivery:
+    """An in-process delivery (no Celery) with jitter fixed at half the ceiling."""
+    store = JobStore(client, settings.attentive_queue, int(settings.attentive_lease_s * 1000), 86_400_000)
+    return Delivery(settings, AttentiveClient(settings), store, rand=lambda: 0.5)
 
 
 @pytest.fixture

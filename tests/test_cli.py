@@ -9,11 +9,8 @@ import sys
 from pathlib import Path
 
 from producers.queue import ticket_for
-from worker.attentive import AttentiveClient
-from worker.delivery import Delivery
-from worker.jobstore import JobStore
 
-from conftest import add_fault
+from conftest import add_fault, delivery_for
 
 GOOD = {"kind": "custom_event", "type": "Order Shipped", "user": {"phone": "(415) 555-2671"}}
 
@@ -58,7 +55,7 @@ def test_stats_json_has_the_contract_keys(settings, producer):
 
 def test_dlq_list_show_replay_purge(settings, producer, redis_client, sandbox):
     add_fault(sandbox, status=400, times=2)
-    delivery = Delivery(settings, AttentiveClient(settings), JobStore(redis_client, "attentive", 15_000, 10**9))
+    delivery = delivery_for(settings, redis_client)
     ids = [producer.enqueue(GOOD) for _ in range(2)]
     for job_id in ids:
         assert delivery.run(job_id, ticket_for(job_id, 0)) == "dead:rejected"

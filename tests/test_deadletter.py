@@ -5,24 +5,14 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-import redis
-
 from producers import keys
 from producers.producer import Producer
 from producers.queue import push_jobs, ticket_for
-from producers.settings import Settings
-from worker.attentive import AttentiveClient
 from worker.deadletter import DeadLetters
-from worker.delivery import Delivery
-from worker.jobstore import JobStore
 
-from conftest import add_fault, make_settings, sandbox_requests
+from conftest import add_fault, delivery_for, make_settings, sandbox_requests
 
 EVENT = {"kind": "custom_event", "type": "Order Shipped", "user": {"email": "jane@example.com"}}
-
-
-def delivery_for(settings: Settings, client: redis.Redis) -> Delivery:
-    return Delivery(settings, AttentiveClient(settings), JobStore(client, "attentive", 15_000, 86_400_000))
 
 
 def dead_letter_one(settings, producer, client, sandbox, status=400, job=EVENT) -> str:

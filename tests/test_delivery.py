@@ -15,20 +15,12 @@ import redis
 from producers import keys
 from producers.producer import Producer
 from producers.queue import push_jobs, ticket_for
-from producers.settings import Settings
-from worker.attentive import AttentiveClient
 from worker.delivery import Delivery
-from worker.jobstore import JobStore
 from worker.sandbox import Sandbox
 
-from conftest import add_fault, make_settings, sandbox_requests
+from conftest import add_fault, delivery_for, make_settings, sandbox_requests
 
 EVENT = {"kind": "custom_event", "type": "Order Shipped", "user": {"phone": "+14155552671"}}
-
-
-def delivery_for(settings: Settings, client: redis.Redis) -> Delivery:
-    store = JobStore(client, settings.attentive_queue, int(settings.attentive_lease_s * 1000), 86_400_000)
-    return Delivery(settings, AttentiveClient(settings), store, rand=lambda: 0.5)
 
 
 def run_until_done(delivery: Delivery, client: redis.Redis, job_id: str, limit: int = 10) -> list[str]:

@@ -19,6 +19,7 @@ from producers import keys
 from producers.producer import Producer
 from producers.queue import push_jobs
 from worker.counters import stats
+from worker.processes import RedisServer
 
 from conftest import add_fault, make_settings, sandbox_requests, wait_for
 
@@ -38,10 +39,13 @@ def requests_for(sandbox, type_: str) -> list[dict]:
     return [r for r in sandbox_requests(sandbox) if (r["body"] or {}).get("type") == type_]
 
 
-def test_every_outcome_through_a_real_worker(settings, producer, redis_client, sandbox, start_worker):
+def test_every_outcome_through_a_real_worker(redis_server, redis_client, sandbox, start_worker):
+    settings = make_settings(redis_server.url, sandbox.url, attentive_timeout_s=1, attentive_max_attempts=2)
+    producer = Producer(settings, redis_client)
+    add_fault(sandbox, status=200, type="Unreachable Event", times=99, delay_ms=1500)
     add_fault(sandbox, status=400, type="Rejected Event", times=1)
     add_fault(sandbox, status=401, type="Unauthorized Event", times=1)
-    add_fault(sandbox, status=503, type="Flaky Event", times=2)
+    add_fault(sandbox, status=503, type="Flaky Event", times=1)
     add_fault(sandbox, status=429, type="Throttled Event", times=99)
     add_fault(sandbox, status=500, type="Broken Event", times=99)
     ids = {
@@ -53,6 +57,7 @@ def test_every_outcome_through_a_real_worker(settings, producer, redis_client, s
             "Flaky Event",
             "Throttled Event",
             "Broken Event",
+            "Unreachable Event",
         )
     }
     ids["attributes"] = producer.enqueue(
@@ -71,23 +76,25 @@ def test_every_outcome_through_a_real_worker(settings, producer, redis_client, s
     )
     redis_client.hset(keys.job("poison-job"), "history", "{not json")
     total = len(ids) + 3
-    start_worker()
+    start_worker(settings_=settings)
     wait_for(lambda: finished(redis_client) >= total, 90, "every job to finish")
     time.sleep(1)
     s = stats(redis_client, "attentive")
-    assert s["delivered"] == 4  # plain, flaky after two 503s, attributes, identity
+    assert s["delivered"] == 4  # plain, flaky after a 503, attributes, identity
     assert {k: v for k, v in s["dead_letter"].items() if v} == {
         "rejected": 1,
         "unauthorized": 1,
         "rate_limited": 1,
         "server_error": 1,
+        "network_error": 1,
         "stale": 1,
         "invalid": 1,
         "crashed": 1,
     }
     assert s["enqueued"] == s["delivered"] + sum(s["dead_letter"].values()), "exactly one outcome per job"
     assert s["queued"] == s["scheduled"] == s["in_flight"] == 0
-    assert [r["status"] for r in requests_for(sandbox, "Flaky Event")] == [503, 503, 200]
+    assert [r["status"] for r in requests_for(sandbox, "Flaky Event")] == [503, 200]
+    assert len(requests_for(sandbox, "Unreachable Event")) == 2
     assert len(requests_for(sandbox, "Throttled Event")) == settings.attentive_max_attempts
     assert requests_for(sandbox, "Stale Event") == [] and requests_for(sandbox, "Poison Event") == []
     paths = {r["path"] for r in sandbox_requests(sandbox)}
@@ -110,6 +117,23 @@ def test_pool_process_killed_mid_delivery_loses_nothing(settings, producer, redi
     assert len(sent) == 2 and sent[1]["status"] == 200
     assert sent[0]["body"]["externalEventId"] == sent[1]["body"]["externalEventId"] == first["body"]["externalEventId"]
     assert not redis_client.exists(keys.job(job_id))
+
+
+def test_a_job_that_kills_its_worker_every_time_ends_as_worker_lost(redis_server, redis_client, sandbox, start_worker):
+    settings = make_settings(redis_server.url, sandbox.url, attentive_lease_s=13, attentive_max_attempts=2)
+    add_fault(sandbox, status=200, type="Deadly Event", times=99, delay_ms=10_000)
+    worker = start_worker(concurrency=1, settings_=settings)
+    job_id = Producer(settings, redis_client).enqueue(event("Deadly Event"))
+    for attempt in (1, 2):
+        wait_for(lambda n=attempt: len(requests_for(sandbox, "Deadly Event")) == n, 40, f"attempt {attempt}")
+        for pid in worker.child_pids():
+            os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: redis_client.exists(keys.dead(job_id)), 40, "the dead letter")
+    entry = json.loads(redis_client.get(keys.dead(job_id)))
+    assert entry["reason"] == "worker_lost"
+    assert len(requests_for(sandbox, "Deadly Event")) == 2, "no third attempt"
+    s = stats(redis_client, "attentive")
+    assert s["delivered"] == 0 and s["dead_letter"]["worker_lost"] == 1 and s["in_flight"] == 0
 
 
 def test_whole_worker_killed_mid_delivery_is_recovered_by_another_worker(
@@ -168,3 +192,27 @@ def test_flower_sees_ids_not_personal_data(settings, producer, redis_client, san
     start_worker()
     wait_for(lambda: stats(redis_client, "attentive")["delivered"] == 1, 30, "delivery")
     assert httpx.get(sandbox.url + "/__sandbox/requests").json()[0]["body"]["user"]["phone"] == PHONE
+
+
+def test_a_redis_restart_loses_nothing(tmp_path, sandbox, start_worker):
+    """Redis with AOF persistence restarted mid-run: every job still ends exactly once."""
+    server = RedisServer(appendonly=True, workdir=tmp_path).start()
+    try:
+        settings = make_settings(server.url, sandbox.url)
+        client = redis.Redis.from_url(server.url)
+        producer = Producer(settings, client)
+        httpx.post(f"{sandbox.url}/__sandbox/config", json={"latency_ms": 40}).raise_for_status()
+        start_worker(settings_=settings)
+        ids = [producer.enqueue(event(f"Restart Event {i}")) for i in range(40)]
+        wait_for(lambda: stats(client, "attentive")["delivered"] >= 5, 30, "the first deliveries")
+        server.stop()
+        time.sleep(2)
+        server.start()
+        wait_for(lambda: finished(client) >= len(ids), 90, "every job to finish after the restart", 0.5)
+        s = stats(client, "attentive")
+        assert s["delivered"] == len(ids) and sum(s["dead_letter"].values()) == 0
+        accepted = {r["body"]["type"] for r in sandbox_requests(sandbox) if r["status"] == 200}
+        assert accepted == {f"Restart Event {i}" for i in range(40)}
+        assert not any(client.exists(keys.job(i)) for i in ids)
+    finally:
+        server.stop()

@@ -58,18 +58,23 @@ def configure(app: Celery, settings: Settings) -> None:
     )
 
 
+def job_store(settings: Settings) -> JobStore:
+    """A job store on its own Redis connection pool, configured from ``settings``."""
+    client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    return JobStore(
+        client,
+        settings.attentive_queue,
+        int(settings.attentive_lease_s * 1000),
+        int(settings.attentive_dead_letter_retention_days * 86_400_000),
+    )
+
+
 class Runtime:
     """What one worker process needs, built once on first use (after the pool forks)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
-        self.store = JobStore(
-            self.redis,
-            settings.attentive_queue,
-            int(settings.attentive_lease_s * 1000),
-            int(settings.attentive_dead_letter_retention_days * 86_400_000),
-        )
+        self.store = job_store(settings)
         self.client = AttentiveClient(settings)
         self.delivery = Delivery(settings, self.client, self.store)
 
@@ -102,7 +107,7 @@ def _fresh_runtime_after_fork(**_: object) -> None:
 @signals.worker_ready.connect
 def _start_promoter(**_: object) -> None:
     global _promoter
-    _promoter = Promoter(Runtime(settings).store)
+    _promoter = Promoter(job_store(settings))
     _promoter.start()
     if settings.attentive_api_token is None:
         log.error("ATTENTIVE_API_TOKEN is not set: every delivery will be dead-lettered as 'unauthorized'")

@@ -226,12 +226,12 @@ def sandbox(
 @cli.command()
 def scheduler(interval: Annotated[float, typer.Option(help="Seconds between passes.")] = 1.0) -> None:
     """Run only the promoter (due retries and lost deliveries); workers also run one each."""
-    from worker.app import Runtime
+    from worker.app import job_store
     from worker.schedule import Promoter
 
     settings = _settings()
     _client(settings)
-    promoter = Promoter(Runtime(settings).store, interval)
+    promoter = Promoter(job_store(settings), interval)
     out.print("promoter running; Ctrl-C stops it")
     try:
         promoter.run_forever()
