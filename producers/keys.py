@@ -29,3 +29,11 @@ def job(job_id: str) -> str:
 def dead(job_id: str) -> str:
     """String holding one dead-letter entry as JSON."""
     return f"{PREFIX}dead:{job_id}"
+
+
+def rate_bucket(token_tag: str, kind: str) -> str:
+    """String holding a GCRA bucket's next free slot (Redis-clock microseconds).
+
+    The braces make it a Redis Cluster hash tag; the token is present only as a hash prefix.
+    """
+    return f"{PREFIX}rate:{{{token_tag}:{kind}}}"

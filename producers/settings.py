@@ -54,6 +54,25 @@ class Settings(BaseSettings):
     attentive_dead_letter_retention_days: float = Field(30.0, gt=0)
     """Dead-letter entries expire after this long (they hold personal data)."""
 
+    attentive_rate_limit: float = Field(150.0, gt=0)
+    """Attentive's limit per endpoint per token (requests/second), for endpoints not listed below."""
+
+    attentive_rate_limits: dict[str, float] = Field(default_factory=dict)
+    """Per-kind overrides as JSON, e.g. ``{"identity": 10, "custom_event": 300}``.
+
+    Identity resolution defaults to Attentive's published 10/s.
+    """
+
+    attentive_rate_headroom: float = Field(0.97, gt=0, le=1)
+    """Fraction of the limit to aim at, so clock and network jitter never tip a second over."""
+
+    attentive_rate_max_wait_s: float = Field(0.1, ge=0.01, le=10)
+    """Longest a worker waits inline for a send slot; longer waits park the job until its slot.
+
+    Short on purpose: a worker sleeping for a slow endpoint's slot is a worker not sending
+    anything else.
+    """
+
     @model_validator(mode="after")
     def _lease_covers_a_request(self) -> Settings:
         if self.attentive_lease_s < self.attentive_timeout_s + 10:

@@ -26,6 +26,7 @@ from producers.settings import Settings
 from worker.attentive import AttentiveClient
 from worker.delivery import Delivery
 from worker.jobstore import JobStore
+from worker.ratelimit import RateLimiter
 from worker.schedule import Promoter
 
 log = logging.getLogger("attentive_relay.worker")
@@ -76,7 +77,8 @@ class Runtime:
         self.settings = settings
         self.store = job_store(settings)
         self.client = AttentiveClient(settings)
-        self.delivery = Delivery(settings, self.client, self.store)
+        self.limiter = RateLimiter(self.store.client, settings)
+        self.delivery = Delivery(settings, self.client, self.store, self.limiter)
 
 
 settings = Settings()
@@ -107,7 +109,7 @@ def _fresh_runtime_after_fork(**_: object) -> None:
 @signals.worker_ready.connect
 def _start_promoter(**_: object) -> None:
     global _promoter
-    _promoter = Promoter(job_store(settings))
+    _promoter = Promoter(job_store(settings), interval_s=0.1)
     _promoter.start()
     if settings.attentive_api_token is None:
         log.error("ATTENTIVE_API_TOKEN is not set: every delivery will be dead-lettered as 'unauthorized'")

@@ -36,5 +36,6 @@ def stats(client: redis.Redis, queue: str) -> dict[str, Any]:
         "scheduled": scheduled,
         "in_flight": in_flight,
         "replayed": counts.get("replayed", 0),
+        "deferred": counts.get("deferred", 0),
         "dead_letter_stored": dead_stored,
     }

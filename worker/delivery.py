@@ -18,12 +18,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from producers import freshness
-from producers.errors import InvalidJob, Stale, WorkerLost
+from producers.errors import InvalidJob, RateLimited, Stale, WorkerLost
 from producers.settings import Settings
 from producers.validation import parse_job
 from worker.attentive import AttentiveClient, Outcome
 from worker.jobstore import Claim, JobStore
 from worker.policy import DeadLetter, Decision, Delivered, Retry, RetryPolicy, decide
+from worker.ratelimit import RateLimiter
 
 log = logging.getLogger("attentive_relay.delivery")
 MAX_RESPONSE_KEPT = 2000
@@ -48,15 +49,19 @@ class Delivery:
         settings: Settings,
         client: AttentiveClient,
         store: JobStore,
+        limiter: RateLimiter | None = None,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
         self.client = client
         self.store = store
+        self.limiter = limiter
         self.policy = RetryPolicy.from_settings(settings)
         self.clock = clock
         self.rand = rand
+        self.sleep = sleep
 
     def run(self, job_id: str, ticket: str) -> str:
         """Attempt the job if this message holds its ticket. Returns the outcome's name."""
@@ -108,8 +113,12 @@ class Delivery:
                 f"{self.settings.attentive_freshness_hours:g} h window; not sent"
             )
             return self._record(claim, now_ms, history, DeadLetter(Stale.reason, detail), None)
+        parked = self._take_slot(claim, job.kind, occurred, now_ms, history)  # type: ignore[attr-defined]
+        if parked is not None:
+            return parked
 
         outcome = self.client.deliver(job)
+        self._adapt_rate(job.kind, outcome)  # type: ignore[attr-defined]
         done_ms = int(self.clock() * 1000)
         history.append(
             {
@@ -136,6 +145,43 @@ class Delivery:
             _name(decision),
         )
         return self._record(claim, done_ms, history, decision, outcome)
+
+    def _take_slot(
+        self, claim: Claim, kind: str, occurred: datetime | None, now_ms: int, history: list[dict[str, Any]]
+    ) -> str | None:
+        """Wait for this attempt's rate-limit slot, or park the job until it. None means: send now."""
+        if self.limiter is None:
+            return None
+        max_wait = self.settings.attentive_rate_max_wait_s
+        if claim.slot_ms is not None and now_ms - claim.slot_ms <= max_wait * 1000:
+            wait_s = max(0.0, (claim.slot_ms - now_ms) / 1000)
+        else:
+            # No slot yet, or it passed while the job waited in the queue: sending now would
+            # bunch requests, so take a fresh one (the missed slot is simply unused).
+            wait_s = self.limiter.reserve(kind)
+        if wait_s <= max_wait:
+            if wait_s > 0:
+                self.sleep(wait_s)
+            return None
+        slot_ms = now_ms + int(wait_s * 1000)
+        if occurred is not None and freshness.is_stale(
+            occurred, datetime.fromtimestamp(slot_ms / 1000, UTC), self.policy.freshness_s
+        ):
+            detail = f"the rate limit for {kind} leaves no send slot before the event goes stale"
+            return self._record(claim, now_ms, history, DeadLetter(Stale.reason, detail), None)
+        # Queued again a little ahead of the slot, so the promoter's pace never makes it late.
+        lead_ms = int(max_wait * 500)
+        self.store.defer(claim, now_ms, due_ms=slot_ms - lead_ms, slot_ms=slot_ms)
+        return "deferred"
+
+    def _adapt_rate(self, kind: str, outcome: Outcome) -> None:
+        """A 429 or an exhausted second at Attentive holds back every worker, not just this job."""
+        if self.limiter is None:
+            return
+        if isinstance(outcome.error, RateLimited):
+            self.limiter.back_off(kind, outcome.error.retry_after or 1.0)
+        elif outcome.ratelimit_remaining == 0:
+            self.limiter.back_off(kind, 1.0)
 
     def _record(
         self, claim: Claim, now_ms: int, history: list[dict[str, Any]], decision: Decision, outcome: Outcome | None

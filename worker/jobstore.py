@@ -29,18 +29,18 @@ from producers import keys
 from producers.queue import message_template
 
 _CLAIM = """
-local h = redis.call('HMGET', KEYS[1], 'state', 'ticket', 'job', 'history', 'lost', 'first_seen', 'round')
+local h = redis.call('HMGET', KEYS[1], 'state', 'ticket', 'job', 'history', 'lost', 'first_seen', 'round', 'slot')
 if not h[1] then return {'gone'} end
 if h[2] ~= ARGV[1] then return {'stale'} end
 if h[1] ~= 'queued' then return {'busy'} end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'state', 'running', 'lost', '')
+redis.call('HSET', KEYS[1], 'state', 'running', 'lost', '', 'slot', '')
 redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), ARGV[3])
-return {'ok', h[3], tostring(attempts), h[4] or '[]', h[5] or '', h[6] or '0', h[7] or '0'}
+return {'ok', h[3], tostring(attempts), h[4] or '[]', h[5] or '', h[6] or '0', h[7] or '0', h[8] or ''}
 """
 
 # KEYS: job, leases, schedule, stats, dead entry, dead index
-# ARGV: ticket, job_id, outcome, now_ms, history, due_ms, entry, reason, retention_ms
+# ARGV: ticket, job_id, outcome, now_ms, history, due_ms, entry, reason, retention_ms, slot_ms
 _FINISH = """
 local h = redis.call('HMGET', KEYS[1], 'ticket', 'state')
 if h[1] ~= ARGV[1] or h[2] ~= 'running' then return 0 end
@@ -52,6 +52,11 @@ elseif ARGV[3] == 'retry' then
   redis.call('HSET', KEYS[1], 'state', 'scheduled', 'history', ARGV[5])
   redis.call('ZADD', KEYS[3], tonumber(ARGV[6]), ARGV[2])
   redis.call('HINCRBY', KEYS[4], 'retries', 1)
+elseif ARGV[3] == 'defer' then
+  redis.call('HSET', KEYS[1], 'state', 'scheduled', 'slot', ARGV[10])
+  redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+  redis.call('ZADD', KEYS[3], tonumber(ARGV[6]), ARGV[2])
+  redis.call('HINCRBY', KEYS[4], 'deferred', 1)
 else
   redis.call('SET', KEYS[5], ARGV[7], 'PX', tonumber(ARGV[9]))
   redis.call('ZADD', KEYS[6], tonumber(ARGV[4]), ARGV[2])
@@ -72,7 +77,8 @@ local function requeue(jk, id)
   local msg = string.gsub(ARGV[3], '@JOB@', id)
   msg = string.gsub(msg, '@TICKET@', ticket)
   msg = string.gsub(msg, '@KIND@', kind)
-  redis.call('LPUSH', KEYS[3], msg)
+  -- RPUSH puts it at the head (consumers BRPOP): it has waited its turn already.
+  redis.call('RPUSH', KEYS[3], msg)
 end
 local promoted, reaped = 0, 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))) do
@@ -105,6 +111,8 @@ class Claim:
     lost_at_ms: int | None
     first_seen_ms: int
     round: int
+    slot_ms: int | None = None
+    """When a rate-limit slot was reserved for this attempt (epoch ms), if one was."""
 
 
 class JobStore:
@@ -139,6 +147,7 @@ class JobStore:
             int(r[4]) if r[4] else None,
             int(r[5]),
             int(r[6]),
+            int(r[7]) if r[7] else None,
         )
 
     def _run_finish(
@@ -150,6 +159,7 @@ class JobStore:
         due_ms: int = 0,
         entry: str = "",
         reason: str = "",
+        slot_ms: int = 0,
     ) -> bool:
         return bool(
             self._finish(
@@ -171,6 +181,7 @@ class JobStore:
                     entry,
                     reason,
                     self.retention_ms,
+                    slot_ms,
                 ],
             )
         )
@@ -182,6 +193,10 @@ class JobStore:
     def schedule(self, claim: Claim, now_ms: int, delay_ms: int, history: list[dict[str, Any]]) -> bool:
         """Park the job in the retry schedule; a promoter queues it again when due."""
         return self._run_finish(claim, "retry", now_ms, history, due_ms=now_ms + delay_ms)
+
+    def defer(self, claim: Claim, now_ms: int, due_ms: int, slot_ms: int) -> bool:
+        """Park the job until its reserved rate-limit slot; the attempt is given back."""
+        return self._run_finish(claim, "defer", now_ms, [], due_ms=due_ms, slot_ms=slot_ms)
 
     def dead_letter(self, claim: Claim, now_ms: int, reason: str, entry: dict[str, Any]) -> bool:
         """Move the job to the dead-letter store with ``entry`` as its record."""

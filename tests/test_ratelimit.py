@@ -1,0 +1,96 @@
+"""The shared rate limiter: GCRA slots in Redis, and real workers holding Attentive's limit."""
+
+from __future__ import annotations
+
+import itertools
+
+import httpx
+import pytest
+
+from producers import keys
+from producers.producer import Producer
+from producers.settings import Settings
+from worker.counters import stats
+from worker.ratelimit import RateLimiter
+
+from conftest import TOKEN, make_settings, sandbox_requests, wait_for
+
+
+def limiter(redis_server, redis_client, **overrides) -> RateLimiter:
+    return RateLimiter(redis_client, make_settings(redis_server.url, **overrides))
+
+
+def test_slots_are_spaced_at_the_aimed_rate(redis_server, redis_client):
+    rl = limiter(redis_server, redis_client, attentive_rate_limit=100, attentive_rate_headroom=0.5)
+    assert rl.rate("custom_event") == 50
+    waits = [rl.reserve("custom_event") for _ in range(5)]
+    assert waits[0] == 0
+    gaps = [b - a for a, b in itertools.pairwise(waits)]
+    assert all(0.015 < g <= 0.02 for g in gaps), gaps  # 20 ms apart, less the time between calls
+
+
+def test_published_and_configured_limits(redis_server, redis_client):
+    rl = limiter(redis_server, redis_client, attentive_rate_headroom=1.0, attentive_rate_limits={"purchase": 30})
+    assert rl.rate("identity") == 10 and rl.rate("purchase") == 30 and rl.rate("custom_event") == 150
+
+
+def test_limits_come_from_the_environment(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("ATTENTIVE_RATE_LIMIT", "120")
+    monkeypatch.setenv("ATTENTIVE_RATE_LIMITS", '{"identity": 5}')
+    settings = Settings()
+    assert settings.attentive_rate_limit == 120 and settings.attentive_rate_limits == {"identity": 5}
+
+
+def test_endpoints_and_tokens_have_separate_buckets(redis_server, redis_client):
+    rl = limiter(redis_server, redis_client)
+    other = limiter(redis_server, redis_client, attentive_api_token="another-token")
+    rl.reserve("identity")
+    assert rl.reserve("identity") > 0.05
+    assert rl.reserve("custom_event") == 0 and other.reserve("identity") == 0
+
+
+def test_back_off_holds_the_whole_bucket_and_keys_hide_the_token(redis_server, redis_client):
+    rl = limiter(redis_server, redis_client)
+    rl.back_off("custom_event", 2.0)
+    assert 1.9 < rl.reserve("custom_event") <= 2.0
+    [key] = redis_client.keys(keys.PREFIX + "rate:*")
+    assert TOKEN.encode() not in key and b"{" in key
+
+
+def test_workers_share_one_limit_and_never_draw_a_429(redis_server, redis_client, sandbox, start_worker):
+    """Four worker processes, a sandbox enforcing 50/s: no 429s, and every job delivered."""
+    settings = make_settings(redis_server.url, sandbox.url, attentive_rate_limit=50)
+    httpx.post(f"{sandbox.url}/__sandbox/config", json={"rate": 50}).raise_for_status()
+
+    producer = Producer(settings, redis_client)
+    producer.enqueue_many(
+        [{"kind": "custom_event", "type": f"Burst {i}", "user": {"email": "a@example.com"}} for i in range(200)]
+    )
+    for n in range(4):
+        start_worker(f"w{n}", concurrency=1, settings_=settings)
+    wait_for(lambda: stats(redis_client, "attentive")["delivered"] == 200, 60, "all deliveries", 0.25)
+    requests = sandbox_requests(sandbox)
+    assert [r["status"] for r in requests].count(429) == 0
+    per_second: dict[int, int] = {}
+    for r in requests:
+        per_second[int(r["at"])] = per_second.get(int(r["at"]), 0) + 1
+    assert max(per_second.values()) <= 50
+
+
+def test_a_backlogged_endpoint_does_not_hold_up_the_others(redis_server, redis_client, sandbox, start_worker):
+    settings = make_settings(redis_server.url, sandbox.url)
+
+    producer = Producer(settings, redis_client)
+    user = {"email": "a@example.com"}
+    producer.enqueue_many([{"kind": "identity", "clientUserId": f"c{i}", **user} for i in range(100)])
+    producer.enqueue_many([{"kind": "custom_event", "type": f"E{i}", "user": user} for i in range(300)])
+    start_worker(concurrency=2, settings_=settings)
+    wait_for(lambda: stats(redis_client, "attentive")["delivered"] >= 360, 60, "the events and some identities")
+    requests = sandbox_requests(sandbox)
+    identity = sorted(r["at"] for r in requests if r["path"].startswith("/v1/identity"))
+    events = sorted(r["at"] for r in requests if r["path"] == "/v1/events/custom")
+
+    assert len(events) == 300
+    assert events[-1] < identity[50], "custom events must not wait behind the identity backlog"
+    assert [r["status"] for r in requests].count(429) == 0
+    assert stats(redis_client, "attentive")["deferred"] > 0
