@@ -108,6 +108,12 @@ class WorkerProcess:
     name: str = "relay"
     concurrency: int = 2
     pool: str = "prefork"
+    app: str = "worker"
+    loglevel: str = "INFO"
+    queue: str | None = None
+    app: str = "worker"
+    loglevel: str = "INFO"
+    queue: str | None = None
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
 
@@ -120,15 +126,15 @@ class WorkerProcess:
                 "-m",
                 "celery",
                 "-A",
+                self.app,
                 "worker",
-                "worker",
-                "--loglevel=INFO",
+                f"--loglevel={self.loglevel}",
                 f"--concurrency={self.concurrency}",
                 f"--pool={self.pool}",
                 "-n",
                 f"{self.name}@%h",
                 "-Q",
-                env.get("ATTENTIVE_QUEUE", "attentive"),
+                self.queue or env.get("ATTENTIVE_QUEUE", "attentive"),
                 "--without-gossip",
                 "--without-mingle",
                 *self.extra_args,
@@ -161,6 +167,31 @@ class WorkerProcess:
             if int(fields[1]) == self.proc.pid:
                 children.append(int(stat.parent.name))
         return children
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the main process and its live pool processes so far."""
+        assert self.proc is not None
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for pid in [self.proc.pid, *self.child_pids()]:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / ticks
+        return total
+
+    def peak_rss_mb(self) -> float:
+        """Peak resident memory (VmHWM) of the main process plus its pool processes, in MiB."""
+        assert self.proc is not None
+        total_kb = 0
+        for pid in [self.proc.pid, *self.child_pids()]:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            total_kb += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+        return total_kb / 1024
 
     def kill_all(self) -> None:
         """SIGKILL the main process and its pool at once, as an OOM killer or a lost host would."""

@@ -179,7 +179,7 @@ class _Handler(BaseHTTPRequestHandler):
             s.requests.append(record)
         status, payload, headers, note = self._answer(token, kind, url.path, raw)
         with s.lock:
-            record.update(status=status, note=note)
+            record.update(status=status, note=note, done=time.time())
         self._send(status, payload, headers)
         return None
 

@@ -1,0 +1,421 @@
+"""The benchmark: attentive-relay's pipeline against a plain Celery + httpx task, side by side.
+
+    scripts/bench            # or: .venv/bin/python -m bench.run [--quick]
+
+Starts a private redis-server (or uses --redis-url), the sandbox in its own process, and
+worker processes, then measures rate-limit fidelity, throughput and CPU per job, the rate one
+process reaches against a 100 ms API, enqueue cost, end-to-end latency at a steady 100 jobs/s,
+and memory. Prints a table and writes JSON to bench/results/. Every wait is bounded; traffic
+goes only to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from producers.producer import Producer
+from producers.settings import Settings
+from worker.counters import stats
+from worker.processes import RedisServer, WorkerProcess, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "bench-token"
+LIMIT = 150
+
+
+def job(i: int) -> dict[str, Any]:
+    return {
+        "kind": "custom_event",
+        "type": "Bench Event",
+        "user": {"phone": "+14155552671", "email": "b@example.com"},
+        "properties": {"n": i, "sku": "sku-1", "price": 19.99},
+    }
+
+
+def body_of(i: int) -> dict[str, Any]:
+    return {k: v for k, v in job(i).items() if k != "kind"}
+
+
+class Bench:
+    def __init__(self, redis_url: str, quick: bool) -> None:
+        self.redis_url = redis_url
+        self.client = redis.Redis.from_url(redis_url)
+        self.quick = quick
+        self.workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
+        port = free_port()
+        self.sandbox_url = f"http://127.0.0.1:{port}"
+        self.sandbox = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "sandbox", "--port", str(port), "--token", TOKEN],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(self.sandbox_url + "/__sandbox/stats", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        self.http = httpx.Client(base_url=self.sandbox_url, timeout=60)
+
+    def close(self) -> None:
+        self.sandbox.terminate()
+        self.sandbox.wait(10)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def reset(self, rate: int = LIMIT, latency_ms: int = 0) -> None:
+        self.client.flushdb()
+        self.http.post("/__sandbox/reset")
+        self.http.post("/__sandbox/config", json={"rate": rate, "latency_ms": latency_ms, "fail_rate": 0})
+
+    def records(self) -> list[dict[str, Any]]:
+        return self.http.get("/__sandbox/requests").json()
+
+    def settings(self, **overrides: Any) -> Settings:
+        return Settings(
+            redis_url=self.redis_url, attentive_base_url=self.sandbox_url, attentive_api_token=TOKEN, **overrides
+        )
+
+    def relay_worker(self, name: str, pool: str, concurrency: int, **overrides: Any) -> WorkerProcess:
+        settings = self.settings(**overrides)
+        env = {
+            k.upper(): str(v.get_secret_value() if hasattr(v, "get_secret_value") else v)
+            for k, v in settings.model_dump().items()
+            if v is not None and not isinstance(v, dict)
+        }
+        return WorkerProcess(
+            env=env, log_path=self.workdir / f"{name}.log", name=name, pool=pool, concurrency=concurrency
+        ).start()
+
+    def baseline_worker(self, name: str, pool: str, concurrency: int, rate_limit: str | None) -> WorkerProcess:
+        env = {
+            "REDIS_URL": self.redis_url,
+            "ATTENTIVE_BASE_URL": self.sandbox_url,
+            "ATTENTIVE_API_TOKEN": TOKEN,
+            "BASELINE_RATE_LIMIT": rate_limit or "",
+            "PYTHONPATH": str(ROOT),
+        }
+        return WorkerProcess(
+            env=env,
+            log_path=self.workdir / f"{name}.log",
+            name=name,
+            pool=pool,
+            concurrency=concurrency,
+            app="bench.baseline",
+            queue="baseline",
+        ).start()
+
+    def send_baseline(self, n: int) -> None:
+        from bench.baseline import app
+
+        app.conf.broker_url = self.redis_url
+        with app.producer_or_acquire() as producer:
+            for i in range(n):
+                app.send_task(
+                    "baseline.deliver", args=["/v1/events/custom", body_of(i)], queue="baseline", producer=producer
+                )
+
+    def wait_ok(self, n: int, timeout: float) -> list[dict[str, Any]]:
+        """Wait until ``n`` requests were answered 200, or nothing has moved for 10 s."""
+        deadline = time.monotonic() + timeout
+        last, still_since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            records = self.records()
+            ok = sum(r["status"] == 200 for r in records)
+            if ok >= n:
+                return records
+            if len(records) != last:
+                last, still_since = len(records), time.monotonic()
+            elif time.monotonic() - still_since > 10:
+                break
+            time.sleep(0.5)
+        return self.records()
+
+    # -- scenarios ---------------------------------------------------------------------------
+    def fidelity(self, system: str) -> dict[str, Any]:
+        n = 1500 if self.quick else 3000
+        self.reset(rate=LIMIT)
+        if system == "relay":
+            workers = [self.relay_worker(f"fid{i}", "prefork", 1) for i in range(4)]
+            Producer(self.settings(), self.client).enqueue_many(job(i) for i in range(n))
+        else:
+            workers = [self.baseline_worker(f"base{i}", "prefork", 1, f"{LIMIT}/s") for i in range(4)]
+            self.send_baseline(n)
+        records = self.wait_ok(n, n / LIMIT * 3 + 30)
+        for w in workers:
+            w.stop()
+        ok = sorted(r["done"] for r in records if r["status"] == 200)
+        window = (ok[-1] - ok[0]) if len(ok) > 1 else float("nan")
+        per_second: dict[int, int] = {}
+        for t in ok:
+            per_second[int(t)] = per_second.get(int(t), 0) + 1
+        rate = (len(ok) - 1) / window if window else 0.0
+        return {
+            "jobs": n,
+            "delivered": len(ok),
+            "http_429": sum(r["status"] == 429 for r in records),
+            "achieved_per_s": round(rate, 1),
+            "fraction_of_limit": round(rate / LIMIT, 3),
+            "busiest_second": max(per_second.values()) if per_second else 0,
+            "workers": "4 processes (prefork, concurrency 1 each)",
+        }
+
+    def throughput(self, system: str, pool: str, concurrency: int) -> dict[str, Any]:
+        n = 2000 if self.quick else 5000
+        self.reset(rate=10**9)
+        if system == "relay":
+            worker = self.relay_worker("tp", pool, concurrency, attentive_rate_limit=10**6)
+            Producer(self.settings(), self.client).enqueue_many(job(i) for i in range(n))
+        else:
+            worker = self.baseline_worker("tpbase", pool, concurrency, None)
+            self.send_baseline(n)
+        cpu0, t0 = worker.cpu_seconds(), time.monotonic()
+        records = self.wait_ok(n, 300)
+        elapsed, cpu = time.monotonic() - t0, worker.cpu_seconds() - cpu0
+        rss = worker.peak_rss_mb()
+        worker.stop()
+        ok = sum(r["status"] == 200 for r in records)
+        return {
+            "jobs": n,
+            "delivered": ok,
+            "per_s": round(ok / elapsed, 1),
+            "worker_cpu_ms_per_job": round(cpu * 1000 / max(ok, 1), 3),
+            "per_worker_cpu_s": round(ok / cpu, 1) if cpu else None,
+            "worker_peak_rss_mb": round(rss, 1),
+            "worker": f"1 process, pool={pool}, concurrency={concurrency}",
+        }
+
+    def latency_bound(self, system: str = "relay") -> dict[str, Any]:
+        n = 900 if self.quick else 1500
+        self.reset(rate=LIMIT, latency_ms=100)
+        if system == "relay":
+            worker = self.relay_worker("lat", "threads", 32)
+            Producer(self.settings(), self.client).enqueue_many(job(i) for i in range(n))
+        else:
+            worker = self.baseline_worker("latbase", "threads", 32, f"{LIMIT}/s")
+            self.send_baseline(n)
+        records = self.wait_ok(n, 120)
+        worker.stop()
+        ok = sorted(r["done"] for r in records if r["status"] == 200)
+        rate = (len(ok) - 1) / (ok[-1] - ok[0]) if len(ok) > 1 else 0.0
+        return {
+            "jobs": n,
+            "delivered": len(ok),
+            "per_s": round(rate, 1),
+            "fraction_of_limit": round(rate / LIMIT, 3),
+            "http_429": sum(r["status"] == 429 for r in records),
+            "worker": "1 process, pool=threads, concurrency=32",
+        }
+
+    def enqueue_cost(self) -> dict[str, Any]:
+        from bench.baseline import app
+
+        n = 2000 if self.quick else 5000
+        self.reset()
+        producer = Producer(self.settings(), self.client)
+        measure: Callable[[Callable[[int], object]], float]
+
+        def measure(fn: Callable[[int], object]) -> float:
+            for i in range(200):
+                fn(i)
+            start = time.process_time()
+            for i in range(n):
+                fn(i)
+            return (time.process_time() - start) / n * 1e6
+
+        relay_us = measure(lambda i: producer.enqueue(job(i)))
+        app.conf.broker_url = self.redis_url
+        with app.producer_or_acquire() as p:
+            celery_us = measure(
+                lambda i: app.send_task(
+                    "baseline.deliver", args=["/v1/events/custom", body_of(i)], queue="bench-send", producer=p
+                )
+            )
+        self.client.flushdb()
+        return {
+            "calls": n,
+            "relay_enqueue_cpu_us": round(relay_us, 1),
+            "celery_send_task_cpu_us": round(celery_us, 1),
+            "note": "relay_enqueue validates (phone normalization included) and writes the job record too",
+        }
+
+    def end_to_end(self) -> dict[str, Any]:
+        seconds, rate = (6, 100) if self.quick else (15, 100)
+        self.reset(rate=LIMIT)
+        worker = self.relay_worker("e2e", "threads", 16)
+        producer = Producer(self.settings(), self.client)
+        start = time.monotonic()
+        for i in range(seconds * rate):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            producer.enqueue(job(i))
+        records = self.wait_ok(seconds * rate, 60)
+        worker.stop()
+        lat = sorted(
+            (r["done"] - datetime.fromisoformat(r["body"]["occurredAt"].replace("Z", "+00:00")).timestamp()) * 1000
+            for r in records
+            if r["status"] == 200
+        )
+        return {
+            "jobs": seconds * rate,
+            "rate_per_s": rate,
+            "p50_ms": round(statistics.median(lat), 1),
+            "p99_ms": round(lat[int(len(lat) * 0.99) - 1], 1),
+            "max_ms": round(lat[-1], 1),
+            "worker": "1 process, pool=threads, concurrency=16",
+        }
+
+    def memory(self) -> dict[str, Any]:
+        n = 20_000 if self.quick else 100_000
+        self.reset()
+        before = self.client.info("memory")["used_memory"]
+        producer = Producer(self.settings(), self.client)
+        for start in range(0, n, 1000):
+            producer.enqueue_many(job(i) for i in range(start, start + 1000))
+        after = self.client.info("memory")["used_memory"]
+        assert stats(self.client, "attentive")["queued"] == n
+        self.client.flushdb()
+        return {"backlog_jobs": n, "redis_bytes_per_job": round((after - before) / n)}
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem_kb = int(
+        next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def table(results: dict[str, Any]) -> str:
+    f, t, lb, e, q, m = (
+        results[k] for k in ("fidelity", "throughput", "latency_bound", "enqueue", "end_to_end", "memory")
+    )
+    rows = [
+        (
+            "rate-limit fidelity, 4 workers, limit 150/s",
+            f"{f['relay']['fraction_of_limit']:.3f} of limit, {f['relay']['http_429']} x 429",
+            f"{f['baseline']['fraction_of_limit']:.3f} of limit, {f['baseline']['http_429']} x 429",
+            "",
+        ),
+        (
+            "throughput, no limit (deliveries/s)",
+            f"{t['relay']['per_s']}",
+            f"{t['baseline']['per_s']}",
+            f"{t['relay']['per_s'] / t['baseline']['per_s']:.1f}x",
+        ),
+        (
+            "worker CPU ms per delivered job",
+            f"{t['relay']['worker_cpu_ms_per_job']}",
+            f"{t['baseline']['worker_cpu_ms_per_job']}",
+            f"{t['baseline']['worker_cpu_ms_per_job'] / t['relay']['worker_cpu_ms_per_job']:.1f}x less",
+        ),
+        (
+            "one process vs 100 ms API (deliveries/s)",
+            f"{lb['relay']['per_s']}",
+            f"{lb['baseline']['per_s']}",
+            f"{lb['relay']['fraction_of_limit']:.3f} of limit",
+        ),
+        (
+            "enqueue CPU µs per call",
+            f"{e['relay_enqueue_cpu_us']}",
+            f"{e['celery_send_task_cpu_us']} (send_task)",
+            f"{e['celery_send_task_cpu_us'] / e['relay_enqueue_cpu_us']:.1f}x",
+        ),
+        ("end-to-end latency at 100 jobs/s", f"p50 {q['p50_ms']} ms, p99 {q['p99_ms']} ms", "", ""),
+        (
+            "worker peak RSS (throughput run)",
+            f"{t['relay']['worker_peak_rss_mb']} MiB",
+            f"{t['baseline']['worker_peak_rss_mb']} MiB",
+            "",
+        ),
+        (f"Redis bytes per queued job ({m['backlog_jobs']:,} backlog)", f"{m['redis_bytes_per_job']}", "", ""),
+    ]
+    width = [max(len(r[i]) for r in rows) for i in range(4)]
+    head = ("measure", "attentive-relay", "baseline", "ratio")
+    width = [max(w, len(h)) for w, h in zip(width, head, strict=True)]
+    line = "  ".join(h.ljust(w) for h, w in zip(head, width, strict=True))
+    out = [line, "-" * len(line)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)) for r in rows]
+    return "\n".join(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller runs (about half the time)")
+    parser.add_argument("--redis-url", help="use this Redis (it is FLUSHDB'd!) instead of a private one")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = parser.parse_args()
+    server = None if args.redis_url else RedisServer().start()
+    bench = Bench(args.redis_url or server.url, args.quick)  # type: ignore[union-attr]
+    started = time.monotonic()
+    results: dict[str, Any] = {"machine": machine(), "when": datetime.now(UTC).isoformat(), "quick": args.quick}
+    try:
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            ("fidelity", lambda: {"relay": bench.fidelity("relay"), "baseline": bench.fidelity("baseline")}),
+            (
+                "throughput",
+                lambda: {
+                    "relay": bench.throughput("relay", "threads", 8),
+                    "baseline": bench.throughput("baseline", "prefork", 2),
+                },
+            ),
+            (
+                "latency_bound",
+                lambda: {"relay": bench.latency_bound("relay"), "baseline": bench.latency_bound("baseline")},
+            ),
+            ("enqueue", bench.enqueue_cost),
+            ("end_to_end", bench.end_to_end),
+            ("memory", bench.memory),
+        ]
+        for name, step in steps:
+            t0 = time.monotonic()
+            results[name] = step()
+            print(f"{name}: {json.dumps(results[name])} ({time.monotonic() - t0:.0f} s)", flush=True)
+    finally:
+        bench.close()
+        if server is not None:
+            server.stop()
+    results["seconds"] = round(time.monotonic() - started)
+    print()
+    print(table(results))
+    print(f"\n{results['machine']['cores']} cores, {results['machine']['cpu']}; {results['seconds']} s")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(results, indent=2)
+    (out / "latest.json").write_text(text)
+    (out / f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json").write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
