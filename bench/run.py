@@ -38,6 +38,10 @@ TOKEN = "bench-token"
 LIMIT = 150
 #: Threads for the latency-bound run: 150/s x 0.1 s is 15 calls in flight, plus room to queue for slots.
 CONCURRENCY = 24
+#: attentive-relay, and the baseline task in two variants: httpx.post per call, or a shared client.
+SYSTEMS = ("relay", "plain", "tuned")
+#: Pool and concurrency for the unlimited-throughput run: each system's own best on 2 cores.
+POOLS = {"relay": ("threads", 8), "plain": ("prefork", 2), "tuned": ("prefork", 2)}
 
 
 def job(i: int) -> dict[str, Any]:
@@ -105,8 +109,11 @@ class Bench:
             env=env, log_path=self.workdir / f"{name}.log", name=name, pool=pool, concurrency=concurrency
         ).start()
 
-    def baseline_worker(self, name: str, pool: str, concurrency: int, rate_limit: str | None) -> WorkerProcess:
+    def baseline_worker(
+        self, variant: str, name: str, pool: str, concurrency: int, rate_limit: str | None
+    ) -> WorkerProcess:
         env = {
+            "BASELINE_VARIANT": variant,
             "REDIS_URL": self.redis_url,
             "ATTENTIVE_BASE_URL": self.sandbox_url,
             "ATTENTIVE_API_TOKEN": TOKEN,
@@ -157,7 +164,7 @@ class Bench:
             workers = [self.relay_worker(f"fid{i}", "prefork", 1) for i in range(4)]
             Producer(self.settings(), self.client).enqueue_many(job(i) for i in range(n))
         else:
-            workers = [self.baseline_worker(f"base{i}", "prefork", 1, f"{LIMIT}/s") for i in range(4)]
+            workers = [self.baseline_worker(system, f"{system}{i}", "prefork", 1, f"{LIMIT}/s") for i in range(4)]
             self.send_baseline(n)
         records = self.wait_ok(n, n / LIMIT * 3 + 30)
         for w in workers:
@@ -185,7 +192,7 @@ class Bench:
             worker = self.relay_worker("tp", pool, concurrency, attentive_rate_limit=10**6)
             Producer(self.settings(), self.client).enqueue_many(job(i) for i in range(n))
         else:
-            worker = self.baseline_worker("tpbase", pool, concurrency, None)
+            worker = self.baseline_worker(system, f"tp{system}", pool, concurrency, None)
             self.send_baseline(n)
         cpu0, t0 = worker.cpu_seconds(), time.monotonic()
         records = self.wait_ok(n, 300)
@@ -206,13 +213,13 @@ class Bench:
     def latency_bound(self, system: str = "relay") -> dict[str, Any]:
         n = 900 if self.quick else 1500
         if system != "relay":
-            n = 300  # the baseline manages a few per second here: keep its run short
+            n = 300  # the baselines manage a few per second here: keep their runs short
         self.reset(rate=LIMIT, latency_ms=100)
         if system == "relay":
             worker = self.relay_worker("lat", "threads", CONCURRENCY)
             Producer(self.settings(), self.client).enqueue_many(job(i) for i in range(n))
         else:
-            worker = self.baseline_worker("latbase", "threads", CONCURRENCY, f"{LIMIT}/s")
+            worker = self.baseline_worker(system, f"lat{system}", "threads", CONCURRENCY, f"{LIMIT}/s")
             self.send_baseline(n)
         records = self.wait_ok(n, 60)
         worker.stop()
@@ -321,55 +328,45 @@ def machine() -> dict[str, Any]:
 
 
 def table(results: dict[str, Any]) -> str:
+    """The figures side by side; ratios are against the plain baseline, then the tuned one."""
     f, t, lb, e, q, m = (
         results[k] for k in ("fidelity", "throughput", "latency_bound", "enqueue", "end_to_end", "memory")
     )
+
+    def per_cpu(system: str) -> float:
+        return t[system]["per_worker_cpu_s"] or 0.0
+
     rows = [
+        ("rate-limit fidelity: fraction of 150/s", *(f"{f[s]['fraction_of_limit']:.3f}" for s in SYSTEMS), ""),
+        ("rate-limit fidelity: 429s received", *(str(f[s]["http_429"]) for s in SYSTEMS), ""),
+        ("throughput, no limit (deliveries/s)", *(str(t[s]["per_s"]) for s in SYSTEMS), ""),
         (
-            "rate-limit fidelity, 4 workers, limit 150/s",
-            f"{f['relay']['fraction_of_limit']:.3f} of limit, {f['relay']['http_429']} x 429",
-            f"{f['baseline']['fraction_of_limit']:.3f} of limit, {f['baseline']['http_429']} x 429",
-            "",
+            "deliveries per worker CPU-second",
+            *(str(per_cpu(s)) for s in SYSTEMS),
+            f"{per_cpu('relay') / per_cpu('plain'):.1f}x / {per_cpu('relay') / per_cpu('tuned'):.1f}x",
         ),
-        (
-            "throughput, no limit (deliveries/s)",
-            f"{t['relay']['per_s']}",
-            f"{t['baseline']['per_s']}",
-            f"{t['relay']['per_s'] / t['baseline']['per_s']:.1f}x",
-        ),
-        (
-            "worker CPU ms per delivered job",
-            f"{t['relay']['worker_cpu_ms_per_job']}",
-            f"{t['baseline']['worker_cpu_ms_per_job']}",
-            f"{t['baseline']['worker_cpu_ms_per_job'] / t['relay']['worker_cpu_ms_per_job']:.1f}x less",
-        ),
+        ("worker CPU ms per delivered job", *(str(t[s]["worker_cpu_ms_per_job"]) for s in SYSTEMS), ""),
         (
             "one process vs 100 ms API (deliveries/s)",
-            f"{lb['relay']['per_s']}",
-            f"{lb['baseline']['per_s']}",
-            f"{lb['relay']['fraction_of_limit']:.3f} of limit",
+            *(str(lb[s]["per_s"]) for s in SYSTEMS),
+            f"relay at {lb['relay']['fraction_of_limit']:.3f} of 150/s",
         ),
         (
-            "enqueue CPU µs per call",
+            "enqueue CPU µs per call (baseline: send_task)",
             f"{e['relay_enqueue_cpu_us']}",
-            f"{e['celery_send_task_cpu_us']} (send_task)",
+            f"{e['celery_send_task_cpu_us']}",
+            f"{e['celery_send_task_cpu_us']}",
             f"{e['celery_send_task_cpu_us'] / e['relay_enqueue_cpu_us']:.1f}x",
         ),
-        ("end-to-end latency at 100 jobs/s", f"p50 {q['p50_ms']} ms, p99 {q['p99_ms']} ms", "", ""),
-        (
-            "worker peak RSS (throughput run)",
-            f"{t['relay']['worker_peak_rss_mb']} MiB",
-            f"{t['baseline']['worker_peak_rss_mb']} MiB",
-            "",
-        ),
-        (f"Redis bytes per queued job ({m['backlog_jobs']:,} backlog)", f"{m['redis_bytes_per_job']}", "", ""),
+        ("end-to-end latency at 100 jobs/s", f"p50 {q['p50_ms']} / p99 {q['p99_ms']} ms", "", "", ""),
+        ("worker peak RSS, throughput run (MiB)", *(str(t[s]["worker_peak_rss_mb"]) for s in SYSTEMS), ""),
+        (f"Redis bytes per queued job ({m['backlog_jobs']:,})", str(m["redis_bytes_per_job"]), "", "", ""),
     ]
-    width = [max(len(r[i]) for r in rows) for i in range(4)]
-    head = ("measure", "attentive-relay", "baseline", "ratio")
-    width = [max(w, len(h)) for w, h in zip(width, head, strict=True)]
-    line = "  ".join(h.ljust(w) for h, w in zip(head, width, strict=True))
-    out = [line, "-" * len(line)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)) for r in rows]
+    head = ("measure", "attentive-relay", "baseline plain", "baseline tuned", "relay vs plain / tuned")
+    width = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    out = ["  ".join(h.ljust(w) for h, w in zip(head, width, strict=True))]
+    out.append("-" * len(out[0]))
+    out += ["  ".join(str(c).ljust(w) for c, w in zip(r, width, strict=True)) for r in rows]
     return "\n".join(out)
 
 
@@ -385,18 +382,9 @@ def main() -> int:
     results: dict[str, Any] = {"machine": machine(), "when": datetime.now(UTC).isoformat(), "quick": args.quick}
     try:
         steps: list[tuple[str, Callable[[], Any]]] = [
-            ("fidelity", lambda: {"relay": bench.fidelity("relay"), "baseline": bench.fidelity("baseline")}),
-            (
-                "throughput",
-                lambda: {
-                    "relay": bench.throughput("relay", "threads", 8),
-                    "baseline": bench.throughput("baseline", "prefork", 2),
-                },
-            ),
-            (
-                "latency_bound",
-                lambda: {"relay": bench.latency_bound("relay"), "baseline": bench.latency_bound("baseline")},
-            ),
+            ("fidelity", lambda: {s: bench.fidelity(s) for s in SYSTEMS}),
+            ("throughput", lambda: {s: bench.throughput(s, *POOLS[s]) for s in SYSTEMS}),
+            ("latency_bound", lambda: {s: bench.latency_bound(s) for s in SYSTEMS}),
             ("enqueue", bench.enqueue_cost),
             ("end_to_end", bench.end_to_end),
             ("memory", bench.memory),

@@ -29,9 +29,9 @@ class Producer:
     @property
     def client(self) -> redis.Redis:
         if self._client is None:
-            import redis
+            from producers.connection import from_settings
 
-            self._client = redis.Redis.from_url(self.settings.redis_url)
+            self._client = from_settings(self.settings)
         return self._client
 
     def prepare(self, job: Any, now: datetime | None = None) -> tuple[str, str, str]:

@@ -17,6 +17,9 @@ class Settings(BaseSettings):
     redis_url: str = "redis://localhost:6379/0"
     """Broker and all state: jobs, the retry schedule, dead letters, counters."""
 
+    redis_sentinel_master: str = "mymaster"
+    """With a ``sentinel://`` REDIS_URL: the name Sentinel knows the primary by."""
+
     attentive_api_token: SecretStr | None = None
     """Bearer token. Only the worker needs it; producers never read it."""
 
@@ -62,6 +65,10 @@ class Settings(BaseSettings):
 
     Identity resolution defaults to Attentive's published 10/s.
     """
+
+    attentive_rate_limit_redis_url: str | None = None
+    """A separate Redis for the rate limiter (may be a ``redis+cluster://`` URL), for example one
+    shared by several deployments that use the same token. Defaults to REDIS_URL."""
 
     attentive_rate_headroom: float = Field(0.97, gt=0, le=1)
     """Fraction of the limit to aim at, so clock and network jitter never tip a second over."""

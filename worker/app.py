@@ -18,9 +18,9 @@ from __future__ import annotations
 import logging
 import threading
 
-import redis
 from celery import Celery, signals
 
+from producers.connection import connect, from_settings, is_sentinel
 from producers.queue import TASK_NAME
 from producers.settings import Settings
 from worker.attentive import AttentiveClient
@@ -34,14 +34,17 @@ log = logging.getLogger("attentive_relay.worker")
 
 def configure(app: Celery, settings: Settings) -> None:
     lease = settings.attentive_lease_s
+    transport: dict[str, object] = {
+        "visibility_timeout": int(lease + 30),
+        "unacked_restore_interval": 5,
+        "unacked_restore_throttle": 1,
+    }
+    if is_sentinel(settings.redis_url):
+        transport["master_name"] = settings.redis_sentinel_master
     app.conf.update(
         broker_url=settings.redis_url,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={
-            "visibility_timeout": int(lease + 30),
-            "unacked_restore_interval": 5,
-            "unacked_restore_throttle": 1,
-        },
+        broker_transport_options=transport,
         task_serializer="json",
         accept_content=["json"],
         result_serializer="json",
@@ -61,7 +64,7 @@ def configure(app: Celery, settings: Settings) -> None:
 
 def job_store(settings: Settings) -> JobStore:
     """A job store on its own Redis connection pool, configured from ``settings``."""
-    client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    client = from_settings(settings, health_check_interval=30)
     return JobStore(
         client,
         settings.attentive_queue,
@@ -77,7 +80,9 @@ class Runtime:
         self.settings = settings
         self.store = job_store(settings)
         self.client = AttentiveClient(settings)
-        self.limiter = RateLimiter(self.store.client, settings)
+        limiter_url = settings.attentive_rate_limit_redis_url
+        limiter_redis = connect(limiter_url, settings.redis_sentinel_master) if limiter_url else self.store.client
+        self.limiter = RateLimiter(limiter_redis, settings)
         self.delivery = Delivery(settings, self.client, self.store, self.limiter)
 
 

@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from producers.connection import from_settings
 from producers.errors import InvalidJob, Problem
 from producers.producer import Producer
 from producers.queue import push_jobs
@@ -45,7 +46,7 @@ def _settings() -> Settings:
 
 
 def _client(settings: Settings) -> redis.Redis:
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    client = from_settings(settings, socket_connect_timeout=5)
     try:
         client.ping()
     except redis.RedisError as exc:

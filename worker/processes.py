@@ -62,6 +62,7 @@ class RedisServer:
     port: int = 0
     appendonly: bool = False
     workdir: Path | None = None
+    extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -85,6 +86,7 @@ class RedisServer:
         ]
         if self.workdir is not None:
             args += ["--dir", str(self.workdir)]
+        args += self.extra_args
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait(lambda: reachable(self.url, 0.2), 15, "redis-server")
         return self

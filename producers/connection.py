@@ -1,0 +1,61 @@
+"""Redis clients from URLs: the one place that knows URL schemes.
+
+- ``redis://``, ``rediss://``, ``unix://``: a single Redis.
+- ``sentinel://host:26379[;sentinel://host2:26379][/db]``: the primary that Redis Sentinel
+  names ``REDIS_SENTINEL_MASTER`` (kombu's URL form, so the Celery broker takes the same URL).
+- ``redis+cluster://`` / ``rediss+cluster://``: Redis Cluster. Only the rate limiter may use it
+  (``ATTENTIVE_RATE_LIMIT_REDIS_URL``): its scripts touch one key each, while the job store's
+  scripts, like Celery's Redis broker, need a single primary.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import redis
+
+if TYPE_CHECKING:
+    from producers.settings import Settings
+
+
+def is_sentinel(url: str) -> bool:
+    return url.startswith("sentinel://")
+
+
+def is_cluster(url: str) -> bool:
+    return url.split("://", 1)[0] in ("redis+cluster", "rediss+cluster")
+
+
+def sentinel_hosts(url: str) -> tuple[list[tuple[str, int]], int, str | None]:
+    """(host, port) pairs, database number and password of a ``sentinel://`` URL."""
+    hosts, db, password = [], 0, None
+    for part in url.split(";"):
+        parsed = urlsplit(part.strip())
+        hosts.append((parsed.hostname or "localhost", parsed.port or 26379))
+        if parsed.path.strip("/").isdigit():
+            db = int(parsed.path.strip("/"))
+        password = parsed.password or password
+    return hosts, db, password
+
+
+def connect(url: str, sentinel_master: str = "mymaster", **options: Any) -> Any:
+    """A redis-py client for ``url`` (see the module docstring for the schemes)."""
+    if is_sentinel(url):
+        from redis.sentinel import Sentinel
+
+        hosts, db, password = sentinel_hosts(url)
+        timeout = options.get("socket_timeout", 5)
+        return Sentinel(hosts, socket_timeout=timeout, password=password).master_for(
+            sentinel_master, db=db, password=password, **options
+        )
+    if is_cluster(url):
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(url.replace("+cluster", "", 1), **options)
+    return redis.Redis.from_url(url, **options)
+
+
+def from_settings(settings: Settings, **options: Any) -> Any:
+    """The client for ``REDIS_URL`` (broker and state)."""
+    return connect(settings.redis_url, settings.redis_sentinel_master, **options)
