@@ -87,3 +87,17 @@ def test_dead_letter_moves_the_job_with_a_retention(producer, redis_client):
     assert json.loads(redis_client.get(keys.dead(job_id)))["reason"] == "rejected"
     assert 0 < redis_client.pttl(keys.dead(job_id)) <= 86_400_000
     assert redis_client.hget(keys.STATS, "dead:rejected") == b"1"
+
+
+def test_deferring_for_a_rate_limit_slot_gives_the_attempt_back(producer, redis_client):
+    store = store_for(redis_client)
+    job_id = producer.enqueue(EVENT)
+    redis_client.delete("attentive")
+    claim = store.claim(job_id, ticket_for(job_id, 0), 1000)
+    assert claim.attempt == 1
+    assert store.defer(claim, 1000, due_ms=4500, slot_ms=5000)
+    assert redis_client.zscore(keys.SCHEDULE, job_id) == 4500
+    assert store.promote(4500) == (1, 0)
+    again = store.claim(job_id, ticket_for(job_id, 1), 4600)
+    assert isinstance(again, Claim) and again.attempt == 1 and again.slot_ms == 5000
+    assert redis_client.hget(keys.STATS, "deferred") == b"1" and redis_client.hget(keys.STATS, "retries") is None

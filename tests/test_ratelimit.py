@@ -9,11 +9,12 @@ import pytest
 
 from producers import keys
 from producers.producer import Producer
+from producers.queue import ticket_for
 from producers.settings import Settings
 from worker.counters import stats
 from worker.ratelimit import RateLimiter
 
-from conftest import TOKEN, make_settings, sandbox_requests, wait_for
+from conftest import TOKEN, add_fault, delivery_for, make_settings, sandbox_requests, wait_for
 
 
 def limiter(redis_server, redis_client, **overrides) -> RateLimiter:
@@ -94,3 +95,30 @@ def test_a_backlogged_endpoint_does_not_hold_up_the_others(redis_server, redis_c
     assert events[-1] < identity[50], "custom events must not wait behind the identity backlog"
     assert [r["status"] for r in requests].count(429) == 0
     assert stats(redis_client, "attentive")["deferred"] > 0
+
+
+def test_a_429_pushes_back_the_whole_bucket(redis_server, redis_client, sandbox):
+    settings = make_settings(redis_server.url, sandbox.url)
+    delivery = delivery_for(settings, redis_client)
+    delivery.limiter = RateLimiter(redis_client, settings)
+    add_fault(sandbox, status=429, times=1, retry_after=2)
+    job_id = Producer(settings, redis_client).enqueue(
+        {"kind": "custom_event", "type": "x", "user": {"email": "a@example.com"}}
+    )
+    assert delivery.run(job_id, ticket_for(job_id, 0)).startswith("retry_in_")
+    assert 1.8 < delivery.limiter.reserve("custom_event") <= 2.0, "every worker now waits for the bucket"
+
+
+def test_workers_back_off_together_after_a_429(redis_server, redis_client, sandbox, start_worker):
+    settings = make_settings(redis_server.url, sandbox.url, attentive_rate_limit=20)
+    start_worker("a", concurrency=1, settings_=settings)
+    start_worker("b", concurrency=1, settings_=settings)
+    add_fault(sandbox, status=429, times=1, retry_after=2)
+    Producer(settings, redis_client).enqueue_many(
+        [{"kind": "custom_event", "type": f"T{i}", "user": {"email": "a@example.com"}} for i in range(30)]
+    )
+    wait_for(lambda: stats(redis_client, "attentive")["delivered"] == 30, 60, "all deliveries", 0.25)
+    requests = sorted(sandbox_requests(sandbox), key=lambda r: r["at"])
+    [throttled] = [r for r in requests if r["status"] == 429]
+    quiet = [r for r in requests if throttled["done"] + 0.5 < r["at"] < throttled["done"] + 1.8]
+    assert quiet == [], "no worker sends while the bucket is held"
