@@ -22,7 +22,16 @@ from producers.errors import InvalidJob, Problem, RelayError
 from producers.producer import Producer
 from producers.settings import Settings
 
-__all__ = ["InvalidJob", "Problem", "Producer", "RelayError", "Settings", "enqueue", "enqueue_many"]
+__all__ = [
+    "InvalidJob",
+    "Problem",
+    "Producer",
+    "RelayError",
+    "Settings",
+    "enqueue",
+    "enqueue_many",
+    "enqueue_segment",
+]
 
 _default: Producer | None = None
 _lock = threading.Lock()
@@ -41,6 +50,11 @@ def default_producer() -> Producer:
 def enqueue(job: Any) -> str:
     """Validate and queue one job; return its job id. See `Producer.enqueue`."""
     return default_producer().enqueue(job)
+
+
+def enqueue_segment(message: Any) -> list[str]:
+    """Map a Segment message to jobs and queue them; return their ids. See `Producer.enqueue_segment`."""
+    return default_producer().enqueue_segment(message)
 
 
 def enqueue_many(jobs: Any) -> list[str | InvalidJob]:

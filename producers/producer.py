@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from producers import keys, segment
 from producers.errors import InvalidJob
 from producers.queue import new_job_id, push_jobs
 from producers.settings import Settings
@@ -48,6 +49,23 @@ class Producer:
         prepared = self.prepare(job)
         push_jobs(self.client, self.settings.attentive_queue, [prepared])
         return prepared[0]
+
+    def enqueue_segment(self, message: Any) -> list[str]:
+        """Map one Segment message (track, page, identify) to jobs and queue them together.
+
+        Returns the job ids: none for a message that is skipped (no identifier, or a type with no
+        Attentive counterpart; counted under ``skipped:<reason>``), two for an identify that
+        makes an identity call and a custom-attributes call. Raises `InvalidJob` naming the field
+        when the message cannot make a valid Attentive call; nothing is queued then.
+        """
+        mapped = segment.to_jobs(message, rename_keys=self.settings.attentive_segment_rename_keys)
+        if isinstance(mapped, segment.Skip):
+            self.client.hincrby(keys.STATS, f"skipped:{mapped.reason}", 1)
+            return []
+        now = datetime.now(UTC)
+        prepared = [self.prepare(job, now) for job in mapped]
+        push_jobs(self.client, self.settings.attentive_queue, prepared)
+        return [job_id for job_id, _, _ in prepared]
 
     def enqueue_many(self, jobs: Iterable[Any]) -> list[str | InvalidJob]:
         """Queue every valid job in one round trip; invalid ones come back as their `InvalidJob`.

@@ -80,6 +80,17 @@ class Settings(BaseSettings):
     anything else.
     """
 
+    attentive_segment_rename_keys: bool = False
+    """Segment property names with characters Attentive forbids: refused (default), or renamed
+    with each such character replaced by ``_``."""
+
+    collector_write_keys: str = ""
+    """Comma-separated Segment write keys the collector accepts; any other key gets 401."""
+
+    @property
+    def write_keys(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.collector_write_keys.split(",") if k.strip())
+
     @model_validator(mode="after")
     def _lease_covers_a_request(self) -> Settings:
         if self.attentive_lease_s < self.attentive_timeout_s + 10:

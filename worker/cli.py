@@ -66,11 +66,17 @@ def _lines(source: str) -> Iterator[tuple[int, str]]:
 @cli.command()
 def enqueue(
     source: Annotated[str, typer.Argument(help="NDJSON file, one job per line; - for stdin.")] = "-",
+    segment_file: Annotated[
+        str | None, typer.Option("--segment", help="NDJSON of Segment messages (track, page, identify) instead.")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Validate and queue jobs from NDJSON. Invalid lines are reported; the rest are queued."""
     settings = _settings()
     producer = Producer(settings, _client(settings))
+    if segment_file is not None:
+        _enqueue_segment(producer, segment_file, as_json)
+        return
     enqueued = invalid = 0
     batch: list[tuple[str, str, str]] = []
     for number, line in _lines(source):
@@ -92,6 +98,49 @@ def enqueue(
     else:
         out.print(f"enqueued {enqueued}, invalid {invalid}")
     raise typer.Exit(1 if invalid else 0)
+
+
+def _enqueue_segment(producer: Producer, source: str, as_json: bool) -> None:
+    enqueued = invalid = skipped = 0
+    for number, line in _lines(source):
+        try:
+            if len(line) > MAX_JOB_BYTES:
+                raise InvalidJob([Problem("", f"line is longer than {MAX_JOB_BYTES} bytes")])
+            try:
+                message = json.loads(line)
+            except (ValueError, RecursionError):
+                raise InvalidJob([Problem("", "not valid JSON")]) from None
+            ids = producer.enqueue_segment(message)
+        except InvalidJob as exc:
+            invalid += 1
+            err.print(f"line {number}: {exc}", markup=False, highlight=False)
+            continue
+        enqueued += len(ids)
+        skipped += not ids
+    if as_json:
+        print(json.dumps({"enqueued": enqueued, "invalid": invalid, "skipped": skipped}))
+    else:
+        out.print(f"enqueued {enqueued} jobs, invalid {invalid}, skipped {skipped}")
+    raise typer.Exit(1 if invalid else 0)
+
+
+@cli.command()
+def collect(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8788,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+) -> None:
+    """Run the Segment-compatible collector (write keys from COLLECTOR_WRITE_KEYS)."""
+    from worker.collector import Collector
+
+    settings = _settings()
+    try:
+        server = Collector(Producer(settings, _client(settings)), host, port)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    out.print(f"collector listening on {server.url} ({len(settings.write_keys)} write keys)")
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
 
 
 @cli.command()

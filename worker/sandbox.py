@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -36,6 +36,7 @@ from producers.jobs import EVENT_PATHS
 from producers.rules import normalize_phone
 from producers.settings import Settings
 from producers.validation import parse_job
+from worker.httpserver import BackgroundHTTPServer
 
 log = logging.getLogger("attentive_relay.sandbox")
 KIND_BY_PATH = {path: kind for kind, path in EVENT_PATHS.items()}
@@ -255,7 +256,7 @@ def _json_or_none(raw: bytes) -> Any:
         return None
 
 
-class Sandbox:
+class Sandbox(BackgroundHTTPServer):
     """The server. ``with Sandbox(port=0) as sb: sb.url`` runs it in a background thread."""
 
     def __init__(
@@ -269,24 +270,4 @@ class Sandbox:
         latency_ms: int = 0,
     ) -> None:
         self.state = SandboxState(token=token, rate=rate, fail_rate=fail_rate, latency_ms=latency_ms)
-        handler = type("Handler", (_Handler,), {"state": self.state})
-        self.server = ThreadingHTTPServer((host, port), handler)
-        self.server.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def serve_forever(self) -> None:
-        self.server.serve_forever(poll_interval=0.2)
-
-    def __enter__(self) -> Sandbox:
-        self._thread = threading.Thread(target=self.serve_forever, name="sandbox", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(host, port, _Handler, state=self.state)

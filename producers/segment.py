@@ -1,0 +1,284 @@
+"""Segment-spec messages (track, page, identify) to Attentive jobs.
+
+The mapping follows the published Attentive integration kit:
+
+- A message is sent only if it carries ``traits.email``, ``traits.phone`` or ``userId``
+  (traits are read from ``context.traits`` and then ``traits``, which wins). Otherwise it is
+  skipped: `to_jobs` returns a `Skip` with the reason, never raises.
+- ``user``: phone <- traits.phone, email <- traits.email, clientUserId <- userId (never an
+  email or a phone number: a userId that looks like one is left out), customIdentifiers <-
+  ``[{"name": "username", "value": traits.username}]`` when username is a non-empty string.
+- ``occurredAt`` <- the first of timestamp, originalTimestamp, sentAt, as RFC 3339 UTC;
+  ``externalEventId`` <- messageId (custom events).
+
+| message | job |
+|---|---|
+| identify | identity (when its rules are met) + custom_attributes from the remaining traits |
+| track "Product Viewed" / "Product Added" | product_view / add_to_cart with one item |
+| track "Order Completed" | purchase: items from properties.products, orderId <- order_id |
+| page | custom_event, type "page", properties path, referrer, search, title, url (and name) |
+| track "Checkout Started", "Order Updated/Refunded/Cancelled", "Cart Viewed" | custom_event, listed properties |
+| any other track | custom_event, type <- event, properties passed through |
+
+Items: productId <- product_id (falling back to id, then sku); productVariantId <- variant
+(falling back to the productId); name; productImage <- image_url; productUrl <- url;
+quantity as an integer; price <- ``[{"value": price, "currency": currency}]`` with decimals
+kept and the currency upper-cased (the item's, else the event's, else USD).
+
+Property names with characters Attentive forbids are refused, naming the key; with
+``rename_keys`` each such character becomes ``_`` instead (at every nesting level).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from producers import rules
+from producers.errors import InvalidJob, Problem
+
+CHECKOUT_KEYS = (
+    "affiliation",
+    "coupon",
+    "currency",
+    "products",
+    "discount",
+    "order_id",
+    "revenue",
+    "shipping",
+    "tax",
+    "value",
+)
+ORDER_KEYS = (
+    "affiliation",
+    "coupon",
+    "currency",
+    "discount",
+    "order_id",
+    "products",
+    "revenue",
+    "shipping",
+    "tax",
+    "total",
+)
+SELECTED_KEYS: dict[str, tuple[str, ...]] = {
+    "Checkout Started": CHECKOUT_KEYS,
+    "Order Updated": ORDER_KEYS,
+    "Order Refunded": (*ORDER_KEYS, "checkout_id"),
+    "Order Cancelled": ORDER_KEYS,
+    "Cart Viewed": ("cart_id", "currency", "products"),
+}
+PAGE_KEYS = ("path", "referrer", "search", "title", "url", "name")
+ECOMMERCE = {"Product Viewed": "product_view", "Product Added": "add_to_cart"}
+IDENTIFYING_TRAITS = frozenset({"phone", "email", "username"})
+_LOOKS_LIKE_PHONE = re.compile(r"^\+?[\d\s().-]{7,}$")
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A message that is not sent, and why (``no_identifier``, ``unsupported_type``, ``nothing_to_send``)."""
+
+    reason: str
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _traits(message: dict[str, Any]) -> dict[str, Any]:
+    context = message.get("context")
+    merged: dict[str, Any] = {}
+    if isinstance(context, dict) and isinstance(context.get("traits"), dict):
+        merged.update(context["traits"])
+    if isinstance(message.get("traits"), dict):
+        merged.update(message["traits"])
+    return merged
+
+
+def _client_user_id(user_id: Any) -> str | None:
+    value = _str(user_id) or (str(user_id) if isinstance(user_id, int) and not isinstance(user_id, bool) else None)
+    if value is None or "@" in value or _LOOKS_LIKE_PHONE.match(value):
+        return None  # an email or phone number is never a clientUserId
+    return value
+
+
+def user_of(message: dict[str, Any]) -> dict[str, Any]:
+    traits = _traits(message)
+    user: dict[str, Any] = {}
+    if _str(traits.get("phone")):
+        user["phone"] = traits["phone"]
+    if _str(traits.get("email")):
+        user["email"] = traits["email"]
+    external: dict[str, Any] = {}
+    client_user_id = _client_user_id(message.get("userId"))
+    if client_user_id:
+        external["clientUserId"] = client_user_id
+    if _str(traits.get("username")):
+        external["customIdentifiers"] = [{"name": "username", "value": traits["username"]}]
+    if external:
+        user["externalIdentifiers"] = external
+    return user
+
+
+def occurred_at(message: dict[str, Any]) -> str | None:
+    """The first present of timestamp, originalTimestamp, sentAt, as RFC 3339 UTC."""
+    for key in ("timestamp", "originalTimestamp", "sentAt"):
+        raw = message.get(key)
+        if raw in (None, ""):
+            continue
+        if not isinstance(raw, str):
+            raise InvalidJob([Problem(key, "must be an ISO 8601 date-time string")])
+        try:
+            parsed = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise InvalidJob([Problem(key, "must be an ISO 8601 date-time")]) from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)  # Segment's libraries send UTC
+        return parsed.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return None
+
+
+def _rename(value: Any) -> Any:
+    if isinstance(value, dict):
+        table = str.maketrans({c: "_" for c in rules.PROPERTY_KEY_FORBIDDEN})
+        return {str(k).translate(table): _rename(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rename(v) for v in value]
+    return value
+
+
+def _properties(message: dict[str, Any]) -> dict[str, Any]:
+    props = message.get("properties")
+    if props is None:
+        return {}
+    if not isinstance(props, dict):
+        raise InvalidJob([Problem("properties", "must be an object")])
+    return props
+
+
+def _item(product: Any, path: str, event_currency: Any) -> dict[str, Any]:
+    if not isinstance(product, dict):
+        raise InvalidJob([Problem(path, "must be an object")])
+    product_id = next((v for k in ("product_id", "id", "sku") if (v := product.get(k)) not in (None, "")), None)
+    problems = []
+    if product_id is None:
+        problems.append(Problem(f"{path}.product_id", "is required (or id, or sku)"))
+    price = product.get("price")
+    if price is None:
+        problems.append(Problem(f"{path}.price", "is required"))
+    elif isinstance(price, bool) or not isinstance(price, int | float):
+        problems.append(Problem(f"{path}.price", "must be a number"))
+    quantity = product.get("quantity")
+    if quantity is not None and (
+        isinstance(quantity, bool) or not isinstance(quantity, int | float) or quantity != int(quantity)
+    ):
+        problems.append(Problem(f"{path}.quantity", "must be a whole number"))
+    if problems:
+        raise InvalidJob(problems)
+    currency = product.get("currency") or event_currency or "USD"
+    item: dict[str, Any] = {
+        "productId": str(product_id),
+        "productVariantId": str(product.get("variant") or product_id),
+        "price": [{"value": price, "currency": str(currency).upper()}],
+    }
+    for source, target in (("name", "name"), ("image_url", "productImage"), ("url", "productUrl")):
+        if _str(product.get(source)):
+            item[target] = product[source]
+    if quantity is not None:
+        item["quantity"] = int(quantity)
+    return item
+
+
+def _uppercase_currency(props: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(props.get("currency"), str):
+        return {**props, "currency": props["currency"].upper()}
+    return props
+
+
+def _custom_event(
+    type_: str, props: dict[str, Any], user: dict[str, Any], when: str | None, message_id: Any, rename_keys: bool
+) -> dict[str, Any]:
+    job: dict[str, Any] = {"kind": "custom_event", "type": type_, "user": user}
+    if props:
+        job["properties"] = _rename(props) if rename_keys else props
+    if when:
+        job["occurredAt"] = when
+    if _str(message_id):
+        job["externalEventId"] = message_id
+    return job
+
+
+def _track(message: dict[str, Any], user: dict[str, Any], when: str | None, rename_keys: bool) -> list[dict[str, Any]]:
+    event = message.get("event")
+    if not _str(event):
+        raise InvalidJob([Problem("event", "is required for track")])
+    props = _properties(message)
+    if event in ECOMMERCE:
+        job: dict[str, Any] = {
+            "kind": ECOMMERCE[event],
+            "user": user,
+            "items": [_item(props, "properties", props.get("currency"))],
+        }
+    elif event == "Order Completed":
+        products = props.get("products")
+        if not isinstance(products, list) or not products:
+            raise InvalidJob([Problem("properties.products", "must be a non-empty array for Order Completed")])
+        job = {
+            "kind": "purchase",
+            "user": user,
+            "items": [_item(p, f"properties.products[{i}]", props.get("currency")) for i, p in enumerate(products)],
+        }
+        if props.get("order_id") not in (None, ""):
+            job["orderId"] = str(props["order_id"])
+    else:
+        if event in SELECTED_KEYS:
+            props = _uppercase_currency({k: props[k] for k in SELECTED_KEYS[event] if k in props})
+        return [_custom_event(event, props, user, when, message.get("messageId"), rename_keys)]
+    if when:
+        job["occurredAt"] = when
+    return [job]
+
+
+def _identify(message: dict[str, Any], user: dict[str, Any]) -> list[dict[str, Any]]:
+    jobs: list[dict[str, Any]] = []
+    external = user.get("externalIdentifiers", {})
+    identity = {k: user[k] for k in ("phone", "email") if k in user} | external
+    if external and len(identity) >= 2:
+        jobs.append({"kind": "identity", **identity})
+    attributes = {
+        k: v
+        for k, v in _traits(message).items()
+        if k not in IDENTIFYING_TRAITS and isinstance(v, str | int | float) and v is not None
+    }
+    if attributes:
+        jobs.append({"kind": "custom_attributes", "user": user, "properties": attributes})
+    return jobs
+
+
+def to_jobs(message: Any, *, rename_keys: bool = False) -> list[dict[str, Any]] | Skip:
+    """The Attentive jobs one Segment message stands for, or why it is skipped.
+
+    Raises `InvalidJob` naming the Segment field when the message cannot make a valid call.
+    The jobs still go through the usual validation when enqueued.
+    """
+    if not isinstance(message, dict):
+        raise InvalidJob([Problem("", "a Segment message must be a JSON object")])
+    kind = message.get("type")
+    if kind not in ("track", "page", "identify"):
+        return Skip("unsupported_type")
+    user = user_of(message)
+    if not user:
+        return Skip("no_identifier")
+    if kind == "identify":
+        jobs = _identify(message, user)
+        return jobs or Skip("nothing_to_send")
+    when = occurred_at(message)
+    if kind == "page":
+        props = _properties(message)
+        page = {k: props[k] for k in PAGE_KEYS if k in props}
+        if _str(message.get("name")):
+            page.setdefault("name", message["name"])
+        return [_custom_event("page", page, user, when, message.get("messageId"), rename_keys)]
+    return _track(message, user, when, rename_keys)

@@ -1,0 +1,281 @@
+"""Segment messages to the exact Attentive request bodies the worker sends (one test per mapping row)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from producers import keys, segment
+from producers.errors import InvalidJob
+from producers.queue import ticket_for
+
+from conftest import delivery_for, make_settings, sandbox_requests
+
+WHEN = (datetime.now(UTC) - timedelta(minutes=5)).replace(microsecond=0)
+STAMP = WHEN.isoformat().replace("+00:00", "Z")
+PHONE, EMAIL = "+14155552671", "jane@example.com"
+USER = {"phone": PHONE, "email": EMAIL, "externalIdentifiers": {"clientUserId": "u-1"}}
+
+
+def message(kind: str, **fields: Any) -> dict[str, Any]:
+    base = {
+        "type": kind,
+        "userId": "u-1",
+        "messageId": "m-1",
+        "timestamp": STAMP,
+        "context": {"traits": {"phone": "(415) 555-2671", "email": EMAIL}},
+    }
+    return {**base, **fields}
+
+
+def sent(settings, producer, redis_client, sandbox, msg: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Enqueue ``msg`` as Segment, let the worker's delivery run, return (path, body) as Attentive got them."""
+    delivery = delivery_for(settings, redis_client)
+    for job_id in producer.enqueue_segment(msg):
+        assert delivery.run(job_id, ticket_for(job_id, 0)) == "delivered"
+    return [(r["path"], r["body"]) for r in sandbox_requests(sandbox)]
+
+
+@pytest.fixture
+def deliver(settings, producer, redis_client, sandbox):
+    return lambda msg: sent(settings, producer, redis_client, sandbox, msg)
+
+
+def test_a_message_without_email_phone_or_user_id_is_skipped_and_counted(producer, redis_client):
+    msg = {"type": "track", "event": "Viewed", "anonymousId": "anon", "traits": {"name": "Jane"}}
+    assert producer.enqueue_segment(msg) == []
+    assert redis_client.hget(keys.STATS, "skipped:no_identifier") == b"1"
+    assert producer.enqueue_segment({"type": "group", "userId": "u-1"}) == []
+    assert redis_client.hget(keys.STATS, "skipped:unsupported_type") == b"1"
+
+
+def test_identifiers_come_from_traits_and_context_traits_and_never_put_email_in_client_user_id():
+    msg = {
+        "type": "track",
+        "event": "X",
+        "userId": "jane@example.com",
+        "context": {"traits": {"phone": "1"}},
+        "traits": {"phone": "+14155552671", "username": "jane", "email": ""},
+    }
+    assert segment.user_of(msg) == {
+        "phone": "+14155552671",
+        "externalIdentifiers": {"customIdentifiers": [{"name": "username", "value": "jane"}]},
+    }
+    assert segment.user_of({"userId": "+1 (415) 555-2671"}) == {}
+    assert segment.user_of({"userId": 42}) == {"externalIdentifiers": {"clientUserId": "42"}}
+
+
+def test_occurred_at_is_the_first_of_timestamp_original_timestamp_sent_at_in_utc():
+    assert segment.occurred_at({"originalTimestamp": "2026-11-23T10:00:00+02:00", "sentAt": "x"}) == (
+        "2026-11-23T08:00:00Z"
+    )
+    assert segment.occurred_at({"sentAt": "2026-11-23T10:00:00.5Z"}) == "2026-11-23T10:00:00.500000Z"
+    with pytest.raises(InvalidJob, match="timestamp"):
+        segment.occurred_at({"timestamp": "yesterday"})
+
+
+def test_identify_makes_an_identity_call_and_a_custom_attributes_call(deliver):
+    msg = message(
+        "identify",
+        traits={
+            "username": "jane",
+            "plan": "gold",
+            "visits": 3,
+            "vip": True,
+            "address": {"city": "SF"},
+            "tags": ["a"],
+            "nothing": None,
+        },
+    )
+    external = {"clientUserId": "u-1", "customIdentifiers": [{"name": "username", "value": "jane"}]}
+    assert deliver(msg) == [
+        ("/v1/identity-resolution/user-identifiers", {"phone": PHONE, "email": EMAIL, **external}),
+        (
+            "/v1/attributes/custom",
+            {
+                "user": {"phone": PHONE, "email": EMAIL, "externalIdentifiers": external},
+                "properties": {"plan": "gold", "visits": 3, "vip": True},
+            },
+        ),
+    ]
+
+
+def test_identify_without_an_external_identifier_sends_attributes_only(deliver):
+    msg = message("identify", userId=None, traits={"plan": "gold"})
+    assert deliver(msg) == [
+        ("/v1/attributes/custom", {"user": {"phone": PHONE, "email": EMAIL}, "properties": {"plan": "gold"}})
+    ]
+
+
+def test_identify_with_nothing_to_send_is_skipped(producer, redis_client):
+    assert producer.enqueue_segment({"type": "identify", "traits": {"email": EMAIL}}) == []
+    assert redis_client.hget(keys.STATS, "skipped:nothing_to_send") == b"1"
+
+
+PRODUCT = {
+    "product_id": "p-1",
+    "variant": "p-1-red",
+    "name": "Tee",
+    "price": 19.99,
+    "currency": "eur",
+    "quantity": 2,
+    "image_url": "https://example.com/t.png",
+    "url": "https://example.com/t",
+}
+ITEM = {
+    "productId": "p-1",
+    "productVariantId": "p-1-red",
+    "price": [{"value": 19.99, "currency": "EUR"}],
+    "name": "Tee",
+    "productImage": "https://example.com/t.png",
+    "productUrl": "https://example.com/t",
+    "quantity": 2,
+}
+
+
+@pytest.mark.parametrize(
+    ("event", "path"),
+    [("Product Viewed", "/v1/events/ecommerce/product-view"), ("Product Added", "/v1/events/ecommerce/add-to-cart")],
+)
+def test_product_viewed_and_added_become_ecommerce_calls_with_one_item(deliver, event, path):
+    assert deliver(message("track", event=event, properties=PRODUCT)) == [
+        (path, {"user": USER, "items": [ITEM], "occurredAt": STAMP})
+    ]
+
+
+def test_order_completed_becomes_a_purchase_with_every_product(deliver):
+    props = {"order_id": "o-9", "currency": "usd", "products": [PRODUCT, {"sku": "s-2", "price": 5, "quantity": 1.0}]}
+    second = {"productId": "s-2", "productVariantId": "s-2", "price": [{"value": 5, "currency": "USD"}], "quantity": 1}
+    assert deliver(message("track", event="Order Completed", properties=props)) == [
+        (
+            "/v1/events/ecommerce/purchase",
+            {"user": USER, "items": [ITEM, second], "occurredAt": STAMP, "orderId": "o-9"},
+        )
+    ]
+
+
+def test_item_fallbacks_and_refusals_name_the_segment_field(producer):
+    assert (
+        segment.to_jobs(message("track", event="Product Viewed", properties={"id": "i-1", "price": 1}))[0]["items"][0][
+            "productId"
+        ]
+        == "i-1"
+    )
+    with pytest.raises(InvalidJob) as caught:
+        producer.enqueue_segment(
+            message("track", event="Order Completed", properties={"products": [{"product_id": "p", "quantity": 1.5}]})
+        )
+    assert {p.field for p in caught.value.problems} == {
+        "properties.products[0].price",
+        "properties.products[0].quantity",
+    }
+    with pytest.raises(InvalidJob, match=r"properties\.products"):
+        producer.enqueue_segment(message("track", event="Order Completed", properties={}))
+
+
+def test_page_becomes_a_custom_event(deliver):
+    props = {
+        "path": "/shoes",
+        "referrer": "https://a.example",
+        "search": "?q=1",
+        "title": "Shoes",
+        "url": "https://shop.example/shoes",
+        "width": 1024,
+    }
+    assert deliver(message("page", name="Shoes", properties=props)) == [
+        (
+            "/v1/events/custom",
+            {
+                "type": "page",
+                "user": USER,
+                "properties": {
+                    "path": "/shoes",
+                    "referrer": "https://a.example",
+                    "search": "?q=1",
+                    "title": "Shoes",
+                    "url": "https://shop.example/shoes",
+                    "name": "Shoes",
+                },
+                "externalEventId": "m-1",
+                "occurredAt": STAMP,
+            },
+        )
+    ]
+
+
+ORDER = {
+    "affiliation": "web",
+    "coupon": "C1",
+    "currency": "usd",
+    "discount": 2.5,
+    "order_id": "o-1",
+    "products": [{"product_id": "p-1"}],
+    "revenue": 40.0,
+    "shipping": 3.0,
+    "tax": 1.25,
+    "total": 44.25,
+    "value": 40.0,
+    "checkout_id": "c-1",
+    "cart_id": "cart-1",
+    "extra": "dropped",
+}
+
+
+@pytest.mark.parametrize(
+    ("event", "kept"),
+    [
+        ("Checkout Started", segment.CHECKOUT_KEYS),
+        ("Order Updated", segment.ORDER_KEYS),
+        ("Order Refunded", (*segment.ORDER_KEYS, "checkout_id")),
+        ("Order Cancelled", segment.ORDER_KEYS),
+        ("Cart Viewed", ("cart_id", "currency", "products")),
+    ],
+)
+def test_order_lifecycle_events_keep_their_listed_properties_and_uppercase_currency(deliver, event, kept):
+    expected = {k: ORDER[k] for k in kept} | {"currency": "USD"}
+    assert deliver(message("track", event=event, properties=ORDER)) == [
+        (
+            "/v1/events/custom",
+            {"type": event, "user": USER, "properties": expected, "externalEventId": "m-1", "occurredAt": STAMP},
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        "Product List Viewed",
+        "Products Searched",
+        "Product Clicked",
+        "Product Removed",
+        "Payment Info Entered",
+        "Promotion Clicked",
+        "Promotion Viewed",
+        "Coupon Entered",
+        "Product Added to Wishlist",
+        "Subscribed To Newsletter",
+    ],
+)
+def test_other_tracks_pass_their_properties_through(deliver, event):
+    props = {"query": "shoes", "nested": {"list": [1, 2]}, "currency": "usd"}
+    assert deliver(message("track", event=event, properties=props)) == [
+        (
+            "/v1/events/custom",
+            {"type": event, "user": USER, "properties": props, "externalEventId": "m-1", "occurredAt": STAMP},
+        )
+    ]
+
+
+def test_forbidden_property_names_are_refused_or_renamed(producer, redis_server, redis_client, sandbox):
+    msg = message("track", event="Odd", properties={"a|b": 1, "ok": {"c,d": 2}})
+    with pytest.raises(InvalidJob, match=r"offending names: a\|b"):
+        producer.enqueue_segment(msg)
+    renaming = make_settings(redis_server.url, sandbox.url, attentive_segment_rename_keys=True)
+    from producers.producer import Producer
+
+    assert sent(renaming, Producer(renaming, redis_client), redis_client, sandbox, msg)[0][1]["properties"] == {
+        "a_b": 1,
+        "ok": {"c_d": 2},
+    }
