@@ -31,7 +31,8 @@ MAX_RESPONSE_KEPT = 2000
 
 
 def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+    # Always with milliseconds, so the strings sort in time order (isoformat drops a zero fraction).
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def traceback_summary(exc: BaseException) -> str:
