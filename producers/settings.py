@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     anything else.
     """
 
+    attentive_sensitive_guard: bool = True
+    """Refuse jobs whose property values look like payment cards or SSNs (see producers.sensitive)."""
+
+    attentive_sensitive_patterns: dict[str, str] = Field(default_factory=dict)
+    """More sensitive-data patterns, as JSON ``{"name": "regex"}``."""
+
     attentive_segment_rename_keys: bool = False
     """Segment property names with characters Attentive forbids: refused (default), or renamed
     with each such character replaced by ``_``."""

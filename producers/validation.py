@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from producers import freshness, rules
+from producers import freshness, rules, sensitive
 from producers.errors import InvalidJob, Problem
 from producers.jobs import Job
 from producers.settings import Settings
@@ -119,6 +119,8 @@ def parse_job(data: Any, settings: Settings, now: datetime, *, at_enqueue: bool)
     except RecursionError:
         raise InvalidJob([Problem("", f"nested deeper than {rules.MAX_DEPTH} levels")]) from None
     problems = _time_problems(job, settings, now, at_enqueue=at_enqueue)
+    if settings.attentive_sensitive_guard:
+        problems += sensitive.scan(getattr(job, "properties", None), settings.attentive_sensitive_patterns)
     if problems:
         raise InvalidJob(problems)
     return job
