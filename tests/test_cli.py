@@ -8,15 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+
 from producers.queue import ticket_for
 
-from conftest import add_fault, delivery_for
+from conftest import TOKEN, add_fault, delivery_for, sandbox_requests
 
 GOOD = {"kind": "custom_event", "type": "Order Shipped", "user": {"phone": "(415) 555-2671"}}
 
 
-def relay(args: list[str], settings, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "REDIS_URL": settings.redis_url, "NO_COLOR": "1", "COLUMNS": "200"}
+def relay(args: list[str], settings, stdin: str | None = None, **env_: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "NO_COLOR": "1", "COLUMNS": "200", **env_}
     return subprocess.run(
         [sys.executable, "-m", "worker.cli", *args],
         input=stdin,
@@ -80,3 +82,44 @@ def test_dlq_list_show_replay_purge(settings, producer, redis_client, sandbox):
 def test_unreachable_redis_is_a_clear_error(settings):
     result = relay(["stats"], settings.model_copy(update={"redis_url": "redis://127.0.0.1:9/0"}))
     assert result.returncode == 3 and "cannot reach Redis" in result.stderr
+
+
+def attentive_env(settings, token: str = TOKEN) -> dict[str, str]:
+    return {"ATTENTIVE_BASE_URL": settings.attentive_base_url, "ATTENTIVE_API_TOKEN": token}
+
+
+def test_check_passes_when_redis_answers_and_the_token_is_accepted(settings):
+    result = relay(["check", "--json"], settings, **attentive_env(settings))
+    assert result.returncode == 0 and json.loads(result.stdout) == {"ok": True, "redis": "ok", "attentive": "ok"}
+
+
+def test_check_fails_clearly_on_a_refused_token_or_a_missing_redis(settings):
+    refused = relay(["check"], settings, **attentive_env(settings, "wrong-token"))
+    assert refused.returncode == 1 and "attentive: token refused (401)" in refused.stderr
+    assert "wrong-token" not in refused.stderr + refused.stdout
+    no_redis = relay(["check", "--json"], settings, **attentive_env(settings), REDIS_URL="redis://127.0.0.1:9/0")
+    assert no_redis.returncode == 1 and json.loads(no_redis.stdout)["redis"].startswith("unreachable")
+    no_token = relay(["check"], settings, ATTENTIVE_BASE_URL=settings.attentive_base_url)
+    assert no_token.returncode == 1 and "ATTENTIVE_API_TOKEN is not set" in no_token.stderr
+
+
+def test_attributes_reads_what_attentive_holds_for_a_phone(settings, producer, redis_client, sandbox):
+    job_id = producer.enqueue(
+        {"kind": "custom_attributes", "user": {"phone": "+14155552671"}, "properties": {"tier": "gold", "visits": 3}}
+    )
+    assert delivery_for(settings, redis_client).run(job_id, ticket_for(job_id, 0)) == "delivered"
+    result = relay(["attributes", "--phone", "(415) 555-2671", "--json"], settings, **attentive_env(settings))
+    assert result.returncode == 0
+    assert json.loads(result.stdout) == [{"name": "tier", "value": "gold"}, {"name": "visits", "value": 3}]
+    seen = sandbox_requests(sandbox)
+    assert len(seen) == 1, "the GET is not recorded as a delivery"
+
+
+def test_attributes_wants_exactly_one_identifier_before_any_request(settings, sandbox):
+    both = relay(
+        ["attributes", "--phone", "+14155552671", "--email", "a@example.com"], settings, **attentive_env(settings)
+    )
+    neither = relay(["attributes"], settings, **attentive_env(settings))
+    assert both.returncode == neither.returncode == 2
+    assert "exactly one of --phone or --email" in both.stderr
+    assert httpx.get(sandbox.url + "/__sandbox/stats").json() == {}

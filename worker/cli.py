@@ -253,6 +253,83 @@ def dlq_purge(
         out.print(f"purged {purged}")
 
 
+def _attentive(settings: Settings) -> Any:
+    from worker.attentive import AttentiveClient
+
+    return AttentiveClient(settings)
+
+
+@cli.command()
+def check(as_json: JsonFlag = False) -> None:
+    """Readiness: exit 0 when Redis answers and Attentive accepts the token (GET /v1/me)."""
+    import httpx
+
+    settings = _settings()
+    result: dict[str, str] = {}
+    try:
+        from_settings(settings, socket_connect_timeout=5, socket_timeout=5).ping()
+        result["redis"] = "ok"
+    except redis.RedisError as exc:
+        result["redis"] = f"unreachable ({type(exc).__name__})"
+    if settings.attentive_api_token is None:
+        result["attentive"] = "ATTENTIVE_API_TOKEN is not set"
+    else:
+        try:
+            status = _attentive(settings).request("GET", "/v1/me").status_code
+            result["attentive"] = {200: "ok", 401: "token refused (401)", 403: "token refused (403)"}.get(
+                status, f"unexpected HTTP {status}"
+            )
+        except httpx.HTTPError as exc:
+            result["attentive"] = f"unreachable ({type(exc).__name__})"
+    healthy = all(v == "ok" for v in result.values())
+    if as_json:
+        print(json.dumps({"ok": healthy, **result}))
+    else:
+        for name, state in result.items():
+            (out if state == "ok" else err).print(f"{name}: {state}", markup=False, highlight=False)
+    raise typer.Exit(0 if healthy else 1)
+
+
+@cli.command()
+def attributes(
+    phone: Annotated[str | None, typer.Option(help="The customer's phone number.")] = None,
+    email: Annotated[str | None, typer.Option(help="The customer's email address.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show the custom attributes Attentive holds for one customer (exactly one of --phone, --email)."""
+    import httpx
+
+    from producers.rules import check_email, normalize_phone
+
+    if (phone is None) == (email is None):
+        raise typer.BadParameter("give exactly one of --phone or --email")
+    settings = _settings()
+    try:
+        query = (
+            {"phone": normalize_phone(phone, settings.attentive_default_region)}
+            if phone
+            else {"email": check_email(email or "")}
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    try:
+        response = _attentive(settings).request("GET", "/v1/attributes/custom", params=query)
+    except httpx.HTTPError as exc:
+        err.print(f"cannot reach Attentive ({type(exc).__name__})")
+        raise typer.Exit(1) from None
+    if response.status_code != 200:
+        err.print(f"Attentive answered HTTP {response.status_code}")
+        raise typer.Exit(1)
+    data = response.json()
+    if as_json:
+        print(json.dumps(data))
+        return
+    table = Table("name", "value")
+    for row in data:
+        table.add_row(str(row.get("name")), str(row.get("value")))
+    out.print(table)
+
+
 @cli.command()
 def sandbox(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8787,
