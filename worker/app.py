@@ -23,6 +23,7 @@ from celery import Celery, signals
 from producers.connection import connect, from_settings, is_sentinel
 from producers.queue import TASK_NAME
 from producers.settings import Settings
+from worker import sentry
 from worker.attentive import AttentiveClient
 from worker.delivery import Delivery
 from worker.jobstore import JobStore
@@ -109,6 +110,12 @@ def _fresh_runtime_after_fork(**_: object) -> None:
     # Sockets and pools must not be shared across a fork.
     global _runtime
     _runtime = None
+
+
+@signals.celeryd_init.connect
+def _start_sentry(**_: object) -> None:
+    if sentry.init(settings):
+        log.info("Sentry is on (personal data scrubbed)")
 
 
 @signals.worker_ready.connect

@@ -21,6 +21,7 @@ from producers import freshness
 from producers.errors import InvalidJob, RateLimited, Stale, WorkerLost
 from producers.settings import Settings
 from producers.validation import parse_job
+from worker import sentry
 from worker.attentive import AttentiveClient, Outcome
 from worker.jobstore import Claim, JobStore
 from worker.policy import DeadLetter, Decision, Delivered, Retry, RetryPolicy, decide
@@ -78,6 +79,7 @@ class Delivery:
         except Exception as exc:
             summary = traceback_summary(exc)
             log.error("job_id=%s crashed the worker: %s", job_id, summary)
+            sentry.report_crash(exc, job_id)
             history = (claim.history or []) + [
                 {"at": _iso(now_ms), "attempt": claim.attempt, "status": None, "error": "crashed"}
             ]
@@ -207,6 +209,7 @@ class Delivery:
         error = outcome.error if outcome else None
         level = logging.ERROR if decision.reason == "unauthorized" else logging.WARNING
         log.log(level, "job_id=%s dead-lettered reason=%s: %s", claim.job_id, decision.reason, decision.detail)
+        sentry.report_dead_letter(decision.reason, _kind_of(claim.job_json))
         entry = {
             "job_id": claim.job_id,
             "job": _job_value(claim.job_json),
@@ -220,6 +223,11 @@ class Delivery:
             "round": claim.round,
         }
         return self.store.dead_letter(claim, now_ms, decision.reason, entry)
+
+
+def _kind_of(job_json: str) -> str:
+    value = _job_value(job_json)
+    return str(value.get("kind", "")) if isinstance(value, dict) else ""
 
 
 def _job_value(job_json: str) -> Any:
