@@ -351,6 +351,29 @@ def sandbox(
 
 
 @cli.command()
+def metrics(
+    port: Annotated[int, typer.Option(help="Port for /metrics.")] = 9808,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+) -> None:
+    """Serve Prometheus metrics (backlog, retries, dead letters by reason, limiter waits)."""
+    import time
+
+    from prometheus_client import start_http_server
+    from prometheus_client.registry import CollectorRegistry
+
+    from worker.metrics import RelayCollector
+
+    settings = _settings()
+    registry = CollectorRegistry()
+    registry.register(RelayCollector(_client(settings), settings.attentive_queue))
+    start_http_server(port, addr=host, registry=registry)
+    out.print(f"metrics on http://{host}:{port}/metrics")
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            time.sleep(3600)
+
+
+@cli.command()
 def scheduler(interval: Annotated[float, typer.Option(help="Seconds between passes.")] = 1.0) -> None:
     """Run only the promoter (due retries and lost deliveries); workers also run one each."""
     from worker.app import job_store

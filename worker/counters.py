@@ -37,5 +37,6 @@ def stats(client: redis.Redis, queue: str) -> dict[str, Any]:
         "in_flight": in_flight,
         "replayed": counts.get("replayed", 0),
         "deferred": counts.get("deferred", 0),
+        "skipped": {k[8:]: v for k, v in counts.items() if k.startswith("skipped:")},
         "dead_letter_stored": dead_stored,
     }

@@ -1,0 +1,61 @@
+"""Prometheus metrics from Redis counters, served by `attentive-relay metrics`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from producers.queue import ticket_for
+from worker.processes import free_port
+
+from conftest import add_fault, delivery_for, wait_for
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_the_metrics_endpoint_reports_backlog_outcomes_and_reasons(settings, producer, redis_client, sandbox):
+    add_fault(sandbox, status=400, times=1)
+    delivery = delivery_for(settings, redis_client)
+    first, second, _ = (
+        producer.enqueue({"kind": "custom_event", "type": "M", "user": {"email": "a@example.com"}}) for _ in range(3)
+    )
+    assert delivery.run(first, ticket_for(first, 0)) == "dead:rejected"
+    assert delivery.run(second, ticket_for(second, 0)) == "delivered"
+    producer.enqueue_segment({"type": "track", "event": "anon", "anonymousId": "x"})
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "metrics", "--port", str(port)],
+        env={**os.environ, "REDIS_URL": settings.redis_url},
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        text = wait_for(lambda: _get(f"http://127.0.0.1:{port}/metrics"), 20, "the metrics endpoint")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    got = samples(text)
+    assert got[("attentive_relay_queue_depth", ())] == 3  # two messages were run by hand, not consumed
+    assert got[("attentive_relay_enqueued_total", ())] == 3
+    assert got[("attentive_relay_delivered_total", ())] == 1
+    assert got[("attentive_relay_dead_lettered_total", (("reason", "rejected"),))] == 1
+    assert got[("attentive_relay_dead_lettered_total", (("reason", "stale"),))] == 0
+    assert got[("attentive_relay_skipped_total", (("reason", "no_identifier"),))] == 1
+    assert got[("attentive_relay_dead_letter_stored", ())] == 1
+    assert ("attentive_relay_rate_limit_waits_total", ()) in got
+
+
+def _get(url: str) -> str | None:
+    try:
+        return httpx.get(url, timeout=2).text
+    except httpx.HTTPError:
+        return None

@@ -1,0 +1,61 @@
+"""Prometheus metrics that Flower does not have: backlog, retries, dead letters, limiter waits.
+
+Read from Redis at each scrape (`attentive-relay metrics --port 9808`), so any number of
+metrics endpoints can run, and they agree. All metrics are prefixed ``attentive_relay_``:
+
+    queue_depth             gauge    jobs waiting in the Celery queue (what KEDA scales on)
+    scheduled               gauge    retries and rate-limited jobs waiting in the schedule
+    in_flight               gauge    attempts holding a lease
+    dead_letter_stored      gauge    dead-letter entries kept
+    enqueued_total          counter  jobs queued by producers
+    delivered_total         counter  jobs Attentive accepted
+    dead_lettered_total     counter  jobs dead-lettered, by reason
+    retries_total           counter  retries scheduled
+    rate_limit_waits_total  counter  jobs parked until their rate-limit slot
+    replayed_total          counter  jobs replayed from the dead-letter queue
+    skipped_total           counter  Segment messages skipped, by reason
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from worker.counters import stats
+
+PREFIX = "attentive_relay_"
+
+
+class RelayCollector(Collector):
+    def __init__(self, client: Any, queue: str) -> None:
+        self.client = client
+        self.queue = queue
+
+    def collect(self) -> Iterator[Metric]:
+        s = stats(self.client, self.queue)
+        for name, key, doc in (
+            ("queue_depth", "queued", "Jobs waiting in the Celery queue."),
+            ("scheduled", "scheduled", "Retries and rate-limited jobs waiting for their time."),
+            ("in_flight", "in_flight", "Delivery attempts holding a lease."),
+            ("dead_letter_stored", "dead_letter_stored", "Dead-letter entries kept."),
+        ):
+            yield GaugeMetricFamily(PREFIX + name, doc, value=s[key])
+        for name, key, doc in (
+            ("enqueued", "enqueued", "Jobs queued by producers."),
+            ("delivered", "delivered", "Jobs Attentive accepted."),
+            ("retries", "retries", "Retries scheduled."),
+            ("rate_limit_waits", "deferred", "Jobs parked until their rate-limit slot."),
+            ("replayed", "replayed", "Jobs replayed from the dead-letter queue."),
+        ):
+            yield CounterMetricFamily(PREFIX + name, doc, value=s[key])
+        dead = CounterMetricFamily(PREFIX + "dead_lettered", "Jobs dead-lettered, by reason.", labels=["reason"])
+        for reason, count in s["dead_letter"].items():
+            dead.add_metric([reason], count)
+        yield dead
+        skipped = CounterMetricFamily(PREFIX + "skipped", "Segment messages skipped, by reason.", labels=["reason"])
+        for reason, count in s["skipped"].items():
+            skipped.add_metric([reason], count)
+        yield skipped
