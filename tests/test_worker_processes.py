@@ -21,7 +21,7 @@ from producers.queue import push_jobs
 from worker.counters import stats
 from worker.processes import RedisServer
 
-from conftest import add_fault, make_settings, sandbox_requests, wait_for
+from conftest import TOKEN, add_fault, make_settings, sandbox_requests, wait_for
 
 PHONE = "+14155552671"
 
@@ -76,7 +76,7 @@ def test_every_outcome_through_a_real_worker(redis_server, redis_client, sandbox
     )
     redis_client.hset(keys.job("poison-job"), "history", "{not json")
     total = len(ids) + 3
-    start_worker(settings_=settings)
+    worker = start_worker(settings_=settings)
     wait_for(lambda: finished(redis_client) >= total, 90, "every job to finish")
     time.sleep(1)
     s = stats(redis_client, "attentive")
@@ -99,6 +99,14 @@ def test_every_outcome_through_a_real_worker(redis_server, redis_client, sandbox
     assert requests_for(sandbox, "Stale Event") == [] and requests_for(sandbox, "Poison Event") == []
     paths = {r["path"] for r in sandbox_requests(sandbox)}
     assert {"/v1/attributes/custom", "/v1/identity-resolution/user-identifiers"} <= paths
+
+    # Logs: JSON lines off a terminal, delivery fields as keys, and no personal data or token.
+    log_text = worker.log_path.read_text()
+    records = [json.loads(line) for line in log_text.splitlines() if line.startswith("{")]
+    attempts = [r for r in records if r.get("endpoint") == "/v1/events/custom" and r.get("status") == 503]
+    assert attempts and {"job_id", "kind", "attempt", "status", "outcome", "reason"} <= attempts[0].keys()
+    for secret in (PHONE, "4155552671", "555-2671", TOKEN):
+        assert secret not in log_text
 
 
 def _wait_for_arrival(sandbox, type_: str) -> dict:

@@ -23,7 +23,7 @@ from celery import Celery, signals
 from producers.connection import connect, from_settings, is_sentinel
 from producers.queue import TASK_NAME
 from producers.settings import Settings
-from worker import sentry
+from worker import logs, sentry
 from worker.attentive import AttentiveClient
 from worker.delivery import Delivery
 from worker.jobstore import JobStore
@@ -110,6 +110,12 @@ def _fresh_runtime_after_fork(**_: object) -> None:
     # Sockets and pools must not be shared across a fork.
     global _runtime
     _runtime = None
+
+
+@signals.setup_logging.connect
+def _setup_logging(loglevel: int | str | None = None, **_: object) -> None:
+    # Connecting here tells Celery to leave logging to us: JSON off a terminal, text on one.
+    logs.configure(loglevel or logging.INFO)
 
 
 @signals.celeryd_init.connect

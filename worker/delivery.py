@@ -19,6 +19,7 @@ from typing import Any
 
 from producers import freshness
 from producers.errors import InvalidJob, RateLimited, Stale, WorkerLost
+from producers.jobs import EVENT_PATHS
 from producers.settings import Settings
 from producers.validation import parse_job
 from worker import sentry
@@ -72,13 +73,24 @@ class Delivery:
         if isinstance(claim, str):
             # gone: already finished; stale: an old copy of the message; busy: another worker
             # holds the lease (if it died, the reaper queues the job again when the lease ends).
-            log.info("skipped job_id=%s ticket=%s: %s", job_id, ticket, claim)
+            log.info(
+                "skipped job_id=%s ticket=%s: %s",
+                job_id,
+                ticket,
+                claim,
+                extra={"job_id": job_id, "outcome": f"skipped:{claim}"},
+            )
             return f"skipped:{claim}"
         try:
             return self._attempt(claim, now_ms)
         except Exception as exc:
             summary = traceback_summary(exc)
-            log.error("job_id=%s crashed the worker: %s", job_id, summary)
+            log.error(
+                "job_id=%s crashed the worker: %s",
+                job_id,
+                summary,
+                extra={"job_id": job_id, "outcome": "dead:crashed", "reason": "crashed"},
+            )
             sentry.report_crash(exc, job_id)
             history = (claim.history or []) + [
                 {"at": _iso(now_ms), "attempt": claim.attempt, "status": None, "error": "crashed"}
@@ -139,13 +151,23 @@ class Delivery:
             self.policy,
             self.rand(),
         )
+        kind: str = job.kind  # type: ignore[attr-defined]
         log.info(
             "job_id=%s kind=%s attempt=%d status=%s outcome=%s",
             claim.job_id,
-            job.kind,  # type: ignore[attr-defined]
+            kind,
             claim.attempt,
             outcome.status,
             _name(decision),
+            extra={
+                "job_id": claim.job_id,
+                "kind": kind,
+                "endpoint": EVENT_PATHS[kind],
+                "attempt": claim.attempt,
+                "status": outcome.status,
+                "outcome": _name(decision),
+                "reason": outcome.error.reason if outcome.error else None,
+            },
         )
         return self._record(claim, done_ms, history, decision, outcome)
 
@@ -208,7 +230,20 @@ class Delivery:
     ) -> bool:
         error = outcome.error if outcome else None
         level = logging.ERROR if decision.reason == "unauthorized" else logging.WARNING
-        log.log(level, "job_id=%s dead-lettered reason=%s: %s", claim.job_id, decision.reason, decision.detail)
+        log.log(
+            level,
+            "job_id=%s dead-lettered reason=%s: %s",
+            claim.job_id,
+            decision.reason,
+            decision.detail,
+            extra={
+                "job_id": claim.job_id,
+                "attempt": claim.attempt,
+                "outcome": f"dead:{decision.reason}",
+                "reason": decision.reason,
+                "status": outcome.status if outcome else None,
+            },
+        )
         sentry.report_dead_letter(decision.reason, _kind_of(claim.job_json))
         entry = {
             "job_id": claim.job_id,
