@@ -13,6 +13,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 import redis
 
 from producers import keys
@@ -224,3 +225,26 @@ def test_a_redis_restart_loses_nothing(tmp_path, sandbox, start_worker):
         assert not any(client.exists(keys.job(i)) for i in ids)
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("remap", [{}, {"REMAP_SIGTERM": "SIGQUIT"}], ids=["warm", "soft"])
+def test_sigterm_drains_the_attempt_in_flight_and_leaves_the_queue_intact(
+    redis_server, redis_client, sandbox, start_worker, remap
+):
+    """As a platform stops a worker: SIGTERM (a warm shutdown, or remapped to a soft one), then a new worker."""
+    settings = make_settings(redis_server.url, sandbox.url)
+    producer = Producer(settings, redis_client)
+    add_fault(sandbox, status=200, type="Draining", times=1, delay_ms=2000)
+    worker = start_worker("stopping", concurrency=1, settings_=settings, **remap)
+    producer.enqueue(event("Draining"))
+    _wait_for_arrival(sandbox, "Draining")
+    waiting = [producer.enqueue(event(f"Waiting {i}")) for i in range(3)]
+    worker.proc.send_signal(signal.SIGTERM)
+    worker.proc.wait(30)
+    s = stats(redis_client, "attentive")
+    assert s["delivered"] == 1, "the attempt in flight finished before the worker exited"
+    assert s["in_flight"] == 0 and s["queued"] == len(waiting), "the waiting jobs are still queued"
+    assert redis_client.hlen("unacked") == 0
+    start_worker("next", settings_=settings)
+    wait_for(lambda: stats(redis_client, "attentive")["delivered"] == 4, 30, "the rest")
+    assert len(requests_for(sandbox, "Draining")) == 1

@@ -8,9 +8,10 @@ Configuration choices, and why (see ../README.md, "Operations"):
   attempt is recorded, and requeued if the pool process dies.
 - ``worker_disable_prefetch`` and a prefetch multiplier of 1: a worker holds only messages it
   is running, so the queue length is the real backlog and nothing waits in memory.
-- The visibility timeout and the hard time limit derive from ``ATTENTIVE_LEASE_S``: an
-  attempt is killed before its lease ends (so a live delivery is never taken over), and the
-  unacked restore sweep runs every 5 s instead of every 100 s.
+- The visibility timeout, the hard time limit and the soft-shutdown window derive from
+  ``ATTENTIVE_LEASE_S``: an attempt is killed before its lease ends (so a live delivery is
+  never taken over), a shutdown lets running attempts finish, and the unacked restore sweep
+  runs every 5 s instead of every 100 s.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def configure(app: Celery, settings: Settings) -> None:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_time_limit=int(lease - 5),
+        # On SIGQUIT (what REMAP_SIGTERM=SIGQUIT makes of a platform's SIGTERM), let running
+        # attempts finish for up to this long before the cold shutdown: it covers the time limit.
+        worker_soft_shutdown_timeout=float(int(lease)),
         worker_prefetch_multiplier=1,
         worker_disable_prefetch=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,

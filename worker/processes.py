@@ -113,9 +113,6 @@ class WorkerProcess:
     app: str = "worker"
     loglevel: str = "INFO"
     queue: str | None = None
-    app: str = "worker"
-    loglevel: str = "INFO"
-    queue: str | None = None
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
 
