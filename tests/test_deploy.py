@@ -1,0 +1,554 @@
+"""deploy/: the Kubernetes manifests, the KEDA ScaledObject, docker-compose.yml and the Dockerfile.
+
+Everything is checked offline against real schemas: the Kubernetes OpenAPI schemas shipped with
+kubernetes-validate (strict: unknown fields fail), a schema written here for the ScaledObject
+fields we use (KEDA's CRD is not in kubernetes-validate), and the Compose specification vendored
+in deploy/schema/. The cross-checks then tie the files to each other and to the code: queue
+names, grace periods, env var names, image and user, CLI subcommands.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import typer
+import yaml
+
+from producers.settings import Settings
+from worker.cli import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "kubernetes"
+COMPOSE = DEPLOY / "docker-compose.yml"
+COMPOSE_SPEC = DEPLOY / "schema" / "compose_spec.json"
+# compose/config/compose_spec.json from the docker-compose 1.29.2 wheel, unchanged.
+COMPOSE_SPEC_SHA256 = "0dc04bd346dcfee1b1419628fff79937bbf076925f298f272a2b490e2b112bac"
+
+NAMESPACE = "attentive-relay"
+WORKER = "attentive-relay-worker"
+FLOWER = "attentive-relay-flower"
+COLLECTOR = "attentive-relay-collector"
+CONFIG = "attentive-relay-config"
+SECRETS = "attentive-relay-secrets"
+
+# An older Kubernetes minor still found on managed clusters, and the newest schema shipped.
+K8S_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
+# The worker's soft shutdown timeout (the Celery setting, when configured, if it is longer).
+SOFT_SHUTDOWN_S = 60
+SHUTDOWN_MARGIN_S = 15
+# Environment variables that are not Settings fields but are read by something we run.
+NON_SETTINGS_ENV = {
+    "FLOWER_BASIC_AUTH",  # Flower reads FLOWER_* options
+    "SENTRY_DSN",  # worker/sentry.py
+    "SENTRY_ENVIRONMENT",  # worker/sentry.py
+    "REMAP_SIGTERM",  # billiard/Celery: SIGTERM starts the (soft) cold shutdown
+    "PYTHONUNBUFFERED",  # CPython
+}
+SETTINGS_ENV = {name.upper() for name in Settings.model_fields}
+PLACEHOLDER = "REPLACE_ME"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_all(path: Path) -> list[Any]:
+    with path.open(encoding="utf-8") as f:
+        return [doc for doc in yaml.load_all(f, Loader=_UniqueKeyLoader) if doc is not None]
+
+
+def _manifests() -> list[tuple[str, dict[str, Any]]]:
+    return [(path.name, doc) for path in sorted(K8S.glob("*.yaml")) for doc in _load_all(path)]
+
+
+MANIFESTS = _manifests()
+BUILTIN = [(f, obj) for f, obj in MANIFESTS if not obj["apiVersion"].startswith("keda.sh/")]
+
+
+def _id(item: tuple[str, dict[str, Any]]) -> str:
+    f, obj = item
+    return f"{f}:{obj['kind']}/{obj['metadata']['name']}"
+
+
+def _obj(kind: str, name: str) -> dict[str, Any]:
+    found = [o for _, o in MANIFESTS if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected exactly one {kind}/{name} in deploy/kubernetes, found {len(found)}"
+    return found[0]
+
+
+def _container(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def _option(argv: list[str], *names: str) -> str:
+    """The value of a command-line option given as `-Q x`, `--port x` or `--port=x`."""
+    for i, arg in enumerate(argv):
+        for name in names:
+            if arg == name:
+                return argv[i + 1]
+            if arg.startswith(name + "="):
+                return arg.split("=", 1)[1]
+    raise AssertionError(f"{names} not in {argv}")
+
+
+def _configmap() -> dict[str, str]:
+    return _obj("ConfigMap", CONFIG)["data"]
+
+
+def _secret() -> dict[str, str]:
+    return _obj("Secret", SECRETS)["stringData"]
+
+
+def _soft_shutdown_s() -> float:
+    from worker.app import app
+
+    return max(SOFT_SHUTDOWN_S, float(app.conf.worker_soft_shutdown_timeout or 0))
+
+
+def _seconds(duration: str) -> float:
+    """A Compose duration ("90s", "1m30s", "1h") in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"not a Compose duration: {duration!r}"
+    unit = {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * unit[u] for n, u in parts)
+
+
+# --- Kubernetes: schemas ------------------------------------------------------------------------
+
+
+def test_manifests_hold_every_role_in_one_namespace() -> None:
+    kinds = {(o["kind"], o["metadata"]["name"]) for _, o in MANIFESTS}
+    for expected in [
+        ("ConfigMap", CONFIG),
+        ("Secret", SECRETS),
+        ("Deployment", WORKER),
+        ("ScaledObject", WORKER),
+        ("Deployment", FLOWER),
+        ("Service", FLOWER),
+        ("Deployment", COLLECTOR),
+        ("Service", COLLECTOR),
+    ]:
+        assert expected in kinds
+    for f, obj in MANIFESTS:
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"].get("namespace") == NAMESPACE, f"{f}: {obj['kind']} outside {NAMESPACE}"
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("item", BUILTIN, ids=_id)
+def test_builtin_objects_validate_strictly(item: tuple[str, dict[str, Any]], version: str) -> None:
+    _, obj = item
+    try:
+        kubernetes_validate.validate(obj, version, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        problem = f"at /{'/'.join(str(p) for p in exc.absolute_path)}: {exc.message}"
+    else:
+        return
+    pytest.fail(f"{_id(item)} is invalid for Kubernetes {version} {problem}")
+
+
+def test_selectors_match_their_pod_templates() -> None:
+    pods = {}
+    for _, obj in MANIFESTS:
+        if obj["kind"] in ("Deployment", "StatefulSet"):
+            labels = obj["spec"]["template"]["metadata"]["labels"]
+            assert obj["spec"]["selector"]["matchLabels"].items() <= labels.items(), obj["metadata"]["name"]
+            pods[obj["metadata"]["name"]] = labels
+    for _, svc in MANIFESTS:
+        if svc["kind"] == "Service":
+            selected = [n for n, labels in pods.items() if svc["spec"]["selector"].items() <= labels.items()]
+            assert len(selected) == 1, f"Service {svc['metadata']['name']} selects {selected}"
+
+
+# --- KEDA ScaledObject --------------------------------------------------------------------------
+
+_DNS_NAME = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63}
+SCALED_OBJECT_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "keda.sh/v1alpha1"},
+        "kind": {"const": "ScaledObject"},
+        "metadata": {
+            "type": "object",
+            "required": ["name", "namespace"],
+            "properties": {"name": _DNS_NAME, "namespace": _DNS_NAME, "labels": {"type": "object"}},
+        },
+        "spec": {
+            "type": "object",
+            "required": ["scaleTargetRef", "minReplicaCount", "maxReplicaCount", "triggers"],
+            # The fields of KEDA's ScaledObjectSpec; a typo fails instead of being ignored.
+            "additionalProperties": False,
+            "properties": {
+                "scaleTargetRef": {
+                    "type": "object",
+                    "required": ["name"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": _DNS_NAME,
+                        "kind": {"const": "Deployment"},
+                        "apiVersion": {"const": "apps/v1"},
+                        "envSourceContainerName": {"type": "string"},
+                    },
+                },
+                "pollingInterval": {"type": "integer", "minimum": 1},
+                "cooldownPeriod": {"type": "integer", "minimum": 0},
+                "initialCooldownPeriod": {"type": "integer", "minimum": 0},
+                "idleReplicaCount": {"type": "integer", "minimum": 0},
+                "minReplicaCount": {"type": "integer", "minimum": 0},
+                "maxReplicaCount": {"type": "integer", "minimum": 1},
+                "advanced": {"type": "object"},
+                "fallback": {"type": "object"},
+                "triggers": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["type", "metadata"],
+                        "properties": {
+                            "type": {"type": "string", "minLength": 1},
+                            "name": {"type": "string"},
+                            "useCachedMetrics": {"type": "boolean"},
+                            "metricType": {"enum": ["AverageValue", "Value", "Utilization"]},
+                            # map[string]string in KEDA's CRD: numbers must be quoted.
+                            "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                            "authenticationRef": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {"name": {"type": "string"}, "kind": {"type": "string"}},
+                            },
+                        },
+                        "additionalProperties": False,
+                        "if": {"properties": {"type": {"const": "redis"}}},
+                        "then": {
+                            "properties": {
+                                "metadata": {
+                                    "required": ["address", "listName", "listLength"],
+                                    "properties": {
+                                        "address": {"pattern": r"^[A-Za-z0-9.-]+:[0-9]{1,5}$"},
+                                        "listName": {"minLength": 1},
+                                        "listLength": {"pattern": r"^[1-9][0-9]*$"},
+                                        "activationListLength": {"pattern": r"^[0-9]+$"},
+                                        "databaseIndex": {"pattern": r"^[0-9]+$"},
+                                        "enableTLS": {"enum": ["true", "false"]},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "contains": {"properties": {"type": {"const": "redis"}}},
+                },
+            },
+        },
+    },
+}
+
+
+def _scaled_object() -> dict[str, Any]:
+    return _obj("ScaledObject", WORKER)
+
+
+def _redis_trigger() -> dict[str, str]:
+    (trigger,) = [t for t in _scaled_object()["spec"]["triggers"] if t["type"] == "redis"]
+    return trigger["metadata"]
+
+
+def test_scaledobject_matches_schema() -> None:
+    jsonschema.Draft202012Validator.check_schema(SCALED_OBJECT_SCHEMA)
+    so = _scaled_object()
+    jsonschema.Draft202012Validator(SCALED_OBJECT_SCHEMA).validate(so)
+    spec = so["spec"]
+    assert spec["minReplicaCount"] <= spec["maxReplicaCount"]
+
+
+def test_scaledobject_scales_the_worker_on_its_queue() -> None:
+    so = _scaled_object()
+    worker = _obj("Deployment", WORKER)
+    assert so["spec"]["scaleTargetRef"]["name"] == worker["metadata"]["name"]
+    assert so["metadata"]["namespace"] == worker["metadata"]["namespace"]
+    queue = _configmap().get("ATTENTIVE_QUEUE", Settings.model_fields["attentive_queue"].default)
+    assert queue == "attentive"
+    assert _redis_trigger()["listName"] == queue
+    assert _option(_container(worker)["command"], "-Q", "--queues") == queue
+    # The workers' promoters put due retries back on the list: with zero workers the list never
+    # grows and nothing would ever scale the pool up again.
+    assert so["spec"]["minReplicaCount"] >= 1
+
+
+def test_scaledobject_watches_the_redis_of_redis_url() -> None:
+    url = urlsplit(_configmap()["REDIS_URL"])
+    assert url.scheme == "redis"
+    host, port = _redis_trigger()["address"].rsplit(":", 1)
+    # KEDA runs in its own namespace, so the address is the FQDN of the same Service.
+    assert host in (url.hostname, f"{url.hostname}.{NAMESPACE}.svc.cluster.local")
+    assert int(port) == (url.port or 6379)
+    assert _redis_trigger().get("databaseIndex", "0") == (url.path.lstrip("/") or "0")
+
+
+# --- Kubernetes: the worker and the other roles -------------------------------------------------
+
+
+def test_worker_grace_period_covers_soft_shutdown() -> None:
+    worker = _obj("Deployment", WORKER)
+    grace = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= SOFT_SHUTDOWN_S + SHUTDOWN_MARGIN_S
+    assert grace >= _soft_shutdown_s() + SHUTDOWN_MARGIN_S
+    # A running attempt ends within its hard limit (lease - 5 s) whatever the shutdown does.
+    assert grace >= float(_configmap()["ATTENTIVE_LEASE_S"]) + SHUTDOWN_MARGIN_S
+    env = {e["name"]: e.get("value") for e in _container(worker).get("env", [])}
+    assert env["REMAP_SIGTERM"] == "SIGQUIT"
+    assert "replicas" not in worker["spec"], "KEDA owns the replica count; apply must not reset it"
+
+
+def test_worker_reads_config_and_secret_and_is_probed_and_bounded() -> None:
+    worker = _obj("Deployment", WORKER)
+    pod = worker["spec"]["template"]["spec"]
+    c = _container(worker)
+    assert {"configMapRef": {"name": CONFIG}} in c["envFrom"]
+    assert {"secretRef": {"name": SECRETS}} in c["envFrom"]
+    assert c["readinessProbe"]["exec"]["command"] == ["attentive-relay", "check"]
+    # An outage of Redis or Attentive fails check; restarting workers would not help then.
+    assert "livenessProbe" not in c
+    for bound in ("requests", "limits"):
+        assert {"cpu", "memory"} <= c["resources"][bound].keys()
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["command"][:4] == ["celery", "-A", "worker", "worker"]
+    assert _option(c["command"], "--pool", "-P") == "threads"
+    assert int(_option(c["command"], "--concurrency", "-c")) == 24
+
+
+def test_every_env_name_is_a_setting_or_a_known_extra() -> None:
+    names = set(_configmap()) | set(_secret())
+    for _, obj in MANIFESTS:
+        if obj["kind"] in ("Deployment", "StatefulSet"):
+            for c in obj["spec"]["template"]["spec"]["containers"]:
+                names |= {e["name"] for e in c.get("env", [])}
+    unknown = names - SETTINGS_ENV - NON_SETTINGS_ENV
+    assert not unknown, f"not a Settings field nor a known extra: {sorted(unknown)}"
+    assert "COLLECTOR_WRITE_KEYS" in SETTINGS_ENV
+
+
+def test_env_references_resolve() -> None:
+    objects = {(o["kind"], o["metadata"]["name"]): o for _, o in MANIFESTS}
+    for _, obj in MANIFESTS:
+        if obj["kind"] != "Deployment":
+            continue
+        for c in obj["spec"]["template"]["spec"]["containers"]:
+            for source in c.get("envFrom", []):
+                if "configMapRef" in source:
+                    assert ("ConfigMap", source["configMapRef"]["name"]) in objects
+                if "secretRef" in source:
+                    assert ("Secret", source["secretRef"]["name"]) in objects
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {})
+                if "secretKeyRef" in ref:
+                    secret = objects["Secret", ref["secretKeyRef"]["name"]]
+                    assert ref["secretKeyRef"]["key"] in secret["stringData"]
+                if "configMapKeyRef" in ref:
+                    cm = objects["ConfigMap", ref["configMapKeyRef"]["name"]]
+                    assert ref["configMapKeyRef"]["key"] in cm["data"]
+
+
+def test_configmap_values_load_into_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in SETTINGS_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in _configmap().items():
+        assert isinstance(value, str), name
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.attentive_queue == _redis_trigger()["listName"]
+    assert settings.redis_url == _configmap()["REDIS_URL"]
+
+
+def test_secret_holds_placeholders_only() -> None:
+    secret = _obj("Secret", SECRETS)
+    assert "data" not in secret, "base64 data hides what is committed; use stringData placeholders"
+    assert set(secret["stringData"]) == {
+        "ATTENTIVE_API_TOKEN",
+        "FLOWER_BASIC_AUTH",
+        "COLLECTOR_WRITE_KEYS",
+        "SENTRY_DSN",
+    }
+    for name, value in secret["stringData"].items():
+        assert value == "" or value.startswith(PLACEHOLDER), f"{name} does not look like a placeholder"
+        # Once the markers are removed only lower-case words remain: no digits, no mixed case.
+        assert re.fullmatch(r"[a-z:,_-]*", value.replace(PLACEHOLDER, "")), f"{name} looks like a real value"
+
+
+def test_no_token_like_strings_anywhere_in_deploy() -> None:
+    for path in [*K8S.glob("*.yaml"), COMPOSE]:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            value = line.split("#", 1)[0]
+            assert not re.search(r"(?<![A-Za-z0-9])[A-Za-z0-9+/]{32,}={0,2}", value), f"{path.name}: {line}"
+
+
+def test_flower_is_cluster_internal_and_authenticated() -> None:
+    svc = _obj("Service", FLOWER)
+    assert svc["spec"].get("type", "ClusterIP") == "ClusterIP"
+    env = {e["name"]: e for e in _container(_obj("Deployment", FLOWER)).get("env", [])}
+    assert env["FLOWER_BASIC_AUTH"]["valueFrom"]["secretKeyRef"] == {"name": SECRETS, "key": "FLOWER_BASIC_AUTH"}
+    assert _container(_obj("Deployment", FLOWER))["command"] == ["celery", "-A", "worker", "flower", "--port=5555"]
+    for _, obj in MANIFESTS:
+        assert obj["kind"] != "Ingress", "Flower's /metrics is unauthenticated: no Ingress in these manifests"
+
+
+def test_collector_gets_its_write_keys() -> None:
+    c = _container(_obj("Deployment", COLLECTOR))
+    assert c["command"] == ["attentive-relay", "collect", "--host", "0.0.0.0", "--port", "8788"]
+    env = {e["name"]: e for e in c.get("env", [])}
+    assert env["COLLECTOR_WRITE_KEYS"]["valueFrom"]["secretKeyRef"]["key"] == "COLLECTOR_WRITE_KEYS"
+    ports = {p["port"] for p in _obj("Service", COLLECTOR)["spec"]["ports"]}
+    assert ports == {8788}
+
+
+def test_redis_statefulset_is_persistent_and_never_evicts() -> None:
+    redis_sets = [o for _, o in MANIFESTS if o["kind"] == "StatefulSet" and o["metadata"]["name"] == "redis"]
+    if not redis_sets:
+        pytest.skip("no Redis StatefulSet in deploy/kubernetes (an external Redis is used)")
+    (sts,) = redis_sets
+    args = _container(sts)["args"]
+    assert _option(args, "--appendonly") == "yes"
+    assert _option(args, "--maxmemory-policy") == "noeviction"
+    assert sts["spec"]["replicas"] == 1
+    assert sts["spec"]["volumeClaimTemplates"], "AOF without a volume is lost with the pod"
+
+
+def test_one_image_and_one_non_root_user_for_every_role() -> None:
+    relay = [o for _, o in MANIFESTS if o["kind"] == "Deployment"]
+    assert {_container(o)["image"] for o in relay} == {"attentive-relay:0.1.0"}
+    dockerfile = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
+    assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.M)
+    assert re.search(r"^RUN pip install \.", dockerfile, re.M)
+    user = re.findall(r"^USER (\d+)(?::(\d+))?\s*$", dockerfile, re.M)
+    assert len(user) == 1, "the image's USER must be numeric, or runAsNonRoot cannot verify it"
+    uid, gid = int(user[0][0]), int(user[0][1] or user[0][0])
+    assert uid != 0
+    for o in relay:
+        ctx = o["spec"]["template"]["spec"]["securityContext"]
+        assert ctx["runAsNonRoot"] is True
+        assert (ctx["runAsUser"], ctx["runAsGroup"]) == (uid, gid)
+
+
+# --- The commands the files run -----------------------------------------------------------------
+
+
+def _relay_commands() -> dict[str, str]:
+    """`attentive-relay <sub>` used anywhere in deploy/, mapped to where."""
+    used: dict[str, str] = {}
+
+    def add(argv: list[str], where: str) -> None:
+        if argv and argv[0] == "attentive-relay" and len(argv) > 1:
+            used.setdefault(argv[1], where)
+
+    for f, obj in MANIFESTS:
+        if obj["kind"] in ("Deployment", "StatefulSet"):
+            for c in obj["spec"]["template"]["spec"]["containers"]:
+                add(c.get("command", []), f)
+                for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                    add(c.get(probe, {}).get("exec", {}).get("command", []), f)
+    for name, svc in _compose()["services"].items():
+        command = svc.get("command", [])
+        add(shlex.split(command) if isinstance(command, str) else command, f"docker-compose.yml:{name}")
+    return used
+
+
+def test_relay_subcommands_exist() -> None:
+    known = set(typer.main.get_command(cli).commands)
+    used = _relay_commands()
+    assert {"collect", "sandbox", "check"} <= used.keys()
+    missing = {sub: where for sub, where in used.items() if sub not in known}
+    assert not missing, f"unknown attentive-relay subcommands: {missing}"
+
+
+# --- docker-compose.yml -------------------------------------------------------------------------
+
+
+def _compose() -> dict[str, Any]:
+    (doc,) = _load_all(COMPOSE)
+    return doc
+
+
+def test_compose_spec_is_the_vendored_upstream_file() -> None:
+    assert hashlib.sha256(COMPOSE_SPEC.read_bytes()).hexdigest() == COMPOSE_SPEC_SHA256
+    readme = (DEPLOY / "schema" / "README.md").read_text(encoding="utf-8")
+    assert "1.29.2" in readme and "Apache-2.0" in readme
+
+
+def test_compose_file_validates_against_the_compose_spec() -> None:
+    import json
+
+    schema = json.loads(COMPOSE_SPEC.read_text(encoding="utf-8"))
+    jsonschema.Draft7Validator.check_schema(schema)
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(_compose()), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
+    # The schema allows anything under x-*; make sure the services themselves were checked.
+    assert {"redis", "worker", "flower", "collector", "sandbox"} <= _compose()["services"].keys()
+
+
+def test_compose_redis_persists_and_never_evicts() -> None:
+    redis = _compose()["services"]["redis"]
+    assert redis["image"] == "redis:7"
+    command = redis["command"]
+    argv = shlex.split(command) if isinstance(command, str) else command
+    assert _option(argv, "--appendonly") == "yes"
+    assert _option(argv, "--maxmemory-policy") == "noeviction"
+    assert any(v.split(":", 1)[1] == "/data" for v in redis["volumes"])
+
+
+def test_compose_worker_shuts_down_softly_and_uses_the_sandbox_by_default() -> None:
+    services = _compose()["services"]
+    worker = services["worker"]
+    assert _seconds(worker["stop_grace_period"]) >= SOFT_SHUTDOWN_S + SHUTDOWN_MARGIN_S
+    assert _seconds(worker["stop_grace_period"]) >= _soft_shutdown_s() + SHUTDOWN_MARGIN_S
+    env = worker["environment"]
+    assert env["REMAP_SIGTERM"] == "SIGQUIT"
+    assert env["REDIS_URL"] == "redis://redis:6379/0"
+    assert "${ATTENTIVE_API_TOKEN" in env["ATTENTIVE_API_TOKEN"]
+    # ${ATTENTIVE_BASE_URL:-http://sandbox:8787}: the sandbox unless the host says otherwise.
+    default = re.fullmatch(r"\$\{ATTENTIVE_BASE_URL:-(.+)\}", env["ATTENTIVE_BASE_URL"])
+    assert default and urlsplit(default.group(1)).hostname == "sandbox"
+    assert _option(services["sandbox"]["command"], "--port") == str(urlsplit(default.group(1)).port)
+    # The same worker command as in Kubernetes.
+    assert worker["command"] == _container(_obj("Deployment", WORKER))["command"]
+
+
+def test_compose_flower_and_collector() -> None:
+    services = _compose()["services"]
+    assert services["flower"]["command"] == ["celery", "-A", "worker", "flower", "--port=5555"]
+    assert "${FLOWER_BASIC_AUTH" in services["flower"]["environment"]["FLOWER_BASIC_AUTH"]
+    assert any(p.endswith(":5555") for p in services["flower"]["ports"])
+    assert services["collector"]["command"] == ["attentive-relay", "collect", "--host", "0.0.0.0", "--port", "8788"]
+    assert "${COLLECTOR_WRITE_KEYS" in services["collector"]["environment"]["COLLECTOR_WRITE_KEYS"]
+
+
+def test_compose_env_names_are_settings_or_known_extras() -> None:
+    names: set[str] = set()
+    for svc in _compose()["services"].values():
+        env = svc.get("environment", {})
+        names |= set(env) if isinstance(env, dict) else {e.split("=", 1)[0] for e in env}
+    unknown = names - SETTINGS_ENV - NON_SETTINGS_ENV
+    assert not unknown, sorted(unknown)
