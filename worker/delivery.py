@@ -30,6 +30,10 @@ from worker.ratelimit import RateLimiter
 
 log = logging.getLogger("attentive_relay.delivery")
 MAX_RESPONSE_KEPT = 2000
+#: How late a parked job may use its reserved rate-limit slot (the promoter runs every 0.1 s).
+LATE_SLOT_MS = 500
+#: Pause for the whole bucket when Attentive reports x-ratelimit-remaining: 0 without a 429.
+EXHAUSTED_SECOND_PAUSE_S = 0.1
 
 
 def _iso(ms: int) -> str:
@@ -178,11 +182,12 @@ class Delivery:
         if self.limiter is None:
             return None
         max_wait = self.settings.attentive_rate_max_wait_s
-        if claim.slot_ms is not None and now_ms - claim.slot_ms <= max_wait * 1000:
+        if claim.slot_ms is not None and now_ms - claim.slot_ms <= LATE_SLOT_MS:
+            # A little late is fine: Attentive counts requests per second, and the slot was ours.
             wait_s = max(0.0, (claim.slot_ms - now_ms) / 1000)
         else:
-            # No slot yet, or it passed while the job waited in the queue: sending now would
-            # bunch requests, so take a fresh one (the missed slot is simply unused).
+            # No slot yet, or it passed long ago while the job waited in the queue: sending now
+            # could push a second over the limit, so take a fresh one (the missed slot goes unused).
             wait_s = self.limiter.reserve(kind)
         if wait_s <= max_wait:
             if wait_s > 0:
@@ -206,7 +211,9 @@ class Delivery:
         if isinstance(outcome.error, RateLimited):
             self.limiter.back_off(kind, outcome.error.retry_after or 1.0)
         elif outcome.ratelimit_remaining == 0:
-            self.limiter.back_off(kind, 1.0)
+            # Attentive's current second is used up, but the next one may start any moment:
+            # a short pause, not a full second (which stalls every worker and snowballs).
+            self.limiter.back_off(kind, EXHAUSTED_SECOND_PAUSE_S)
 
     def _record(
         self, claim: Claim, now_ms: int, history: list[dict[str, Any]], decision: Decision, outcome: Outcome | None

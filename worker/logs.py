@@ -1,6 +1,8 @@
 """Worker logging: JSON lines when stderr is not a terminal, readable text when it is.
 
-Set ``ATTENTIVE_LOG_FORMAT=json`` or ``text`` to choose. Delivery log records carry
+Set ``ATTENTIVE_LOG_FORMAT=json`` or ``text`` to choose. Celery's per-task "received" and
+"succeeded" lines are left out (``ATTENTIVE_LOG_CELERY_TASKS=true`` keeps them): the delivery
+logs one line per attempt with everything they said. Delivery log records carry
 ``job_id``, ``kind``, ``endpoint``, ``attempt``, ``status``, ``outcome`` and ``reason`` as
 fields (in JSON, keys of their own). Nothing logged holds a phone number, an email, a
 property value or the token: records name jobs by id, and exception messages from our code
@@ -53,3 +55,8 @@ def configure(level: int | str = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    if os.environ.get("ATTENTIVE_LOG_CELERY_TASKS", "").lower() not in ("1", "true", "yes"):
+        # The delivery's own line says everything about an attempt; Celery's "received" and
+        # "succeeded" lines would triple the log volume (and its CPU) for nothing new.
+        for name in ("celery.app.trace", "celery.worker.strategy"):
+            logging.getLogger(name).setLevel(logging.WARNING)
