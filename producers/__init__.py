@@ -10,6 +10,9 @@
 ``externalEventId`` when missing, and queues the job in Redis in one atomic step. It raises
 `InvalidJob` (a ``ValueError``) naming every broken rule and queues nothing then.
 
+Web apps that speak Segment can call `enqueue_segment(message)` instead; it maps track, page
+and identify messages to Attentive calls (see `producers.segment`).
+
 Importing this package is cheap: no httpx, no Celery, no connection until the first enqueue.
 """
 

@@ -63,6 +63,16 @@ def _lines(source: str) -> Iterator[tuple[int, str]]:
                 yield number, line
 
 
+def _decode_line(line: str) -> Any:
+    """One NDJSON line as a JSON value; `InvalidJob` when it is too long or not JSON."""
+    if len(line.encode()) > MAX_JOB_BYTES:
+        raise InvalidJob([Problem("", f"line is longer than {MAX_JOB_BYTES} bytes")])
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):
+        raise InvalidJob([Problem("", "not valid JSON")]) from None
+
+
 @cli.command()
 def enqueue(
     source: Annotated[str, typer.Argument(help="NDJSON file, one job per line; - for stdin.")] = "-",
@@ -81,9 +91,7 @@ def enqueue(
     batch: list[tuple[str, str, str]] = []
     for number, line in _lines(source):
         try:
-            if len(line) > MAX_JOB_BYTES:
-                raise InvalidJob([Problem("", f"line is longer than {MAX_JOB_BYTES} bytes")])
-            batch.append(producer.prepare(line))
+            batch.append(producer.prepare(_decode_line(line)))
         except InvalidJob as exc:
             invalid += 1
             err.print(f"line {number}: {exc}", markup=False, highlight=False)
@@ -104,13 +112,7 @@ def _enqueue_segment(producer: Producer, source: str, as_json: bool) -> None:
     enqueued = invalid = skipped = 0
     for number, line in _lines(source):
         try:
-            if len(line) > MAX_JOB_BYTES:
-                raise InvalidJob([Problem("", f"line is longer than {MAX_JOB_BYTES} bytes")])
-            try:
-                message = json.loads(line)
-            except (ValueError, RecursionError):
-                raise InvalidJob([Problem("", "not valid JSON")]) from None
-            ids = producer.enqueue_segment(message)
+            ids = producer.enqueue_segment(_decode_line(line))
         except InvalidJob as exc:
             invalid += 1
             err.print(f"line {number}: {exc}", markup=False, highlight=False)
