@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from producers import keys, segment
 from producers.errors import InvalidJob
 from producers.queue import new_job_id, push_jobs
-from producers.settings import Settings
+from producers.settings import Settings, load_settings
 from producers.validation import job_json, parse_job
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ class Producer:
     """
 
     def __init__(self, settings: Settings | None = None, client: redis.Redis | None = None) -> None:
-        self.settings = settings or Settings()
+        self.settings = settings or load_settings()
         self._client = client
 
     @property

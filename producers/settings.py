@@ -5,8 +5,10 @@ The environment variable names are part of the contract (other tools set them).
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from producers.errors import ConfigurationError
 
 
 class Settings(BaseSettings):
@@ -108,3 +110,19 @@ class Settings(BaseSettings):
     @property
     def freshness_s(self) -> float:
         return self.attentive_freshness_hours * 3600.0
+
+
+def load_settings() -> Settings:
+    """``Settings()`` from the environment, or a `ConfigurationError` that names each bad
+    variable and its rule but never its value (a URL may hold a password, a token is secret)."""
+    try:
+        return Settings()
+    except ValidationError as err:
+        problems = []
+        for e in err.errors(include_url=False, include_input=False, include_context=False):
+            name = "_".join(str(part) for part in e["loc"]).upper() or "settings"
+            problems.append(f"{name}: {e['msg'].removeprefix('Value error, ')}")
+        raise ConfigurationError("invalid settings: " + "; ".join(problems)) from None
+    except SettingsError as err:
+        # Raised for unparseable JSON in a variable; its message names the field only.
+        raise ConfigurationError(f"invalid settings: {err}") from None

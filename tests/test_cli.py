@@ -123,3 +123,16 @@ def test_attributes_wants_exactly_one_identifier_before_any_request(settings, sa
     assert both.returncode == neither.returncode == 2
     assert "exactly one of --phone or --email" in both.stderr
     assert httpx.get(sandbox.url + "/__sandbox/stats").json() == {}
+
+
+def test_bad_settings_are_named_without_their_values(settings):
+    result = relay(
+        ["stats"],
+        settings,
+        ATTENTIVE_FRESHNESS_HOURS="secret-value-1",
+        ATTENTIVE_RATE_LIMITS="{not json secret-value-2",
+    )
+    assert result.returncode == 2 and "invalid settings" in result.stderr
+    assert "secret-value" not in result.stderr + result.stdout
+    bad_number = relay(["stats"], settings, ATTENTIVE_FRESHNESS_HOURS="secret-value-1")
+    assert "ATTENTIVE_FRESHNESS_HOURS" in bad_number.stderr and "secret-value" not in bad_number.stderr

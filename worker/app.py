@@ -23,7 +23,7 @@ from celery import Celery, signals
 
 from producers.connection import connect, from_settings, is_sentinel
 from producers.queue import TASK_NAME
-from producers.settings import Settings
+from producers.settings import Settings, load_settings
 from worker import logs, sentry
 from worker.attentive import AttentiveClient
 from worker.delivery import Delivery
@@ -91,7 +91,7 @@ class Runtime:
         self.delivery = Delivery(settings, self.client, self.store, self.limiter)
 
 
-settings = Settings()
+settings = load_settings()
 app = Celery("attentive_relay", set_as_current=True)
 configure(app, settings)
 

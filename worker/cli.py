@@ -20,11 +20,11 @@ from rich.console import Console
 from rich.table import Table
 
 from producers.connection import from_settings
-from producers.errors import InvalidJob, Problem
+from producers.errors import ConfigurationError, InvalidJob, Problem
 from producers.producer import Producer
 from producers.queue import push_jobs
 from producers.rules import MAX_JOB_BYTES
-from producers.settings import Settings
+from producers.settings import Settings, load_settings
 
 cli = typer.Typer(
     help="Deliver customer events and attributes to Attentive through Redis and Celery.",
@@ -42,7 +42,11 @@ ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Only entries wi
 
 
 def _settings() -> Settings:
-    return Settings()
+    try:
+        return load_settings()
+    except ConfigurationError as exc:
+        err.print(str(exc), markup=False, highlight=False)
+        raise typer.Exit(2) from None
 
 
 def _client(settings: Settings) -> redis.Redis:

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from producers.errors import InvalidJob
 from producers.producer import Producer
-from producers.settings import Settings
+from producers.settings import Settings, load_settings
 from worker.counters import stats
 from worker.deadletter import DeadLetters
 from worker.processes import RedisServer, WorkerProcess, reachable
@@ -73,7 +73,7 @@ INVALID_SAMPLES: list[dict[str, Any]] = [
 
 
 def run_demo(n: int, timeout: float, out: Console) -> int:
-    base = Settings()
+    base = load_settings()
     redis_server: RedisServer | None = None
     redis_url = base.redis_url
     if not reachable(redis_url):
