@@ -58,14 +58,23 @@ class Producer:
         makes an identity call and a custom-attributes call. Raises `InvalidJob` naming the field
         when the message cannot make a valid Attentive call; nothing is queued then.
         """
-        mapped = segment.to_jobs(message, rename_keys=self.settings.attentive_segment_rename_keys)
-        if isinstance(mapped, segment.Skip):
-            self.client.hincrby(keys.STATS, f"skipped:{mapped.reason}", 1)
+        prepared = self.prepare_segment(message)
+        if isinstance(prepared, segment.Skip):
+            self.client.hincrby(keys.STATS, f"skipped:{prepared.reason}", 1)
             return []
-        now = datetime.now(UTC)
-        prepared = [self.prepare(job, now) for job in mapped]
         push_jobs(self.client, self.settings.attentive_queue, prepared)
         return [job_id for job_id, _, _ in prepared]
+
+    def prepare_segment(self, message: Any) -> list[tuple[str, str, str]] | segment.Skip:
+        """Map and validate one Segment message: every job it makes, or why it is skipped.
+
+        All or nothing: raises `InvalidJob` if any of its jobs is invalid (an identify makes two).
+        """
+        mapped = segment.to_jobs(message, rename_keys=self.settings.attentive_segment_rename_keys)
+        if isinstance(mapped, segment.Skip):
+            return mapped
+        now = datetime.now(UTC)
+        return [self.prepare(job, now) for job in mapped]
 
     def enqueue_many(self, jobs: Iterable[Any]) -> list[str | InvalidJob]:
         """Queue every valid job in one round trip; invalid ones come back as their `InvalidJob`.

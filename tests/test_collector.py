@@ -137,3 +137,11 @@ def test_cli_enqueues_segment_ndjson(settings, redis_client, tmp_path: Path):
     assert json.loads(result.stdout) == {"enqueued": 2, "invalid": 1, "skipped": 1}
     assert "line 3: invalid job: properties.products" in result.stderr
     assert result.returncode == 1 and redis_client.llen("attentive") == 2
+
+
+def test_a_message_is_queued_whole_or_not_at_all(collector, redis_client):
+    """An identify whose attributes call is invalid does not leave its identity call queued alone."""
+    identify = {"type": "identify", "userId": "u-1", "traits": {**TRAITS, "x" * 201: "too long a name"}}
+    response = post(collector, "/v1/batch", {"batch": [identify]})
+    assert response.status_code == 400 and response.json()["accepted"] == 0
+    assert redis_client.llen("attentive") == 0

@@ -129,11 +129,11 @@ class _Handler(BaseHTTPRequestHandler):
                     raise InvalidJob([Problem("", f"a message must be at most {MAX_MESSAGE} bytes")])
                 if isinstance(message, dict) and sent_at and "sentAt" not in message:
                     message = {**message, "sentAt": sent_at}
-                mapped = segment.to_jobs(message, rename_keys=settings.attentive_segment_rename_keys)
-                if isinstance(mapped, segment.Skip):
-                    skipped[mapped.reason] = skipped.get(mapped.reason, 0) + 1
+                jobs = self.producer.prepare_segment(message)
+                if isinstance(jobs, segment.Skip):
+                    skipped[jobs.reason] = skipped.get(jobs.reason, 0) + 1
                     continue
-                prepared.extend(self.producer.prepare(job) for job in mapped)
+                prepared.extend(jobs)
             except InvalidJob as err:
                 problems += [{"index": index, "field": p.field, "rule": p.rule} for p in err.problems]
         try:
