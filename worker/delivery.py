@@ -123,21 +123,20 @@ class Delivery:
             job = parse_job(claim.job_json, self.settings, now, at_enqueue=False)
         except InvalidJob as err:
             return self._record(claim, now_ms, history, DeadLetter(err.reason, str(err)), None)
+        kind: str = job.kind  # type: ignore[attr-defined]
         occurred = getattr(job, "occurredAt", None)
-        if job.kind in freshness.EVENT_KINDS and freshness.is_stale(  # type: ignore[attr-defined]
-            occurred, now, self.policy.freshness_s
-        ):
+        if kind in freshness.EVENT_KINDS and freshness.is_stale(occurred, now, self.policy.freshness_s):
             detail = (
                 f"occurredAt is {freshness.age_s(occurred, now) / 3600:.1f} h old, past the "  # type: ignore[arg-type]
                 f"{self.settings.attentive_freshness_hours:g} h window; not sent"
             )
             return self._record(claim, now_ms, history, DeadLetter(Stale.reason, detail), None)
-        parked = self._take_slot(claim, job.kind, occurred, now_ms, history)  # type: ignore[attr-defined]
+        parked = self._take_slot(claim, kind, occurred, now_ms, history)
         if parked is not None:
             return parked
 
         outcome = self.client.deliver(job)
-        self._adapt_rate(job.kind, outcome)  # type: ignore[attr-defined]
+        self._adapt_rate(kind, outcome)
         done_ms = int(self.clock() * 1000)
         history.append(
             {
@@ -155,7 +154,6 @@ class Delivery:
             self.policy,
             self.rand(),
         )
-        kind: str = job.kind  # type: ignore[attr-defined]
         log.info(
             "job_id=%s kind=%s attempt=%d status=%s outcome=%s",
             claim.job_id,
@@ -251,10 +249,11 @@ class Delivery:
                 "status": outcome.status if outcome else None,
             },
         )
-        sentry.report_dead_letter(decision.reason, _kind_of(claim.job_json))
+        job = _job_value(claim.job_json)
+        sentry.report_dead_letter(decision.reason, str(job.get("kind", "")) if isinstance(job, dict) else "")
         entry = {
             "job_id": claim.job_id,
-            "job": _job_value(claim.job_json),
+            "job": job,
             "reason": decision.reason,
             "detail": decision.detail,
             "status": outcome.status if outcome else None,
@@ -265,11 +264,6 @@ class Delivery:
             "round": claim.round,
         }
         return self.store.dead_letter(claim, now_ms, decision.reason, entry)
-
-
-def _kind_of(job_json: str) -> str:
-    value = _job_value(job_json)
-    return str(value.get("kind", "")) if isinstance(value, dict) else ""
 
 
 def _job_value(job_json: str) -> Any:
