@@ -190,3 +190,16 @@ def test_a_missing_token_dead_letters_as_unauthorized_without_sending(redis_serv
 
 def test_sandbox_fixture_is_isolated(sandbox: Sandbox):
     assert sandbox_requests(sandbox) == []
+
+
+def test_a_redis_failure_mid_attempt_is_not_a_poison_job(settings, producer, redis_client):
+    from worker.ratelimit import RateLimiter
+
+    delivery = delivery_for(settings, redis_client)
+    unreachable = redis.Redis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=0.5)
+    delivery.limiter = RateLimiter(unreachable, settings)
+    job_id = producer.enqueue(EVENT)
+    with pytest.raises(redis.ConnectionError):
+        delivery.run(job_id, ticket_for(job_id, 0))
+    assert not redis_client.exists(keys.dead(job_id)), "a Redis blip must not dead-letter the job"
+    assert redis_client.zscore(keys.LEASES, job_id) is not None, "its lease brings it back"

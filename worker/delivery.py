@@ -3,7 +3,8 @@
 Order of checks: claim (fencing) -> a lost previous attempt -> validate again -> freshness ->
 send -> retry policy -> record the decision. Any exception in here is a poison job: it is
 dead-lettered as ``crashed`` with a traceback summary (exception type and code locations,
-never values), so it cannot loop.
+never values), so it cannot loop. A Redis error is not the job's fault: it propagates (the
+task requeues the message) and the lease recovers the attempt.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+
+import redis
 
 from producers import freshness
 from producers.errors import InvalidJob, RateLimited, Stale, WorkerLost
@@ -87,6 +90,10 @@ class Delivery:
             return f"skipped:{claim}"
         try:
             return self._attempt(claim, now_ms)
+        except redis.RedisError:
+            # Redis, not the job, failed: the task hands the message back, and if the attempt
+            # cannot be recorded its lease brings the job back. Never a poison job.
+            raise
         except Exception as exc:
             summary = traceback_summary(exc)
             log.error(
