@@ -211,13 +211,22 @@ def test_a_redis_restart_loses_nothing(tmp_path, sandbox, start_worker):
         client = redis.Redis.from_url(server.url)
         producer = Producer(settings, client)
         httpx.post(f"{sandbox.url}/__sandbox/config", json={"latency_ms": 40}).raise_for_status()
-        start_worker(settings_=settings)
+        workers = [start_worker(settings_=settings)]
         ids = [producer.enqueue(event(f"Restart Event {i}")) for i in range(40)]
         wait_for(lambda: stats(client, "attentive")["delivered"] >= 5, 30, "the first deliveries")
         server.stop()
         time.sleep(2)
         server.start()
-        wait_for(lambda: finished(client) >= len(ids), 90, "every job to finish after the restart", 0.5)
+
+        def supervised_progress() -> bool:
+            # kombu 5.7 can crash the whole worker on a broker connection loss while a task is
+            # unacked (AttributeError in Channel._connparams); a supervisor restarts it, as
+            # Kubernetes or a Procfile runner would. Nothing may be lost either way.
+            if workers[-1].proc.poll() is not None and len(workers) < 4:
+                workers.append(start_worker(f"w{len(workers) + 1}", settings_=settings))
+            return finished(client) >= len(ids)
+
+        wait_for(supervised_progress, 120, "every job to finish after the restart", 0.5)
         s = stats(client, "attentive")
         assert s["delivered"] == len(ids) and sum(s["dead_letter"].values()) == 0
         accepted = {r["body"]["type"] for r in sandbox_requests(sandbox) if r["status"] == 200}
