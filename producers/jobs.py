@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from producers import rules
+from producers import jsonvalues, rules
 
 log = logging.getLogger("attentive_relay.jobs")
 
@@ -66,7 +66,10 @@ def _rfc3339_only(value: Any) -> Any:
 
 
 def _to_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is a valid datetime with no UTC counterpart
+        raise ValueError("must fall between years 1 and 9999 in UTC") from None
 
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=rules.MAX_TEXT)]
@@ -177,7 +180,9 @@ class CustomAttributes(_Model):
 
 class Price(_Model):
     value: Annotated[
-        float, Field(ge=0, strict=False), BeforeValidator(lambda v: v if not isinstance(v, bool) else _not_bool())
+        float,
+        Field(ge=0, le=jsonvalues.MAX_NUMBER, allow_inf_nan=False, strict=False),
+        BeforeValidator(lambda v: v if not isinstance(v, bool) else _not_bool()),
     ]
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{3}$", to_upper=True)] = "USD"
 

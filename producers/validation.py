@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from producers import freshness, rules, sensitive
+from producers import freshness, jsonvalues, rules, sensitive
 from producers.errors import InvalidJob, Problem
 from producers.jobs import Job
 from producers.settings import Settings
@@ -76,9 +76,11 @@ _TAGS = {"custom_event", "custom_attributes", "product_view", "add_to_cart", "pu
 
 def _decode(data: Any) -> Any:
     if isinstance(data, BaseModel):
-        return data.model_dump(mode="json", exclude_none=True)
+        # Python mode: JSON mode would turn a NaN in an Any field into None before it is checked.
+        return data.model_dump(mode="python", exclude_none=True)
     if isinstance(data, str | bytes | bytearray):
-        size = len(data.encode()) if isinstance(data, str) else len(data)
+        # surrogatepass: a lone surrogate is counted here and refused, by its path, later.
+        size = len(data.encode("utf-8", "surrogatepass")) if isinstance(data, str) else len(data)
         if size > rules.MAX_JOB_BYTES:
             raise InvalidJob([Problem("", f"job is larger than {rules.MAX_JOB_BYTES} bytes")])
         try:
@@ -102,9 +104,15 @@ def parse_job(data: Any, settings: Settings, now: datetime, *, at_enqueue: bool)
     is refused. At delivery nothing is stamped and staleness is left to the freshness check,
     which dead-letters as ``stale`` rather than ``invalid``.
 
-    Raises `InvalidJob` with every problem found.
+    Raises `InvalidJob` with every problem found, and nothing else whatever ``data`` holds.
+    Values JSON cannot carry (NaN, Infinity, numbers beyond ±(2^53 − 1), lone surrogates,
+    non-string keys, nesting past `rules.MAX_DEPTH`) are refused first, alone, by their paths
+    (see `producers.jsonvalues`): they are never turned into ``null``.
     """
     raw = _decode(data)
+    unsafe = jsonvalues.problems(raw)
+    if unsafe:
+        raise InvalidJob(unsafe)
     kind = raw.get("kind")
     if at_enqueue and isinstance(kind, str) and kind in freshness.EVENT_KINDS:
         raw = dict(raw)

@@ -354,3 +354,86 @@ def test_size_limit_counts_bytes_of_bytes_input() -> None:
 
 def test_size_limit_counts_bytes_of_str_input() -> None:
     assert "larger than" in str(refused(MULTIBYTE))
+
+
+# Values JSON cannot carry faithfully: refused by path, never turned into null, never a crash.
+
+
+@pytest.mark.parametrize("when", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_a_time_with_no_utc_counterpart_is_invalid_not_an_overflow(when: str) -> None:
+    err = refused(event(occurredAt=when))
+    assert [(p.field, p.rule) for p in err.problems] == [("occurredAt", "must fall between years 1 and 9999 in UTC")]
+
+
+NOT_FINITE = "must be a finite number (NaN and Infinity cannot be sent)"
+PRICED = '{"kind": "purchase", "user": {"email": "a@example.com"}, "items": [{"productId": "p", '
+PRICED += '"productVariantId": "v", "price": [{"value": %s}]}]}'
+
+
+@pytest.mark.parametrize("value", ["1e400", "Infinity", "-Infinity", "NaN", '"inf"', '"nan"', '"1e400"'])
+def test_a_price_that_is_not_a_finite_number_is_refused_not_sent_as_null(value: str) -> None:
+    err = refused(PRICED % value)
+    assert [p.field for p in err.problems] == ["items[0].price[0].value"]
+    assert "finite" in err.problems[0].rule
+
+
+def test_nan_and_infinity_in_attributes_and_event_properties_are_refused_by_path() -> None:
+    attributes = {"kind": "custom_attributes", "user": {"email": EMAIL}, "properties": {"a": float("nan"), "b": 1}}
+    assert [(p.field, p.rule) for p in refused(attributes).problems] == [("properties.a", NOT_FINITE)]
+    nested = event(properties={"n": {"list": [1, float("inf")]}, "m": -float("inf")})
+    assert [p.field for p in refused(nested).problems] == ["properties.n.list[1]", "properties.m"]
+    text = '{"kind": "custom_event", "type": "x", "user": {"email": "a@example.com"}, "properties": {"p": NaN}}'
+    assert [p.field for p in refused(text).problems] == ["properties.p"]
+
+
+@pytest.mark.parametrize(
+    "number", [2**53, -(2**53), 10**30, 10**5000, 1e300], ids=["2^53", "-2^53", "1e30", "1e5000", "1e300f"]
+)
+def test_numbers_beyond_two_to_the_53_are_refused(number: float) -> None:
+    err = refused(event(properties={"id": number}))
+    assert [p.field for p in err.problems] == ["properties.id"] and "between" in err.problems[0].rule
+
+
+def test_numbers_up_to_two_to_the_53_minus_one_are_kept_exactly() -> None:
+    assert body(event(properties={"id": 2**53 - 1, "neg": -(2**53 - 1)}))["properties"] == {
+        "id": 9007199254740991,
+        "neg": -9007199254740991,
+    }
+
+
+def test_lone_surrogates_in_values_and_names_are_refused_and_the_error_prints() -> None:
+    err = refused(event(type="Order\udcff", properties={"ok": "x\ud800", "k\udcff": 1}))
+    assert [p.field for p in err.problems] == ["type", "properties.ok", "properties.k\\udcff"]
+    str(err).encode("utf-8")  # the message itself is printable
+    text = json.dumps(event(properties={"p": "\udcff"}))  # the JSON escape that makes a surrogate
+    assert [p.field for p in refused(text).problems] == ["properties.p"]
+
+
+def test_non_string_keys_are_refused() -> None:
+    assert [(p.field, p.rule) for p in refused(event(properties={1: "x"})).problems] == [
+        ("properties", "names must be strings")
+    ]
+
+
+def _nested(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+def test_properties_nest_to_the_limit_and_no_further_however_deep_the_input() -> None:
+    assert parse(event(properties=_nested(15)))  # the properties object plus 15 levels: 16
+    err = refused(event(properties=_nested(16)))
+    assert [p.rule for p in err.problems] == ["nested deeper than 16 levels"]
+    hostile: Any = []
+    for _ in range(100_000):
+        hostile = [hostile]
+    assert [p.rule for p in refused(event(properties={"a": hostile})).problems] == ["nested deeper than 16 levels"]
+
+
+def test_a_model_holding_nan_is_refused_not_serialised_as_null() -> None:
+    from producers.jobs import CustomAttributes, User
+
+    model = CustomAttributes(user=User(email=EMAIL), properties={"score": float("nan")})
+    assert [p.field for p in refused(model).problems] == ["properties.score"]

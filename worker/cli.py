@@ -155,7 +155,7 @@ def stats(as_json: JsonFlag = False) -> None:
     from worker.counters import stats as read_stats
 
     settings = _settings()
-    data = read_stats(_client(settings), settings.attentive_queue)
+    data = read_stats(_client(settings), settings.attentive_queue, int(settings.attentive_orphan_s * 1000))
     if as_json:
         print(json.dumps(data))
         return
@@ -371,7 +371,9 @@ def metrics(
 
     settings = _settings()
     registry = CollectorRegistry()
-    registry.register(RelayCollector(_client(settings), settings.attentive_queue))
+    registry.register(
+        RelayCollector(_client(settings), settings.attentive_queue, int(settings.attentive_orphan_s * 1000))
+    )
     start_http_server(port, addr=host, registry=registry)
     out.print(f"metrics on http://{host}:{port}/metrics")
     with contextlib.suppress(KeyboardInterrupt):
