@@ -20,6 +20,16 @@ LEASES = PREFIX + "leases"
 DEAD_INDEX = PREFIX + "dead"
 """Sorted set of dead-lettered job ids, scored by when they were dead-lettered."""
 
+QUEUED = PREFIX + "queued"
+"""Sorted set of job ids in state ``queued``, scored by when their message was pushed (epoch ms).
+
+The job store is the truth and the broker message only a wake-up: the reconciler reads this
+index to find queued jobs whose message is gone (see `worker.jobstore`)."""
+
+RECONCILE_LOCK = PREFIX + "reconcile"
+"""String with a short expiry: held by the promoter running the reconciliation pass, so one
+pass runs at a time across all workers."""
+
 
 def job(job_id: str) -> str:
     """Hash holding one live job: its JSON, state, ticket, attempts."""

@@ -103,14 +103,15 @@ def job_record(job_json: str, kind: str, now_ms: int, round_: int = 0) -> dict[s
     }
 
 
-def add_job(pipe: redis.client.Pipeline, queue: str, job_id: str, record: Mapping[str, Any]) -> None:
-    """Add to ``pipe`` the commands that store a job record and queue its message.
+def add_job(pipe: redis.client.Pipeline, queue: str, job_id: str, record: Mapping[str, Any], now_ms: int) -> None:
+    """Add to ``pipe`` the commands that store a job record, index it as queued and queue its message.
 
     The record's ``round`` picks the ticket; the caller executes the pipeline, so storing
     and queueing happen together or not at all.
     """
     ticket = ticket_for(job_id, int(record["round"]))
     pipe.hset(keys.job(job_id), mapping={**record, "ticket": ticket})
+    pipe.zadd(keys.QUEUED, {job_id: now_ms})
     pipe.lpush(queue, celery_message(job_id, ticket, queue, str(record.get("kind", ""))))
 
 
@@ -120,7 +121,7 @@ def push_jobs(client: redis.Redis, queue: str, jobs: Iterable[tuple[str, str, st
     pipe = client.pipeline(transaction=True)
     n = 0
     for job_id, kind, data in jobs:
-        add_job(pipe, queue, job_id, job_record(data, kind, now_ms))
+        add_job(pipe, queue, job_id, job_record(data, kind, now_ms), now_ms)
         n += 1
     if n:
         pipe.hincrby(keys.STATS, "enqueued", n)

@@ -46,8 +46,14 @@ class Settings(BaseSettings):
     attentive_lease_s: float = Field(60.0, ge=5, le=3600)
     """How long one delivery may take before another worker assumes it died and takes over.
 
-    The task's hard time limit and the broker's visibility timeout are derived from it, so a
-    live delivery is never taken over and a dead one comes back within about this long.
+    The task's hard time limit and the soft-shutdown window are derived from it, so a live
+    delivery is never taken over and a dead one comes back within about this long.
+    """
+
+    attentive_orphan_s: float = Field(60.0, ge=1, le=86_400)
+    """How long a job may wait in state ``queued`` before the promoter checks that its broker
+    message still exists, and queues it again if not (a worker killed as Redis handed it the
+    message). ``stats`` counts jobs waiting longer than this as ``queued_overdue``.
     """
 
     attentive_queue: str = Field("attentive", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")

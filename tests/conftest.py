@@ -65,7 +65,13 @@ def make_settings(redis_url: str, base_url: str = "http://127.0.0.1:9", **overri
 
 def delivery_for(settings: Settings, client: redis.Redis) -> Delivery:
     """An in-process delivery (no Celery) with jitter fixed at half the ceiling."""
-    store = JobStore(client, settings.attentive_queue, int(settings.attentive_lease_s * 1000), 86_400_000)
+    store = JobStore(
+        client,
+        settings.attentive_queue,
+        int(settings.attentive_lease_s * 1000),
+        86_400_000,
+        int(settings.attentive_orphan_s * 1000),
+    )
     return Delivery(settings, AttentiveClient(settings), store, rand=lambda: 0.5)
 
 

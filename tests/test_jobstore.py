@@ -14,8 +14,8 @@ from worker.jobstore import Claim, JobStore
 EVENT = {"kind": "custom_event", "type": "Order Shipped", "user": {"email": "jane@example.com"}}
 
 
-def store_for(client: redis.Redis, lease_ms: int = 10_000) -> JobStore:
-    return JobStore(client, "attentive", lease_ms, 86_400_000)
+def store_for(client: redis.Redis, lease_ms: int = 10_000, orphan_ms: int = 5_000) -> JobStore:
+    return JobStore(client, "attentive", lease_ms, 86_400_000, orphan_ms)
 
 
 def queued_messages(client: redis.Redis) -> list[dict]:

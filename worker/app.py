@@ -8,10 +8,14 @@ Configuration choices, and why (see ../README.md, "Operations"):
   attempt is recorded, and requeued if the pool process dies.
 - ``worker_disable_prefetch`` and a prefetch multiplier of 1: a worker holds only messages it
   is running, so the queue length is the real backlog and nothing waits in memory.
-- The visibility timeout, the hard time limit and the soft-shutdown window derive from
-  ``ATTENTIVE_LEASE_S``: an attempt is killed before its lease ends (so a live delivery is
-  never taken over), a shutdown lets running attempts finish, and the unacked restore sweep
-  runs every 5 s instead of every 100 s.
+- The hard time limit and the soft-shutdown window derive from ``ATTENTIVE_LEASE_S``: an
+  attempt is killed before its lease ends (so a live delivery is never taken over), and a
+  shutdown lets running attempts finish.
+- ``ack_emulation`` off: kombu keeps no ``unacked`` hash and runs no restore sweep. The relay
+  recovers every job itself from its job store (leases for claimed jobs, the reconciler for
+  queued jobs whose message was lost; see `worker.jobstore`), sooner than kombu's visibility
+  timeout would, and one recovery path is simpler to reason about than two. It also saves
+  four Redis writes per message.
 """
 
 from __future__ import annotations
@@ -36,11 +40,7 @@ log = logging.getLogger("attentive_relay.worker")
 
 def configure(app: Celery, settings: Settings) -> None:
     lease = settings.attentive_lease_s
-    transport: dict[str, object] = {
-        "visibility_timeout": int(lease + 30),
-        "unacked_restore_interval": 5,
-        "unacked_restore_throttle": 1,
-    }
+    transport: dict[str, object] = {"ack_emulation": False}
     if is_sentinel(settings.redis_url):
         transport["master_name"] = settings.redis_sentinel_master
     app.conf.update(
@@ -75,6 +75,7 @@ def job_store(settings: Settings) -> JobStore:
         settings.attentive_queue,
         int(settings.attentive_lease_s * 1000),
         int(settings.attentive_dead_letter_retention_days * 86_400_000),
+        int(settings.attentive_orphan_s * 1000),
     )
 
 

@@ -88,14 +88,13 @@ class DeadLetters:
                     )
                 ):
                     return "stale"
-                record = job_record(
-                    text, str(job.get("kind", "")), int(time.time() * 1000), round_=int(entry.get("round", 0)) + 1
-                )
+                now_ms = int(time.time() * 1000)
+                record = job_record(text, str(job.get("kind", "")), now_ms, round_=int(entry.get("round", 0)) + 1)
                 record["history"] = json.dumps([*entry.get("attempts", []), {"at": now.isoformat(), "replayed": True}])
                 pipe.multi()
                 pipe.delete(key)
                 pipe.zrem(keys.DEAD_INDEX, job_id)
-                add_job(pipe, self.settings.attentive_queue, job_id, record)
+                add_job(pipe, self.settings.attentive_queue, job_id, record, now_ms)
                 pipe.hincrby(keys.STATS, "replayed", 1)
                 pipe.execute()
             except redis.WatchError:

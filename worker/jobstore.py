@@ -3,14 +3,28 @@
 States of the job hash (`producers.keys.job`)::
 
     queued --claim--> running --finish(delivered)--> (deleted, counted)
-                         |----finish(retry)-------> scheduled --promote--> queued
-                         |----finish(dead)--------> (moved to the dead-letter store)
-                         '----lease expires-------> queued (marked lost; reaped)
+      ^  |               |----finish(retry)-------> scheduled --promote--> queued
+      |  |               |----finish(dead)--------> (moved to the dead-letter store)
+      |  |               '----lease expires-------> queued (marked lost; reaped)
+      '--'
+     message lost: reconciled (queued again with a new ticket)
 
 Only the message whose task id equals the job's ``ticket`` may claim it, and only while the
-job is ``queued``; promote and reap issue a new ticket. A duplicate or restored message
-therefore finds ``stale`` or ``busy`` and does nothing, and a finish whose ticket no longer
-matches (the delivery was taken over) changes nothing. Each job ends in exactly one outcome.
+job is ``queued``; promote, reap and reconcile issue a new ticket. A duplicate or restored
+message therefore finds ``stale`` or ``busy`` and does nothing, and a finish whose ticket no
+longer matches (the delivery was taken over) changes nothing. Each job ends in exactly one
+outcome.
+
+The job record is the truth; the broker message is only a wake-up. A message can vanish
+while its job still says ``queued``: a worker killed between Redis handing it the message
+(BRPOP) and the claim, or a Redis restart whose append-only file kept the record but not the
+push. Every queued job is indexed by the time its message was pushed (`producers.keys.QUEUED`);
+`JobStore.reconcile` looks at those that have waited past ``orphan_ms``, searches the queue for
+their current message, and queues again those whose message is gone. Its cost is bounded:
+a few candidates per pass, each searched in at most ``scan_max`` messages from the consuming
+end of the queue. A job deeper than that in a long backlog may be queued again while its old
+message still exists; the old message then finds ``stale``, so this costs an extra message,
+never a second delivery.
 
 These scripts touch keys derived inside the script (one job hash per id), so they need a
 single Redis (or Sentinel-managed primary), not Redis Cluster: the Celery Redis broker has the
@@ -28,6 +42,8 @@ import redis
 from producers import keys
 from producers.queue import message_template
 
+# KEYS: job, leases, queued index
+# ARGV: ticket, lease expiry ms, job_id
 _CLAIM = """
 local h = redis.call('HMGET', KEYS[1], 'state', 'ticket', 'job', 'history', 'lost', 'first_seen', 'round', 'slot')
 if not h[1] then return {'gone'} end
@@ -36,6 +52,7 @@ if h[1] ~= 'queued' then return {'busy'} end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'state', 'running', 'lost', '', 'slot', '')
 redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), ARGV[3])
+redis.call('ZREM', KEYS[3], ARGV[3])
 return {'ok', h[3], tostring(attempts), h[4] or '[]', h[5] or '', h[6] or '0', h[7] or '0', h[8] or ''}
 """
 
@@ -66,20 +83,30 @@ end
 return 1
 """
 
-# KEYS: schedule, leases, queue
-# ARGV: now_ms, limit, message template, key prefix
-_PROMOTE = """
+# Shared by the scripts that queue a job again. Expects KEYS[3] = queue, KEYS[4] = queued
+# index, ARGV[1] = now_ms, ARGV[3] = message template.
+_REQUEUE = """
+local function message(id, ticket, kind)
+  local msg = string.gsub(ARGV[3], '@JOB@', id)
+  msg = string.gsub(msg, '@TICKET@', ticket)
+  return (string.gsub(msg, '@KIND@', kind))
+end
 local function requeue(jk, id)
   local round = redis.call('HINCRBY', jk, 'round', 1)
   local ticket = id .. '.' .. round
   local kind = redis.call('HGET', jk, 'kind') or ''
   redis.call('HSET', jk, 'state', 'queued', 'ticket', ticket)
-  local msg = string.gsub(ARGV[3], '@JOB@', id)
-  msg = string.gsub(msg, '@TICKET@', ticket)
-  msg = string.gsub(msg, '@KIND@', kind)
   -- RPUSH puts it at the head (consumers BRPOP): it has waited its turn already.
-  redis.call('RPUSH', KEYS[3], msg)
+  redis.call('RPUSH', KEYS[3], message(id, ticket, kind))
+  redis.call('ZADD', KEYS[4], tonumber(ARGV[1]), id)
 end
+"""
+
+# KEYS: schedule, leases, queue, queued index
+# ARGV: now_ms, limit, message template, key prefix
+_PROMOTE = (
+    _REQUEUE
+    + """
 local promoted, reaped = 0, 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))) do
   redis.call('ZREM', KEYS[1], id)
@@ -97,6 +124,34 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT
 end
 return {promoted, reaped}
 """
+)
+
+# KEYS: reconcile lock, queued index, queue, queued index (again, for _REQUEUE), stats
+# ARGV: now_ms, cutoff_ms, message template, key prefix, limit, scan_max, lock_ms
+_RECONCILE = (
+    _REQUEUE
+    + """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', tonumber(ARGV[7])) then return {-1, 0} end
+local requeued, waiting = 0, 0
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[5]))
+for _, id in ipairs(ids) do
+  local jk = ARGV[4] .. 'job:' .. id
+  local h = redis.call('HMGET', jk, 'state', 'ticket', 'kind')
+  if h[1] ~= 'queued' then
+    redis.call('ZREM', KEYS[2], id)
+  elseif redis.call('LPOS', KEYS[3], message(id, h[2], h[3] or ''), 'RANK', -1, 'MAXLEN', tonumber(ARGV[6])) then
+    -- Still waiting its turn in a backlog: look again after another orphan period.
+    redis.call('ZADD', KEYS[2], tonumber(ARGV[1]), id)
+    waiting = waiting + 1
+  else
+    requeue(jk, id)
+    redis.call('HINCRBY', KEYS[5], 'reconciled', 1)
+    requeued = requeued + 1
+  end
+end
+return {requeued, waiting}
+"""
+)
 
 
 @dataclass(frozen=True)
@@ -118,19 +173,23 @@ class Claim:
 class JobStore:
     """The Redis side of one worker process. ``client`` is a redis-py client."""
 
-    def __init__(self, client: redis.Redis, queue: str, lease_ms: int, retention_ms: int) -> None:
+    def __init__(self, client: redis.Redis, queue: str, lease_ms: int, retention_ms: int, orphan_ms: int) -> None:
         self.client = client
         self.queue = queue
         self.lease_ms = lease_ms
         self.retention_ms = retention_ms
+        self.orphan_ms = orphan_ms
         self._claim = client.register_script(_CLAIM)
         self._finish = client.register_script(_FINISH)
         self._promote = client.register_script(_PROMOTE)
+        self._reconcile = client.register_script(_RECONCILE)
         self._template = message_template(queue)
 
     def claim(self, job_id: str, ticket: str, now_ms: int) -> Claim | str:
         """Take the job for one attempt, or say why not: ``gone``, ``stale`` or ``busy``."""
-        r = self._claim(keys=[keys.job(job_id), keys.LEASES], args=[ticket, now_ms + self.lease_ms, job_id])
+        r = self._claim(
+            keys=[keys.job(job_id), keys.LEASES, keys.QUEUED], args=[ticket, now_ms + self.lease_ms, job_id]
+        )
         status = r[0].decode()
         if status != "ok":
             return status
@@ -205,6 +264,24 @@ class JobStore:
     def promote(self, now_ms: int, limit: int = 500) -> tuple[int, int]:
         """Queue due retries and reclaim expired leases: (promoted, reaped)."""
         promoted, reaped = self._promote(
-            keys=[keys.SCHEDULE, keys.LEASES, self.queue], args=[now_ms, limit, self._template, keys.PREFIX]
+            keys=[keys.SCHEDULE, keys.LEASES, self.queue, keys.QUEUED],
+            args=[now_ms, limit, self._template, keys.PREFIX],
         )
         return int(promoted), int(reaped)
+
+    def reconcile(
+        self, now_ms: int, limit: int = 20, scan_max: int = 10_000, lock_ms: int = 1000
+    ) -> tuple[int, int] | None:
+        """Queue again the jobs that say ``queued`` but whose message is gone: (requeued, still waiting).
+
+        Looks at up to ``limit`` jobs queued longer than ``orphan_ms`` ago, oldest first. One
+        pass runs at a time across all workers, and at most one per ``lock_ms``: None means
+        another promoter ran it just now.
+        """
+        requeued, waiting = self._reconcile(
+            keys=[keys.RECONCILE_LOCK, keys.QUEUED, self.queue, keys.QUEUED, keys.STATS],
+            args=[now_ms, now_ms - self.orphan_ms, self._template, keys.PREFIX, limit, scan_max, lock_ms],
+        )
+        if int(requeued) < 0:
+            return None
+        return int(requeued), int(waiting)

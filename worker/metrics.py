@@ -6,6 +6,8 @@ metrics endpoints can run, and they agree. All metrics are prefixed ``attentive_
     queue_depth             gauge    jobs waiting in the Celery queue (what KEDA scales on)
     scheduled               gauge    retries and rate-limited jobs waiting in the schedule
     in_flight               gauge    attempts holding a lease
+    queued_overdue          gauge    jobs queued longer than ATTENTIVE_ORPHAN_S (a backlog, or stuck)
+    oldest_queued_seconds   gauge    how long the oldest queued job has waited
     dead_letter_stored      gauge    dead-letter entries kept
     enqueued_total          counter  jobs queued by producers
     delivered_total         counter  jobs Attentive accepted
@@ -13,6 +15,7 @@ metrics endpoints can run, and they agree. All metrics are prefixed ``attentive_
     retries_total           counter  retries scheduled
     rate_limit_waits_total  counter  jobs parked until their rate-limit slot
     replayed_total          counter  jobs replayed from the dead-letter queue
+    reconciled_total        counter  queued jobs whose broker message was lost, queued again
     skipped_total           counter  Segment messages skipped, by reason
 """
 
@@ -30,17 +33,20 @@ PREFIX = "attentive_relay_"
 
 
 class RelayCollector(Collector):
-    def __init__(self, client: Any, queue: str) -> None:
+    def __init__(self, client: Any, queue: str, overdue_after_ms: int) -> None:
         self.client = client
         self.queue = queue
+        self.overdue_after_ms = overdue_after_ms
 
     def collect(self) -> Iterator[Metric]:
-        s = stats(self.client, self.queue)
+        s = stats(self.client, self.queue, self.overdue_after_ms)
         for name, key, doc in (
             ("queue_depth", "queued", "Jobs waiting in the Celery queue."),
             ("scheduled", "scheduled", "Retries and rate-limited jobs waiting for their time."),
             ("in_flight", "in_flight", "Delivery attempts holding a lease."),
             ("dead_letter_stored", "dead_letter_stored", "Dead-letter entries kept."),
+            ("queued_overdue", "queued_overdue", "Jobs queued longer than ATTENTIVE_ORPHAN_S."),
+            ("oldest_queued_seconds", "oldest_queued_s", "How long the oldest queued job has waited."),
         ):
             yield GaugeMetricFamily(PREFIX + name, doc, value=s[key])
         for name, key, doc in (
@@ -49,6 +55,7 @@ class RelayCollector(Collector):
             ("retries", "retries", "Retries scheduled."),
             ("rate_limit_waits", "deferred", "Jobs parked until their rate-limit slot."),
             ("replayed", "replayed", "Jobs replayed from the dead-letter queue."),
+            ("reconciled", "reconciled", "Queued jobs whose broker message was lost, queued again."),
         ):
             yield CounterMetricFamily(PREFIX + name, doc, value=s[key])
         dead = CounterMetricFamily(PREFIX + "dead_lettered", "Jobs dead-lettered, by reason.", labels=["reason"])

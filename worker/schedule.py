@@ -10,6 +10,11 @@ script makes each move happen exactly once, so a retry survives any worker crash
 The same pass reclaims expired leases: a job whose delivery started but neither finished nor
 renewed within ``ATTENTIVE_LEASE_S`` is queued again (its attempt counts), so a worker killed
 outright costs a lease period, not kombu's visibility timeout.
+
+About once a second (one promoter at a time, across all workers) it also reconciles: a job
+that has said ``queued`` for longer than ``ATTENTIVE_ORPHAN_S`` and whose broker message is
+gone is queued again (`JobStore.reconcile`). That is the only recovery for a message a worker
+took from Redis and died before claiming: the relay does not rely on kombu's unacked restore.
 """
 
 from __future__ import annotations
@@ -26,18 +31,28 @@ log = logging.getLogger("attentive_relay.schedule")
 
 
 class Promoter:
-    """Runs `JobStore.promote` every ``interval_s`` in a daemon thread until stopped."""
+    """Runs `JobStore.promote` every ``interval_s``, and `JobStore.reconcile` every
+    ``reconcile_s``, in a daemon thread until stopped. A Redis error skips a pass, never ends
+    the thread."""
 
-    def __init__(self, store: JobStore, interval_s: float = 1.0) -> None:
+    def __init__(self, store: JobStore, interval_s: float = 1.0, reconcile_s: float = 1.0) -> None:
         self.store = store
         self.interval_s = interval_s
+        self.reconcile_s = reconcile_s
+        self._next_reconcile = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> tuple[int, int]:
-        promoted, reaped = self.store.promote(int(time.time() * 1000))
+        now = time.time()
+        promoted, reaped = self.store.promote(int(now * 1000))
         if promoted or reaped:
             log.info("promoter: %d due retries queued, %d lost deliveries reclaimed", promoted, reaped)
+        if now >= self._next_reconcile:
+            self._next_reconcile = now + self.reconcile_s
+            outcome = self.store.reconcile(int(now * 1000), lock_ms=int(self.reconcile_s * 1000))
+            if outcome and outcome[0]:
+                log.warning("promoter: %d queued jobs had lost their broker message; queued again", outcome[0])
         return promoted, reaped
 
     def run_forever(self) -> None:
