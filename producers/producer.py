@@ -2,18 +2,43 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import traceback
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from producers import keys, segment
-from producers.errors import InvalidJob
+from producers.errors import InvalidJob, Problem
 from producers.queue import new_job_id, push_jobs
 from producers.settings import Settings, load_settings
 from producers.validation import job_json, parse_job
 
 if TYPE_CHECKING:
     import redis
+
+log = logging.getLogger("attentive_relay.producer")
+UNREADABLE = "could not be read: the relay failed on it (logged as a bug); nothing of it was queued"
+
+
+@contextmanager
+def _refusing_failures(what: str) -> Iterator[None]:
+    """Turn any failure but `InvalidJob` while reading untrusted input into `InvalidJob`.
+
+    The rules are written so that no input raises anything else (the fuzz tests hold them to
+    it); this is the backstop that keeps a bug in them from costing the valid jobs next to the
+    one that hit it. The bug is logged by exception type and stack only: exception messages
+    may quote the input, which is personal data.
+    """
+    try:
+        yield
+    except InvalidJob:
+        raise
+    except Exception as exc:
+        stack = "".join(traceback.format_tb(exc.__traceback__))
+        log.error("%s raised %s, refused as invalid; please report:\n%s", what, type(exc).__name__, stack)
+        raise InvalidJob([Problem("", UNREADABLE)]) from None
 
 
 class Producer:
@@ -36,19 +61,36 @@ class Producer:
         return self._client
 
     def prepare(self, job: Any, now: datetime | None = None) -> tuple[str, str, str]:
-        """Validate and stamp one job: (job_id, kind, job_json). Raises `InvalidJob`."""
-        model = parse_job(job, self.settings, now or datetime.now(UTC), at_enqueue=True)
-        return new_job_id(), model.kind, job_json(model)  # type: ignore[attr-defined]
+        """Validate and stamp one job: (job_id, kind, job_json).
+
+        Raises `InvalidJob`, and nothing else whatever ``job`` holds.
+        """
+        with _refusing_failures("validating a job"):
+            model = parse_job(job, self.settings, now or datetime.now(UTC), at_enqueue=True)
+            return new_job_id(), model.kind, job_json(model)  # type: ignore[attr-defined]
 
     def enqueue(self, job: Any) -> str:
         """Validate ``job`` (dict, JSON text or model), queue it, and return its job id.
 
-        Raises `InvalidJob` (a ``ValueError``) listing every problem; nothing is queued then.
-        Raises ``redis.RedisError`` when Redis cannot be reached; nothing is queued then either.
+        Raises `InvalidJob` (a ``ValueError``) listing every problem, whatever ``job`` holds;
+        nothing is queued then. Raises ``redis.RedisError`` when Redis cannot be reached;
+        nothing is queued then either.
         """
         prepared = self.prepare(job)
-        push_jobs(self.client, self.settings.attentive_queue, [prepared])
+        self.push([prepared])
         return prepared[0]
+
+    def push(self, prepared: list[tuple[str, str, str]], skipped: Mapping[str, int] | None = None) -> None:
+        """Queue prepared jobs in one transaction, then count skipped Segment messages by reason.
+
+        Raises ``redis.RedisError`` when Redis cannot be reached; no job is queued then.
+        """
+        push_jobs(self.client, self.settings.attentive_queue, prepared)
+        if skipped:
+            pipe = self.client.pipeline(transaction=False)
+            for reason, count in skipped.items():
+                pipe.hincrby(keys.STATS, f"skipped:{reason}", count)
+            pipe.execute()
 
     def enqueue_segment(self, message: Any) -> list[str]:
         """Map one Segment message (track, page, identify) to jobs and queue them together.
@@ -60,17 +102,19 @@ class Producer:
         """
         prepared = self.prepare_segment(message)
         if isinstance(prepared, segment.Skip):
-            self.client.hincrby(keys.STATS, f"skipped:{prepared.reason}", 1)
+            self.push([], {prepared.reason: 1})
             return []
-        push_jobs(self.client, self.settings.attentive_queue, prepared)
+        self.push(prepared)
         return [job_id for job_id, _, _ in prepared]
 
     def prepare_segment(self, message: Any) -> list[tuple[str, str, str]] | segment.Skip:
         """Map and validate one Segment message: every job it makes, or why it is skipped.
 
-        All or nothing: raises `InvalidJob` if any of its jobs is invalid (an identify makes two).
+        All or nothing: raises `InvalidJob` if any of its jobs is invalid (an identify makes two),
+        and nothing else whatever ``message`` holds.
         """
-        mapped = segment.to_jobs(message, rename_keys=self.settings.attentive_segment_rename_keys)
+        with _refusing_failures("mapping a Segment message"):
+            mapped = segment.to_jobs(message, rename_keys=self.settings.attentive_segment_rename_keys)
         if isinstance(mapped, segment.Skip):
             return mapped
         now = datetime.now(UTC)
@@ -79,7 +123,9 @@ class Producer:
     def enqueue_many(self, jobs: Iterable[Any]) -> list[str | InvalidJob]:
         """Queue every valid job in one round trip; invalid ones come back as their `InvalidJob`.
 
-        The result lines up with the input: a job id or the error for each job.
+        The result lines up with the input: a job id or the error for each job. No job, however
+        malformed, raises or keeps the others from being queued; only ``redis.RedisError``
+        (nothing queued) is raised.
         """
         results: list[str | InvalidJob] = []
         ready: list[tuple[str, str, str]] = []
@@ -92,5 +138,5 @@ class Producer:
                 continue
             ready.append(prepared)
             results.append(prepared[0])
-        push_jobs(self.client, self.settings.attentive_queue, ready)
+        self.push(ready)
         return results

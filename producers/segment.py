@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from producers import rules
+from producers import jsonvalues, rules
 from producers.errors import InvalidJob, Problem
 
 CHECKOUT_KEYS = (
@@ -136,7 +136,11 @@ def occurred_at(message: dict[str, Any]) -> str | None:
             raise InvalidJob([Problem(key, "must be an ISO 8601 date-time")]) from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)  # Segment's libraries send UTC
-        return parsed.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        try:
+            in_utc = parsed.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00+01:00 parses but has no UTC counterpart
+            raise InvalidJob([Problem(key, "must fall between years 1 and 9999 in UTC")]) from None
+        return in_utc.isoformat().replace("+00:00", "Z")
     return None
 
 
@@ -260,11 +264,17 @@ def _identify(message: dict[str, Any], user: dict[str, Any]) -> list[dict[str, A
 def to_jobs(message: Any, *, rename_keys: bool = False) -> list[dict[str, Any]] | Skip:
     """The Attentive jobs one Segment message stands for, or why it is skipped.
 
-    Raises `InvalidJob` naming the Segment field when the message cannot make a valid call.
-    The jobs still go through the usual validation when enqueued.
+    Raises `InvalidJob` naming the Segment field when the message cannot make a valid call,
+    and nothing else whatever the message holds: values JSON cannot carry (NaN, Infinity,
+    numbers beyond ±(2^53 − 1), lone surrogates, hostile nesting) anywhere in the message are
+    refused first, by their paths (`producers.jsonvalues`). The jobs still go through the
+    usual validation when enqueued.
     """
     if not isinstance(message, dict):
         raise InvalidJob([Problem("", "a Segment message must be a JSON object")])
+    unsafe = jsonvalues.problems(message)
+    if unsafe:
+        raise InvalidJob(unsafe)
     kind = message.get("type")
     if kind not in ("track", "page", "identify"):
         return Skip("unsupported_type")

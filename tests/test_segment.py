@@ -279,3 +279,40 @@ def test_forbidden_property_names_are_refused_or_renamed(producer, redis_server,
         "a_b": 1,
         "ok": {"c_d": 2},
     }
+
+
+@pytest.mark.parametrize(
+    ("fields", "path"),
+    [
+        ({"properties": {"product_id": "p", "price": 1, "quantity": float("nan")}}, "properties.quantity"),
+        ({"properties": {"product_id": "p", "price": 1, "quantity": float("inf")}}, "properties.quantity"),
+        ({"properties": {"product_id": "p", "price": float("-inf")}}, "properties.price"),
+        ({"properties": {"product_id": "p", "price": 1, "quantity": 10**400}}, "properties.quantity"),
+        ({"userId": 10**5000}, "userId"),
+        ({"timestamp": "0001-01-01T00:00:00+01:00"}, "timestamp"),
+        ({"timestamp": None, "sentAt": "9999-12-31T23:59:59-01:00"}, "sentAt"),
+        ({"properties": {"product_id": "p\udcff", "price": 1}}, "properties.product_id"),
+    ],
+    ids=["quantity-nan", "quantity-inf", "price-inf", "quantity-huge", "userid-huge", "year-1", "year-9999", "utf"],
+)
+def test_poison_values_are_refused_by_segment_field_not_raised(producer, redis_client, fields, path):
+    msg = message("track", event="Product Viewed", **fields)
+    with pytest.raises(InvalidJob) as caught:
+        producer.prepare_segment(msg)
+    assert [p.field for p in caught.value.problems] == [path]
+    with pytest.raises(InvalidJob):
+        producer.enqueue_segment(msg)
+    assert redis_client.llen("attentive") == 0
+
+
+def test_a_failure_inside_the_mapping_is_refused_as_invalid_and_logged_without_values(producer, monkeypatch, caplog):
+    """The backstop: should a rule ever raise something else, the message is refused, not the batch lost."""
+
+    def broken(message: Any, **_: Any) -> Any:
+        raise ValueError(f"cannot read {message['userId']}")
+
+    monkeypatch.setattr(segment, "to_jobs", broken)
+    with pytest.raises(InvalidJob) as caught:
+        producer.prepare_segment(message("track", event="X", userId="secret-user-7"))
+    assert [p.field for p in caught.value.problems] == [""] and "failed" in caught.value.problems[0].rule
+    assert "ValueError" in caplog.text and "secret-user-7" not in caplog.text
