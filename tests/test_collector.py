@@ -145,3 +145,26 @@ def test_a_message_is_queued_whole_or_not_at_all(collector, redis_client):
     response = post(collector, "/v1/batch", {"batch": [identify]})
     assert response.status_code == 400 and response.json()["accepted"] == 0
     assert redis_client.llen("attentive") == 0
+
+
+def test_poison_messages_get_400_with_problems_and_the_good_ones_of_the_batch_are_queued(collector, redis_client):
+    good = {"type": "track", "userId": "u-1", "event": "Fine"}
+    viewed = {"type": "track", "userId": "u-1", "event": "Product Viewed"}
+    poison = [
+        ({**viewed, "properties": {"product_id": "p", "price": 1, "quantity": "@NaN@"}}, "properties.quantity"),
+        ({**viewed, "properties": {"product_id": "p", "price": 1, "quantity": "@Infinity@"}}, "properties.quantity"),
+        ({**viewed, "properties": {"product_id": "p", "price": "@1e400@"}}, "properties.price"),
+        ({**good, "timestamp": "0001-01-01T00:00:00+01:00"}, "timestamp"),
+        ({**good, "properties": {"n": "@123456789012345678901234567890@"}}, "properties.n"),
+        ({**good, "properties": {"s": "\udcff"}}, "properties.s"),
+    ]
+    batch = [good] + [m for m, _ in poison] + [good]
+    # NaN, Infinity and 1e400 as the bare JSON tokens a sloppy client sends, not as strings
+    body = json.dumps({"batch": batch}).replace('"@', "").replace('@"', "")
+    response = httpx.post(collector.url + "/v1/batch", content=body, auth=(KEY, ""))
+    assert response.status_code == 400
+    answer = response.json()
+    assert answer["accepted"] == 2 and redis_client.llen("attentive") == 2
+    assert [(p["index"], p["field"]) for p in answer["problems"]] == [
+        (i, path) for i, (_, path) in enumerate(poison, 1)
+    ]

@@ -10,8 +10,10 @@ The write key comes as the HTTP Basic user (as Segment's libraries send it) or a
 Each request is answered after its messages are queued in Redis, in one transaction:
 - 200 ``{"success": true, "accepted": n, "skipped": k}`` when every message was queued or
   skipped (skips are counted, see `producers.segment`);
-- 400 with ``problems`` (message index, field, rule) when some messages were invalid; the
-  valid ones of the request are still queued, and ``accepted`` says how many;
+- 400 with ``problems`` (message index, field, rule) when some messages were invalid, whatever
+  they hold (NaN, Infinity, huge numbers, impossible times, lone surrogates: the producer
+  refuses them all as `InvalidJob`); the valid ones of the request are still queued, and
+  ``accepted`` says how many;
 - 401 bad key, 404 unknown path, 413 body over 500 KB (or a message over 32 KB, Segment's
   limits), 503 when Redis cannot be reached (nothing was queued: the client retries).
 
@@ -30,10 +32,9 @@ from typing import Any
 
 import redis
 
-from producers import keys, segment
+from producers import segment
 from producers.errors import InvalidJob, Problem
 from producers.producer import Producer
-from producers.queue import push_jobs
 from worker.httpserver import BackgroundHTTPServer
 
 log = logging.getLogger("attentive_relay.collector")
@@ -122,7 +123,6 @@ class _Handler(BaseHTTPRequestHandler):
         prepared: list[tuple[str, str, str]] = []
         problems: list[dict[str, Any]] = []
         skipped: dict[str, int] = {}
-        settings = self.producer.settings
         for index, message in enumerate(messages):
             try:
                 if len(json.dumps(message)) > MAX_MESSAGE:
@@ -137,12 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
             except InvalidJob as err:
                 problems += [{"index": index, "field": p.field, "rule": p.rule} for p in err.problems]
         try:
-            push_jobs(self.producer.client, settings.attentive_queue, prepared)
-            if skipped:
-                pipe = self.producer.client.pipeline(transaction=False)
-                for reason, count in skipped.items():
-                    pipe.hincrby(keys.STATS, f"skipped:{reason}", count)
-                pipe.execute()
+            self.producer.push(prepared, skipped)
         except redis.RedisError as exc:
             log.error("collector cannot reach Redis (%s); answered 503", type(exc).__name__)
             return self._send(503, {"success": False, "message": "queue unavailable, retry"})
