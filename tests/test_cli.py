@@ -136,3 +136,66 @@ def test_bad_settings_are_named_without_their_values(settings):
     assert "secret-value" not in result.stderr + result.stdout
     bad_number = relay(["stats"], settings, ATTENTIVE_FRESHNESS_HOURS="secret-value-1")
     assert "ATTENTIVE_FRESHNESS_HOURS" in bad_number.stderr and "secret-value" not in bad_number.stderr
+
+
+def test_enqueue_reads_every_line_whatever_a_bad_one_holds(settings, redis_client, tmp_path: Path):
+    bad_times = [
+        json.dumps({**GOOD, "occurredAt": w}) for w in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00")
+    ]
+    lines = [
+        *(line.encode() for line in bad_times),
+        json.dumps({**GOOD, "properties": {"p": "caf\xe9"}}, ensure_ascii=False).encode("latin-1"),  # not UTF-8
+        json.dumps({**GOOD, "properties": {"p": "x"}}).replace('"x"', "NaN").encode(),
+        json.dumps({**GOOD, "properties": {"p": "\udcff"}}).encode(),  # a lone surrogate, escaped
+        json.dumps(GOOD).encode(),
+    ]
+    source = tmp_path / "jobs.ndjson"
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    result = relay(["enqueue", str(source), "--json"], settings)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert json.loads(result.stdout) == {"enqueued": 1, "invalid": 5}
+    assert result.stderr.splitlines() == [
+        "line 1: invalid job: occurredAt: must fall between years 1 and 9999 in UTC",
+        "line 2: invalid job: occurredAt: must fall between years 1 and 9999 in UTC",
+        "line 3: invalid job: not valid UTF-8 text",
+        "line 4: invalid job: properties.p: must be a finite number (NaN and Infinity cannot be sent)",
+        "line 5: invalid job: properties.p: must be valid Unicode text (it holds a lone surrogate, e.g. from bytes "
+        "that are not UTF-8)",
+    ]
+    assert redis_client.llen("attentive") == 1
+
+
+def test_enqueue_of_a_missing_or_unreadable_file_is_one_error_line_and_exit_2(settings, tmp_path: Path):
+    for path, reason in ((tmp_path / "nope.ndjson", "No such file or directory"), (tmp_path, "Is a directory")):
+        result = relay(["enqueue", str(path)], settings)
+        assert result.returncode == 2 and result.stdout == ""
+        assert result.stderr.splitlines() == [f"cannot read {path}: {reason}"]
+
+
+SEGMENT_LINES = "\n".join(
+    [
+        json.dumps({"type": "track", "userId": "u-1", "event": "Fine"}),
+        '{"type": "track", "userId": "u-1", "event": "Product Viewed", "properties": '
+        '{"product_id": "p", "price": 1, "quantity": NaN}}',
+        json.dumps({"type": "track", "userId": "u-1", "event": "X", "timestamp": "0001-01-01T00:00:00+01:00"}),
+        json.dumps({"type": "track", "userId": "u-1", "event": "Fine"}),
+    ]
+)
+
+
+def test_segment_is_a_flag_and_options_go_in_any_order(settings, redis_client, tmp_path: Path):
+    source = tmp_path / "messages.ndjson"
+    source.write_text(SEGMENT_LINES + "\n")
+    for args, stdin in (
+        (["enqueue", "-", "--json", "--segment"], SEGMENT_LINES),
+        (["enqueue", "--segment", "--json", "-"], SEGMENT_LINES),
+        (["enqueue", "--json", "--segment", str(source)], None),
+        (["enqueue", "--segment", str(source), "--json"], None),
+    ):
+        redis_client.flushdb()
+        result = relay(args, settings, stdin=stdin)
+        assert json.loads(result.stdout) == {"enqueued": 2, "invalid": 2, "skipped": 0}, args
+        assert result.returncode == 1 and redis_client.llen("attentive") == 2
+        assert [line.split(":")[0] for line in result.stderr.splitlines()] == ["line 2", "line 3"]
+    readme_form = relay(["enqueue", "--segment", str(source)], settings)
+    assert readme_form.stdout.strip() == "enqueued 2 jobs, invalid 2, skipped 0"
