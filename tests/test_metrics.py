@@ -52,6 +52,9 @@ def test_the_metrics_endpoint_reports_backlog_outcomes_and_reasons(settings, pro
     assert got[("attentive_relay_skipped_total", (("reason", "no_identifier"),))] == 1
     assert got[("attentive_relay_dead_letter_stored", ())] == 1
     assert ("attentive_relay_rate_limit_waits_total", ()) in got
+    assert got[("attentive_relay_queued_overdue", ())] == 0, "nothing has waited 60 s"
+    assert 0 <= got[("attentive_relay_oldest_queued_seconds", ())] < 60
+    assert got[("attentive_relay_reconciled_total", ())] == 0
 
 
 def _get(url: str) -> str | None:
