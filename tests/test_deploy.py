@@ -411,7 +411,7 @@ def test_flower_is_cluster_internal_and_authenticated() -> None:
     assert svc["spec"].get("type", "ClusterIP") == "ClusterIP"
     env = {e["name"]: e for e in _container(_obj("Deployment", FLOWER)).get("env", [])}
     assert env["FLOWER_BASIC_AUTH"]["valueFrom"]["secretKeyRef"] == {"name": SECRETS, "key": "FLOWER_BASIC_AUTH"}
-    assert _container(_obj("Deployment", FLOWER))["command"] == ["celery", "-A", "worker", "flower", "--port=5555"]
+    assert _container(_obj("Deployment", FLOWER))["command"] == ["attentive-relay", "flower", "--port=5555"]
     for _, obj in MANIFESTS:
         assert obj["kind"] != "Ingress", "Flower's /metrics is unauthenticated: no Ingress in these manifests"
 
@@ -538,7 +538,7 @@ def test_compose_worker_shuts_down_softly_and_uses_the_sandbox_by_default() -> N
 
 def test_compose_flower_and_collector() -> None:
     services = _compose()["services"]
-    assert services["flower"]["command"] == ["celery", "-A", "worker", "flower", "--port=5555"]
+    assert services["flower"]["command"] == ["attentive-relay", "flower", "--port=5555"]
     assert "${FLOWER_BASIC_AUTH" in services["flower"]["environment"]["FLOWER_BASIC_AUTH"]
     assert any(p.endswith(":5555") for p in services["flower"]["ports"])
     assert services["collector"]["command"] == ["attentive-relay", "collect", "--host", "0.0.0.0", "--port", "8788"]

@@ -52,17 +52,9 @@ def flower(settings, tmp_path: Path) -> Iterator[Flower]:
     # Only the worker's settings: no FLOWER_* (say, FLOWER_UNAUTHENTICATED_API) from the developer's shell.
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
     env = {**inherited, **env_for(settings), "PYTHONUNBUFFERED": "1"}
-    args = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker",
-        "flower",
-        f"--port={port}",
-        "--address=127.0.0.1",
-        f"--basic-auth={AUTH[0]}:{AUTH[1]}",
-    ]
+    env["FLOWER_BASIC_AUTH"] = f"{AUTH[0]}:{AUTH[1]}"
+    # The way the Procfile and deploy/ start it: the launcher checks the credentials first.
+    args = [sys.executable, "-m", "worker.cli", "flower", f"--port={port}", "--address=127.0.0.1"]
     with log_path.open("ab") as log:
         proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = Flower(proc, f"http://127.0.0.1:{port}", log_path)
@@ -146,6 +138,9 @@ def test_flower_sees_job_ids_and_no_personal_data(flower, producer: Producer, re
 
     # --basic-auth guards the API and the UI ...
     assert flower.get("/api/tasks", auth=None).status_code == 401
+    empty = httpx.get(f"{flower.url}/api/tasks", headers={"Authorization": "Basic ="}, timeout=10)
+    assert empty.status_code == 401, "the empty credential must not open Flower"
+    assert flower.get("/api/tasks", auth=("user", "")).status_code == 401
     assert flower.get("/api/tasks", auth=("user", "wrong")).status_code == 401
     assert flower.get(f"/api/task/info/{ids[0]}.0", auth=None).status_code == 401
     assert flower.get("/api/workers", auth=None).status_code == 401
@@ -158,3 +153,67 @@ def test_flower_sees_job_ids_and_no_personal_data(flower, producer: Producer, re
     assert open_metrics.status_code == 200 and "flower_events_total" in open_metrics.text
     open_health = flower.get("/healthcheck", auth=None)
     assert open_health.status_code == 200 and open_health.text == "OK"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, "", " ", "admin:pw,", ",admin:pw", "admin:", ":pw", "admin", "admin:pw,:", "admin:pw, "],
+    ids=[
+        "unset",
+        "empty",
+        "blank",
+        "trailing-comma",
+        "leading-comma",
+        "no-password",
+        "no-user",
+        "no-colon",
+        "empty-entry",
+        "blank-entry",
+    ],
+)
+def test_flower_refuses_to_start_without_complete_credentials(settings, value):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
+    env.update(env_for(settings))
+    if value is not None:
+        env["FLOWER_BASIC_AUTH"] = value
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "flower", f"--port={free_port()}", "--address=127.0.0.1"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "refusing to start Flower" in done.stderr and "FLOWER_BASIC_AUTH" in done.stderr
+    assert "pw" not in done.stderr.replace("password", ""), "the value is never echoed"
+
+
+def test_flower_refuses_its_unauthenticated_api_and_half_an_oauth_setup(settings):
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")} | env_for(settings)
+    for extra, rule in (
+        ({"FLOWER_BASIC_AUTH": "a:b", "FLOWER_UNAUTHENTICATED_API": "true"}, "FLOWER_UNAUTHENTICATED_API"),
+        (
+            {"FLOWER_AUTH_PROVIDER": "flower.views.auth.GithubLoginHandler", "FLOWER_AUTH": ".*@example.com"},
+            "FLOWER_OAUTH2_KEY",
+        ),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "worker.cli", "flower"],
+            cwd=REPO,
+            env=base | extra,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2 and rule in done.stderr, done.stderr
+
+
+def test_procfile_and_deploy_start_flower_through_the_checking_launcher():
+    procfile = (REPO / "Procfile").read_text()
+    [web] = [line for line in procfile.splitlines() if line.startswith("web:")]
+    assert "attentive-relay flower" in web and "celery -A worker flower" not in web
+    for path in ("deploy/docker-compose.yml", "deploy/kubernetes/flower.yaml"):
+        text = (REPO / path).read_text()
+        assert '"attentive-relay", "flower"' in text, path
+        assert '"celery", "-A", "worker", "flower"' not in text, path

@@ -429,6 +429,26 @@ def scheduler(interval: Annotated[float, typer.Option(help="Seconds between pass
         promoter.stop()
 
 
+@cli.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def flower(ctx: typer.Context) -> None:
+    """Start Flower with its authentication checked; other arguments go to Flower (--port=5555).
+
+    Refuses to start (exit 2) unless FLOWER_BASIC_AUTH is user:password for every entry, or
+    OAuth is fully configured: Flower would otherwise serve its dashboard and API to anyone.
+    """
+    import os
+
+    from worker.dashboard import OpenDashboard, flower_command
+
+    try:
+        argv = flower_command(os.environ, ctx.args)
+    except OpenDashboard as exc:
+        err.print(f"refusing to start Flower: {exc}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    sys.stdout.flush()
+    os.execv(argv[0], argv)  # noqa: S606  (a fixed argv: this interpreter running celery)
+
+
 @cli.command()
 def demo(
     jobs: Annotated[int, typer.Option(help="How many sample jobs.")] = 60,
