@@ -21,6 +21,7 @@ Configuration choices, and why (see ../README.md, "Operations"):
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 
 from celery import Celery, signals
@@ -43,6 +44,11 @@ def configure(app: Celery, settings: Settings) -> None:
     transport: dict[str, object] = {"ack_emulation": False}
     if is_sentinel(settings.redis_url):
         transport["master_name"] = settings.redis_sentinel_master
+    if settings.redis_url.startswith("rediss://"):
+        # Without this kombu connects to rediss:// with CERT_NONE (it only warns), so the broker,
+        # and Flower with it, would send the Redis password to anyone in the middle. ssl_*
+        # parameters in the URL (ssl_ca_certs=..., ssl_cert_reqs=...) still replace it.
+        app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     app.conf.update(
         broker_url=settings.redis_url,
         broker_connection_retry_on_startup=True,
