@@ -72,7 +72,7 @@ def _open(source: str) -> BinaryIO:
 
 def _unreadable(source: str, exc: OSError) -> NoReturn:
     reason = exc.strerror or type(exc).__name__
-    err.print(f"cannot read {printable(source)}: {reason}", markup=False, highlight=False)
+    err.print(f"cannot read {printable(source)}: {reason}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -150,7 +150,8 @@ def _enqueue_lines(
                     batch.extend(prepared)
             except InvalidJob as exc:
                 counts["invalid"] += 1
-                err.print(f"line {number}: {exc}", markup=False, highlight=False)
+                # one line per refusal whatever the terminal's width, so that it can be grepped
+                err.print(f"line {number}: {exc}", markup=False, highlight=False, soft_wrap=True)
             if len(batch) >= BATCH:
                 producer.push(batch, skipped)
                 counts["enqueued"] += len(batch)
