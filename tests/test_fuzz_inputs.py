@@ -1,0 +1,485 @@
+"""Property-based fuzzing of every door untrusted input comes through: `parse_job`,
+`Producer.enqueue_many`, `Producer.prepare_segment`, the ``enqueue`` command and the collector.
+
+Inputs are valid jobs and Segment messages, the same with one value swapped for anything
+(NaN, Infinity, 1e400, huge integers, lone surrogates, wrong types, nesting, impossible times),
+and arbitrary JSON. The invariants:
+
+- nothing raises but `InvalidJob`, and no input is refused by the producer's backstop (that
+  would be a bug in a rule);
+- a refusal names field paths and rules, prints as UTF-8, and never echoes a value: every
+  generated string value carries the marker ``Qz7``, which names never hold;
+- a value JSON cannot carry faithfully is refused wherever it sits, never queued as null;
+- every valid input is queued exactly once, whatever the invalid inputs next to it hold.
+
+Redis is real (the session's redis-server), the collector answers real HTTP, and the CLI runs
+in-process through typer's runner. Each test runs a few hundred examples in CI (a few thousand
+jobs in all); ``ATTENTIVE_FUZZ_EXAMPLES=N`` runs N examples per test instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import httpx
+import hypothesis
+import pytest
+import redis
+from hypothesis import HealthCheck, given
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from producers import keys
+from producers.errors import InvalidJob
+from producers.jobs import attentive_body
+from producers.producer import UNREADABLE, Producer
+from producers.sensitive import scan
+from producers.settings import Settings
+from producers.validation import job_json, parse_job
+from worker.cli import cli
+from worker.collector import Collector
+
+from conftest import make_settings
+
+hypothesis.settings.register_profile(
+    "fuzz",
+    deadline=None,
+    database=None,  # no .hypothesis/ in the working tree; failures print their reproducer
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+def examples(ci: int) -> hypothesis.settings:
+    """The fuzz profile with ``ci`` examples, or ``ATTENTIVE_FUZZ_EXAMPLES`` when that is set."""
+    wanted = int(os.environ.get("ATTENTIVE_FUZZ_EXAMPLES") or ci)
+    return hypothesis.settings(hypothesis.settings.get_profile("fuzz"), max_examples=wanted)
+
+
+MARK = "Qz7"
+LIMIT = 2**53 - 1
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+# ---------------------------------------------------------------- oracles
+
+
+def has_poison(value: Any) -> bool:
+    """True when ``value`` holds something JSON cannot carry faithfully (the test's own oracle)."""
+    if isinstance(value, bool) or value is None:
+        return False
+    if isinstance(value, float):
+        return not math.isfinite(value) or abs(value) > LIMIT
+    if isinstance(value, int):
+        return abs(value) > LIMIT
+    if isinstance(value, str):
+        return any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+    if isinstance(value, dict):
+        return any(not isinstance(k, str) or has_poison(k) or has_poison(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(has_poison(v) for v in value)
+    return False
+
+
+def assert_clean_refusal(err: InvalidJob) -> None:
+    """Problems name paths and rules, print as UTF-8, echo no value and are not the backstop's."""
+    assert err.problems
+    text = str(err)
+    text.encode("utf-8")
+    assert MARK not in text, "a refusal echoed a value"
+    for problem in err.problems:
+        assert isinstance(problem.field, str) and problem.rule
+        assert problem.rule != UNREADABLE, "a rule raised something other than InvalidJob"
+
+
+def nulls(value: Any) -> int:
+    """How many nulls ``value`` holds: a queued job may hold those it was given, never more."""
+    if isinstance(value, dict):
+        return sum(nulls(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(nulls(v) for v in value)
+    return value is None
+
+
+def strict_loads(text: str) -> Any:
+    def refuse(token: str) -> Any:
+        raise AssertionError(f"{token} in queued JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def queued_jobs(client: redis.Redis) -> list[tuple[str, dict[str, Any]]]:
+    """(job id, job) for every message on the queue, read back from the job record."""
+    jobs = []
+    for message in client.lrange("attentive", 0, -1):
+        job_id = json.loads(json.loads(message)["body"])[0][0]
+        jobs.append((job_id, strict_loads(client.hget(keys.job(job_id), "job").decode())))
+    return jobs
+
+
+# ---------------------------------------------------------------- strategies
+
+POISON = [
+    math.nan,
+    math.inf,
+    -math.inf,
+    2**53,
+    -(2**63),
+    10**30,
+    10**400,
+    1e300,
+    "\udcff",
+    f"{MARK}\ud800",
+]
+poison = st.sampled_from(POISON)
+marked_text = st.text(st.characters(codec="utf-8"), max_size=12).map(lambda s: MARK + s)
+names = st.text(st.characters(codec="utf-8", exclude_characters="Q"), max_size=8)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**6), 10**6)
+    | st.floats(-1e9, 1e9, allow_nan=False)
+    | marked_text
+    | poison
+)
+shallow_json = st.recursive(
+    scalars,
+    lambda kids: (
+        st.lists(kids, max_size=4) | st.dictionaries(names | st.sampled_from(["k\udcff", 7]), kids, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _nest(levels: int, inner: Any, as_list: bool) -> Any:
+    for _ in range(levels):
+        inner = [inner] if as_list else {"a": inner}
+    return inner
+
+
+# Around the nesting limit and past it; far deeper (100,000 levels) is a regular test, as
+# hypothesis prints its examples recursively.
+deep_json = st.builds(_nest, st.integers(10, 80), shallow_json, st.booleans())
+any_json = shallow_json | deep_json
+offsets = st.builds(timezone, st.timedeltas(timedelta(hours=-23, minutes=-59), timedelta(hours=23, minutes=59)))
+any_time = (
+    st.datetimes(datetime(1, 1, 1), datetime(9999, 12, 31, 23, 59, 59), timezones=offsets).map(datetime.isoformat)
+    | st.sampled_from(["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "2026-02-30T00:00:00Z"])
+    | marked_text
+)
+
+safe_names = st.text(LETTERS + "_", min_size=1, max_size=10).filter(lambda k: not scan({k: 0}))
+safe_scalars = (
+    st.booleans()
+    | st.integers(-(10**6), 10**6)
+    | st.floats(-1e6, 1e6, allow_nan=False)
+    | st.text(LETTERS + " ", max_size=20)
+)
+safe_properties = st.dictionaries(
+    safe_names,
+    st.recursive(
+        safe_scalars,
+        lambda kids: st.lists(kids, max_size=3) | st.dictionaries(safe_names, kids, max_size=3),
+        max_leaves=8,
+    ),
+    max_size=5,
+)
+ident = st.text(LETTERS + "0123456789-", min_size=1, max_size=20)
+emails = st.text(LETTERS, min_size=1, max_size=10).map(lambda s: f"{s}@example.com")
+phones = st.sampled_from(["+14155552671", "(415) 555-2671", "+442079460018", "+447400123456"])
+users = st.one_of(
+    st.fixed_dictionaries({"phone": phones}),
+    st.fixed_dictionaries({"email": emails}),
+    st.fixed_dictionaries({"phone": phones, "email": emails}),
+    st.fixed_dictionaries({"externalIdentifiers": st.fixed_dictionaries({"clientUserId": ident})}),
+)
+event_types = st.text(LETTERS + " ", min_size=1, max_size=20).filter(str.strip)
+
+
+def recent() -> st.SearchStrategy[str]:
+    return st.integers(0, 6 * 3600).map(lambda s: (datetime.now(UTC) - timedelta(seconds=s)).isoformat())
+
+
+prices = st.lists(
+    st.fixed_dictionaries(
+        {"value": st.integers(0, 10**6) | st.floats(0, 1e6)},
+        optional={"currency": st.sampled_from(["USD", "eur", "Gbp"])},
+    ),
+    min_size=1,
+    max_size=2,
+)
+items = st.lists(
+    st.fixed_dictionaries(
+        {"productId": ident, "productVariantId": ident, "price": prices},
+        optional={"quantity": st.integers(1, 1000), "name": ident},
+    ),
+    min_size=1,
+    max_size=3,
+)
+valid_jobs = st.one_of(
+    st.fixed_dictionaries(
+        {"kind": st.just("custom_event"), "type": event_types, "user": users},
+        optional={"properties": safe_properties, "occurredAt": recent(), "externalEventId": ident},
+    ),
+    st.fixed_dictionaries(
+        {
+            "kind": st.just("custom_attributes"),
+            "user": users,
+            "properties": st.dictionaries(safe_names, safe_scalars, min_size=1, max_size=5),
+        }
+    ),
+    st.fixed_dictionaries(
+        {"kind": st.sampled_from(["product_view", "add_to_cart", "purchase"]), "user": users, "items": items},
+        optional={"occurredAt": recent()},
+    ),
+    st.fixed_dictionaries({"kind": st.just("identity"), "clientUserId": ident, "email": emails}),
+)
+
+
+def _slots(value: Any) -> Iterator[tuple[Any, Any]]:
+    """(container, key) for every member of every object and array in ``value``."""
+    if isinstance(value, dict):
+        for key, child in value.items():
+            yield value, key
+            yield from _slots(child)
+    elif isinstance(value, list):
+        for i, child in enumerate(value):
+            yield value, i
+            yield from _slots(child)
+
+
+@st.composite
+def mutated(draw: st.DrawFn, base: st.SearchStrategy[dict[str, Any]]) -> dict[str, Any]:
+    """A valid input with one member replaced by anything, removed, or a time made strange."""
+    value = copy.deepcopy(draw(base))
+    container, key = draw(st.sampled_from(list(_slots(value))))
+    action = draw(st.sampled_from(["replace", "replace", "poison", "time", "drop"]))
+    if action == "drop" and isinstance(container, dict):
+        del container[key]
+    elif action == "time":
+        container[key] = draw(any_time)
+    else:
+        container[key] = draw(poison if action == "poison" else any_json)
+    return value
+
+
+any_job = mutated(valid_jobs) | st.dictionaries(names, any_json, max_size=5) | any_json
+
+segment_ids = st.uuids().map(str)
+
+
+def valid_tracks() -> st.SearchStrategy[dict[str, Any]]:
+    """Segment messages that make exactly one job each, tagged by a unique messageId."""
+    traits = st.fixed_dictionaries({}, optional={"email": emails, "phone": phones})
+    base = {
+        "userId": ident.map(lambda s: f"u-{s}"),
+        "messageId": segment_ids,
+        "context": traits.map(lambda t: {"traits": t}),
+    }
+    custom = st.fixed_dictionaries(
+        {"type": st.just("track"), "event": event_types, **base},
+        optional={"properties": safe_properties, "timestamp": recent()},
+    )
+    page = st.fixed_dictionaries({"type": st.just("page"), **base}, optional={"name": event_types})
+    return custom | page
+
+
+valid_messages = valid_tracks()
+product_viewed = st.fixed_dictionaries(
+    {
+        "type": st.just("track"),
+        "userId": st.just("u-1"),
+        "event": st.just("Product Viewed"),
+        "properties": st.fixed_dictionaries(
+            {"product_id": ident, "price": st.floats(0, 1e6)}, optional={"quantity": st.integers(1, 100)}
+        ),
+    }
+)
+identifies = st.fixed_dictionaries(
+    {
+        "type": st.just("identify"),
+        "userId": ident.map(lambda s: f"u-{s}"),
+        "traits": st.fixed_dictionaries({"email": emails}, optional={"username": ident, "plan": safe_scalars}),
+    }
+)
+any_message = (
+    mutated(valid_messages)
+    | mutated(product_viewed)
+    | mutated(identifies)
+    | st.dictionaries(names, any_json, max_size=4)
+    | any_json
+)
+
+# ---------------------------------------------------------------- parse_job
+
+SETTINGS = make_settings("redis://127.0.0.1:9/0")
+
+
+@examples(1500)
+@given(job=any_job, as_text=st.booleans())
+def test_parse_job_refuses_cleanly_or_accepts_something_sendable(job: Any, as_text: bool) -> None:
+    data: Any = job
+    if as_text:  # NaN and Infinity as the bare tokens json.loads reads; keys become strings
+        data = json.dumps(job, allow_nan=True)
+        job = json.loads(data)
+    try:
+        model = parse_job(data, SETTINGS, datetime.now(UTC), at_enqueue=True)
+    except InvalidJob as err:
+        assert_clean_refusal(err)
+        return
+    assert not has_poison(job), "a value JSON cannot carry was accepted"
+    stored = strict_loads(job_json(model))
+    assert nulls(stored) <= nulls(job), "a value was turned into null"
+    assert nulls(attentive_body(model)) <= nulls(job)
+    if isinstance(job, dict) and isinstance(job.get("properties"), dict):
+        assert stored["properties"] == job["properties"], "a property value was altered"
+
+
+@examples(500)
+@given(job=valid_jobs)
+def test_every_valid_job_is_accepted(job: dict[str, Any]) -> None:
+    parse_job(job, SETTINGS, datetime.now(UTC), at_enqueue=True)
+
+
+@examples(600)
+@given(message=any_message, rename_keys=st.booleans())
+def test_prepare_segment_refuses_cleanly_or_maps(message: Any, rename_keys: bool, producer: Producer) -> None:
+    if rename_keys:
+        renaming = producer.settings.model_copy(update={"attentive_segment_rename_keys": True})
+        producer = Producer(renaming, producer.client)
+    try:
+        producer.prepare_segment(message)
+    except InvalidJob as err:
+        assert_clean_refusal(err)
+        return
+    assert not has_poison(message), "a Segment message with a value JSON cannot carry was accepted"
+
+
+# ---------------------------------------------------------------- enqueue_many, real Redis
+
+batches = st.lists(st.tuples(st.booleans(), valid_jobs, any_job), min_size=1, max_size=8)
+
+
+@examples(200)
+@given(batch=batches)
+def test_enqueue_many_queues_each_valid_job_once_whatever_its_neighbours_hold(
+    batch: list[tuple[bool, dict[str, Any], Any]], producer: Producer, redis_client: redis.Redis
+) -> None:
+    redis_client.flushdb()
+    jobs = [good if is_good else bad for is_good, good, bad in batch]
+    results = producer.enqueue_many(jobs)
+    assert len(results) == len(jobs)
+    for (is_good, _, _), job, result in zip(batch, jobs, results, strict=True):
+        if is_good:
+            assert isinstance(result, str), f"a valid job was refused: {result}"
+        if isinstance(result, InvalidJob):
+            assert_clean_refusal(result)
+        else:
+            assert not has_poison(job)
+    queued = {job_id: job for job_id, job in queued_jobs(redis_client)}
+    accepted = [(job, r) for job, r in zip(jobs, results, strict=True) if isinstance(r, str)]
+    assert sorted(queued) == sorted(r for _, r in accepted), "a job was queued other than once"
+    for job, job_id in accepted:
+        assert nulls(queued[job_id]) <= nulls(job), "a value was turned into null"
+
+
+# ---------------------------------------------------------------- the enqueue command, in-process
+
+
+def ndjson_line(draw: st.DrawFn, segment: bool) -> tuple[bytes, bool | None]:
+    """A line and whether it is valid (None: it may be either)."""
+    kind = draw(st.sampled_from(["valid", "valid", "any", "bytes", "truncated"]))
+    if kind == "valid":
+        return json.dumps(draw(valid_messages if segment else valid_jobs)).encode(), True
+    if kind == "bytes":
+        return draw(st.binary(min_size=1, max_size=40)).replace(b"\n", b" "), None
+    text = json.dumps(draw(any_message if segment else any_job), allow_nan=True).encode()
+    return (text[: len(text) // 2] if kind == "truncated" else text), None
+
+
+@st.composite
+def ndjson_files(draw: st.DrawFn, segment: bool) -> list[tuple[bytes, bool | None]]:
+    return [ndjson_line(draw, segment) for _ in range(draw(st.integers(1, 12)))]
+
+
+@st.composite
+def enqueue_runs(draw: st.DrawFn) -> tuple[list[str], list[tuple[bytes, bool | None]]]:
+    """The command's arguments, options in any order, and the lines on its stdin."""
+    segment = draw(st.booleans())
+    args = draw(st.permutations(["-", "--json", *(["--segment"] if segment else [])]))
+    return ["enqueue", *args], draw(ndjson_files(segment))
+
+
+@examples(120)
+@given(run=enqueue_runs())
+def test_enqueue_command_reads_every_line_and_queues_the_valid_ones(
+    run: tuple[list[str], list[tuple[bytes, bool | None]]], settings: Settings, redis_client: redis.Redis
+) -> None:
+    redis_client.flushdb()
+    args, lines = run
+    stdin = b"\n".join(line for line, _ in lines) + b"\n"
+    result = CliRunner().invoke(cli, args, input=stdin, env={"REDIS_URL": settings.redis_url})
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    summary = json.loads(result.stdout)
+    read = [(n, valid) for n, (line, valid) in enumerate(lines, 1) if line.strip()]
+    reported = {int(line.split(":")[0][5:]) for line in result.stderr.splitlines() if line.startswith("line ")}
+    if "--segment" in args:  # a line is one message: queued (one job or two), skipped, or refused
+        assert summary["enqueued"] >= len(read) - summary["invalid"] - summary["skipped"]
+    else:
+        assert summary["enqueued"] + summary["invalid"] == len(read)
+    assert summary["invalid"] == len(reported) and result.exit_code == (1 if reported else 0)
+    assert not {n for n, valid in read if valid} & reported, "a valid line was refused"
+    assert MARK not in result.stderr
+    assert len(queued_jobs(redis_client)) == summary["enqueued"]
+
+
+# ---------------------------------------------------------------- the collector, real HTTP
+
+KEY = "fuzz-key"
+
+
+@pytest.fixture
+def collector(redis_server: Any, redis_client: redis.Redis) -> Iterator[Collector]:
+    with Collector(Producer(make_settings(redis_server.url, collector_write_keys=KEY), redis_client), port=0) as c:
+        yield c
+
+
+@examples(100)
+@given(batch=st.lists(st.tuples(st.booleans(), valid_messages, any_message), min_size=1, max_size=8))
+def test_collector_answers_every_batch_and_queues_its_valid_messages_once(
+    batch: list[tuple[bool, dict[str, Any], Any]], collector: Collector, redis_client: redis.Redis
+) -> None:
+    redis_client.flushdb()
+    batch = [(is_good, {**good, "messageId": f"good-{i}"}, bad) for i, (is_good, good, bad) in enumerate(batch)]
+    messages = [good if is_good else bad for is_good, good, bad in batch]
+    body = json.dumps({"batch": messages}, allow_nan=True)
+    with httpx.Client() as client:
+        response = client.post(
+            collector.url + "/v1/batch",
+            content=body.encode(),
+            auth=(KEY, ""),
+            headers={"Content-Type": "application/json"},
+        )
+    assert response.status_code in (200, 400), response.text
+    answer = response.json()
+    problems = answer.get("problems", [])
+    assert (response.status_code == 400) == bool(problems)
+    assert MARK not in response.text
+    assert all(p["rule"] != UNREADABLE and isinstance(p["field"], str) for p in problems)
+    refused = {p["index"] for p in problems}
+    sent = [json.loads(json.dumps(m, allow_nan=True)) for m in messages]  # what the collector read
+    for index, ((is_good, _, _), message) in enumerate(zip(batch, sent, strict=True)):
+        if is_good:
+            assert index not in refused, f"a valid message was refused: {problems}"
+        elif has_poison(message):
+            assert index in refused, "a message with a value JSON cannot carry was accepted"
+    queued = queued_jobs(redis_client)
+    assert len(queued) == answer["accepted"]
+    event_ids = [job.get("externalEventId") for _, job in queued]
+    for is_good, good, _ in batch:
+        if is_good:
+            assert event_ids.count(good["messageId"]) == 1, "a valid message was not queued exactly once"
