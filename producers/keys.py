@@ -31,6 +31,16 @@ RECONCILE_LOCK = PREFIX + "reconcile"
 pass runs at a time across all workers."""
 
 
+ERASURE_KEY = PREFIX + "erasure-key"
+"""String holding the key of the erasure index's keyed hash, when ATTENTIVE_ERASURE_KEY is unset."""
+
+
+def person(digest: str) -> str:
+    """Set of the ids of the jobs that mention one person (a phone number or an email), named by
+    a keyed hash of it (`producers.erasure`), never by the value itself."""
+    return f"{PREFIX}person:{digest}"
+
+
 def job(job_id: str) -> str:
     """Hash holding one live job: its JSON, state, ticket, attempts."""
     return f"{PREFIX}job:{job_id}"

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from producers import keys, segment
+from producers import erasure, keys, segment
 from producers.errors import InvalidJob, Problem
 from producers.queue import new_job_id, push_jobs
 from producers.settings import Settings, load_settings
@@ -51,6 +51,7 @@ class Producer:
     def __init__(self, settings: Settings | None = None, client: redis.Redis | None = None) -> None:
         self.settings = settings or load_settings()
         self._client = client
+        self._erasure_key: bytes | None = None
 
     @property
     def client(self) -> redis.Redis:
@@ -85,7 +86,9 @@ class Producer:
 
         Raises ``redis.RedisError`` when Redis cannot be reached; no job is queued then.
         """
-        push_jobs(self.client, self.settings.attentive_queue, prepared)
+        if self._erasure_key is None:
+            self._erasure_key = erasure.secret(self.client, self.settings)
+        push_jobs(self.client, self.settings, prepared, self._erasure_key)
         if skipped:
             pipe = self.client.pipeline(transaction=False)
             for reason, count in skipped.items():

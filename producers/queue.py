@@ -23,10 +23,12 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from producers import keys
+from producers import erasure, keys
 
 if TYPE_CHECKING:
     import redis
+
+    from producers.settings import Settings
 
 TASK_NAME = "attentive.deliver"
 JOB_PLACEHOLDER = "@JOB@"
@@ -103,25 +105,44 @@ def job_record(job_json: str, kind: str, now_ms: int, round_: int = 0) -> dict[s
     }
 
 
-def add_job(pipe: redis.client.Pipeline, queue: str, job_id: str, record: Mapping[str, Any], now_ms: int) -> None:
-    """Add to ``pipe`` the commands that store a job record, index it as queued and queue its message.
+def add_job(
+    pipe: redis.client.Pipeline,
+    settings: Settings,
+    job_id: str,
+    record: Mapping[str, Any],
+    now_ms: int,
+    erasure_key: bytes,
+) -> None:
+    """Add to ``pipe`` the commands that store a job record (expiring after the job retention),
+    index it as queued and by the people it mentions (`producers.erasure`), and queue its message.
 
     The record's ``round`` picks the ticket; the caller executes the pipeline, so storing
     and queueing happen together or not at all.
     """
     ticket = ticket_for(job_id, int(record["round"]))
-    pipe.hset(keys.job(job_id), mapping={**record, "ticket": ticket})
+    job_key = keys.job(job_id)
+    pipe.hset(job_key, mapping={**record, "ticket": ticket})
+    pipe.pexpire(job_key, settings.job_retention_ms)
+    # A person's set outlives every job in it, dead letters included.
+    person_ttl_ms = max(settings.job_retention_ms, settings.dlq_retention_ms)
+    for person in erasure.mentions(str(record["job"])):
+        person_key = erasure.person_key(erasure_key, person)
+        pipe.sadd(person_key, job_id)
+        pipe.pexpire(person_key, person_ttl_ms)
     pipe.zadd(keys.QUEUED, {job_id: now_ms})
+    queue = settings.attentive_queue
     pipe.lpush(queue, celery_message(job_id, ticket, queue, str(record.get("kind", ""))))
 
 
-def push_jobs(client: redis.Redis, queue: str, jobs: Iterable[tuple[str, str, str]]) -> None:
+def push_jobs(
+    client: redis.Redis, settings: Settings, jobs: Iterable[tuple[str, str, str]], erasure_key: bytes
+) -> None:
     """Store and queue new jobs in one MULTI/EXEC: ``jobs`` yields (job_id, kind, job_json)."""
     now_ms = int(time.time() * 1000)
     pipe = client.pipeline(transaction=True)
     n = 0
     for job_id, kind, data in jobs:
-        add_job(pipe, queue, job_id, job_record(data, kind, now_ms), now_ms)
+        add_job(pipe, settings, job_id, job_record(data, kind, now_ms), now_ms, erasure_key)
         n += 1
     if n:
         pipe.hincrby(keys.STATS, "enqueued", n)

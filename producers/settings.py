@@ -5,7 +5,7 @@ The environment variable names are part of the contract (other tools set them).
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from producers.errors import ConfigurationError
@@ -62,8 +62,28 @@ class Settings(BaseSettings):
     attentive_future_skew_s: float = Field(300.0, ge=0)
     """How far in the future an ``occurredAt`` may be (clock skew between hosts)."""
 
-    attentive_dead_letter_retention_days: float = Field(30.0, gt=0)
-    """Dead-letter entries expire after this long (they hold personal data)."""
+    attentive_dlq_retention_days: float = Field(
+        30.0,
+        gt=0,
+        le=3650,
+        validation_alias=AliasChoices("attentive_dlq_retention_days", "attentive_dead_letter_retention_days"),
+    )
+    """Dead-letter entries expire after this long (they hold personal data).
+
+    ``ATTENTIVE_DEAD_LETTER_RETENTION_DAYS``, this setting's earlier name, is still read.
+    """
+
+    attentive_job_retention_hours: float | None = Field(None, gt=0, le=24 * 365)
+    """A job record (and with it the personal data it holds) expires this long after it was
+    queued, whatever state it is in; an expired job is counted as ``expired``. Must exceed the
+    freshness window, so an event is never lost while it could still be sent. Unset: the
+    freshness window plus 12 hours (24 hours by default), which also outlasts the whole retry
+    schedule (12 attempts, at most about 1.7 hours of backoff).
+    """
+
+    attentive_erasure_key: SecretStr | None = None
+    """Key of the keyed hash that indexes jobs by the phone numbers and emails they mention,
+    for `attentive-relay erase`. Unset: a random key is created once and kept in Redis."""
 
     attentive_rate_limit: float = Field(150.0, gt=0)
     """Attentive's limit per endpoint per token (requests/second), for endpoints not listed below."""
@@ -111,11 +131,23 @@ class Settings(BaseSettings):
             raise ValueError("ATTENTIVE_LEASE_S must be at least ATTENTIVE_TIMEOUT_S + 10")
         if self.attentive_backoff_max_s < self.attentive_backoff_base_s:
             raise ValueError("ATTENTIVE_BACKOFF_MAX_S must be at least ATTENTIVE_BACKOFF_BASE_S")
+        retention = self.attentive_job_retention_hours
+        if retention is not None and retention <= self.attentive_freshness_hours:
+            raise ValueError("ATTENTIVE_JOB_RETENTION_HOURS must be longer than ATTENTIVE_FRESHNESS_HOURS")
         return self
 
     @property
     def freshness_s(self) -> float:
         return self.attentive_freshness_hours * 3600.0
+
+    @property
+    def job_retention_ms(self) -> int:
+        hours = self.attentive_job_retention_hours
+        return int((self.attentive_freshness_hours + 12 if hours is None else hours) * 3_600_000)
+
+    @property
+    def dlq_retention_ms(self) -> int:
+        return int(self.attentive_dlq_retention_days * 86_400_000)
 
 
 def load_settings() -> Settings:

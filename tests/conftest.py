@@ -26,6 +26,8 @@ from worker.processes import RedisServer, WorkerProcess
 from worker.sandbox import Sandbox
 
 TOKEN = "test-token"
+TEST_ERASURE_KEY = b"test-erasure-key"
+"""For tests that queue jobs with `producers.queue.push_jobs` directly, bypassing validation."""
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from producers.producer import Producer
 from producers.queue import push_jobs, ticket_for
 from worker.deadletter import DeadLetters
 
-from conftest import add_fault, delivery_for, make_settings, sandbox_requests
+from conftest import TEST_ERASURE_KEY, add_fault, delivery_for, make_settings, sandbox_requests
 
 EVENT = {"kind": "custom_event", "type": "Order Shipped", "user": {"email": "jane@example.com"}}
 
@@ -63,7 +63,9 @@ def test_replay_requeues_with_fresh_attempts_and_delivers_once(settings, produce
 def test_replay_keeps_a_stale_event_out(redis_server, redis_client, sandbox):
     settings = make_settings(redis_server.url, sandbox.url)
     old = (datetime.now(UTC) - timedelta(hours=13)).isoformat()
-    push_jobs(redis_client, "attentive", [("old", "custom_event", json.dumps({**EVENT, "occurredAt": old}))])
+    push_jobs(
+        redis_client, settings, [("old", "custom_event", json.dumps({**EVENT, "occurredAt": old}))], TEST_ERASURE_KEY
+    )
     assert delivery_for(settings, redis_client).run("old", ticket_for("old", 0)) == "dead:stale"
     assert DeadLetters(redis_client, settings).replay(["old"])["stale"] == ["old"]
     wider = make_settings(redis_server.url, sandbox.url, attentive_freshness_hours=24)

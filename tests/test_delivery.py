@@ -18,7 +18,7 @@ from producers.queue import push_jobs, ticket_for
 from worker.delivery import Delivery
 from worker.sandbox import Sandbox
 
-from conftest import add_fault, delivery_for, make_settings, sandbox_requests
+from conftest import TEST_ERASURE_KEY, add_fault, delivery_for, make_settings, sandbox_requests
 
 EVENT = {"kind": "custom_event", "type": "Order Shipped", "user": {"phone": "+14155552671"}}
 
@@ -121,7 +121,7 @@ def test_a_timeout_is_a_network_error(redis_server, redis_client, sandbox):
 def test_an_event_that_went_stale_in_the_queue_is_not_sent(settings, redis_client, sandbox):
     old = (datetime.now(UTC) - timedelta(hours=12, minutes=1)).isoformat()
     job = json.dumps({**EVENT, "occurredAt": old, "externalEventId": "e-1"})
-    push_jobs(redis_client, settings.attentive_queue, [("stalejob", "custom_event", job)])
+    push_jobs(redis_client, settings, [("stalejob", "custom_event", job)], TEST_ERASURE_KEY)
     assert delivery_for(settings, redis_client).run("stalejob", ticket_for("stalejob", 0)) == "dead:stale"
     assert sandbox_requests(sandbox) == []
     assert "12.0 h old" in dead_entry(redis_client, "stalejob")["detail"]
@@ -150,7 +150,7 @@ def test_attributes_never_go_stale(settings, producer, redis_client, sandbox):
 
 def test_a_job_from_an_older_producer_is_validated_again(settings, redis_client, sandbox):
     bad = json.dumps({"kind": "custom_event", "type": "Bad|Type", "user": {"phone": "+14155552671"}})
-    push_jobs(redis_client, settings.attentive_queue, [("oldjob", "custom_event", bad)])
+    push_jobs(redis_client, settings, [("oldjob", "custom_event", bad)], TEST_ERASURE_KEY)
     assert delivery_for(settings, redis_client).run("oldjob", ticket_for("oldjob", 0)) == "dead:invalid"
     entry = dead_entry(redis_client, "oldjob")
     assert "type: must not contain" in entry["detail"] and "+14155552671" not in entry["detail"]

@@ -92,6 +92,7 @@ def test_a_job_deeper_than_the_scan_in_a_backlog_is_queued_again_and_runs_once(p
     deep = producer.enqueue(EVENT)
     for _ in range(5):
         producer.enqueue(EVENT)
+    redis_client.zadd(keys.QUEUED, {deep: queued_at(redis_client, deep) - 1})  # the oldest, whatever the clock
     now = queued_at(redis_client, deep) + ORPHAN_MS
     # Promoted jobs sit at the consuming end, ahead of it.
     redis_client.rpush("attentive", *(celery_message(f"{i:032x}", f"{i:032x}.1", "attentive") for i in range(3)))

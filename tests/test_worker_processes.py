@@ -22,7 +22,7 @@ from producers.queue import push_jobs
 from worker.counters import stats
 from worker.processes import RedisServer
 
-from conftest import TOKEN, add_fault, make_settings, sandbox_requests, wait_for
+from conftest import TEST_ERASURE_KEY, TOKEN, add_fault, make_settings, sandbox_requests, wait_for
 
 PHONE = "+14155552671"
 
@@ -68,12 +68,13 @@ def test_every_outcome_through_a_real_worker(redis_server, redis_client, sandbox
     old = (datetime.now(UTC) - timedelta(hours=13)).isoformat()
     push_jobs(
         redis_client,
-        "attentive",
+        settings,
         [
             ("stale-job", "custom_event", json.dumps(event("Stale Event", occurredAt=old))),
             ("invalid-job", "custom_event", json.dumps(event("Bad|Type"))),
             ("poison-job", "custom_event", json.dumps(event("Poison Event"))),
         ],
+        TEST_ERASURE_KEY,
     )
     redis_client.hset(keys.job("poison-job"), "history", "{not json")
     total = len(ids) + 3

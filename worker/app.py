@@ -80,7 +80,7 @@ def job_store(settings: Settings) -> JobStore:
         client,
         settings.attentive_queue,
         int(settings.attentive_lease_s * 1000),
-        int(settings.attentive_dead_letter_retention_days * 86_400_000),
+        settings.dlq_retention_ms,
         int(settings.attentive_orphan_s * 1000),
     )
 

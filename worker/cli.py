@@ -370,6 +370,39 @@ def attributes(
 
 
 @cli.command()
+def erase(
+    phone: Annotated[str | None, typer.Option(help="The person's phone number; - reads it from stdin.")] = None,
+    email: Annotated[str | None, typer.Option(help="The person's email address; - reads it from stdin.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Delete every job and dead letter that mentions one person (exactly one of --phone, --email).
+
+    Works while workers run. With ``-`` the value is read from stdin, so it stays out of the
+    shell's history. Afterwards no Redis key holds it (README, "Erasure", for AOF and RDB copies).
+    """
+    from producers.erasure import erase as erase_person
+    from producers.erasure import identifier
+
+    if (phone is None) == (email is None):
+        raise typer.BadParameter("give exactly one of --phone or --email")
+    if phone == "-" or email == "-":
+        value = sys.stdin.readline().strip()
+        phone, email = (value, None) if phone is not None else (None, value)
+    settings = _settings()
+    try:
+        person = identifier(settings, phone=phone, email=email)
+    except InvalidJob as exc:
+        for problem in exc.problems:
+            err.print(str(problem), markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    erased = erase_person(_client(settings), settings, person)
+    if as_json:
+        print(json.dumps({"jobs": erased.jobs, "dead_letters": erased.dead_letters}))
+    else:
+        out.print(f"erased {erased.jobs} jobs and {erased.dead_letters} dead letters")
+
+
+@cli.command()
 def sandbox(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8787,
     rate: Annotated[int, typer.Option(help="Requests per second per endpoint per token.")] = 150,

@@ -1,8 +1,10 @@
 """The counters behind `attentive-relay stats`.
 
-Every job is counted once when enqueued (or replayed) and once when it ends, as delivered or
-as dead-lettered under its reason; ``retries`` counts scheduled retries. So at rest
-``enqueued + replayed == delivered + sum(dead_letter.values())``.
+Every job is counted once when enqueued (or replayed) and once when it ends: as delivered,
+as dead-lettered under its reason, as erased (`attentive-relay erase` deleted it before it
+ended) or as expired (its record outlived ``ATTENTIVE_JOB_RETENTION_HOURS``); ``retries``
+counts scheduled retries. So at rest
+``enqueued + replayed == delivered + sum(dead_letter.values()) + erased + expired``.
 """
 
 from __future__ import annotations
@@ -52,4 +54,6 @@ def stats(client: redis.Redis, queue: str, overdue_after_ms: int = 60_000) -> di
         "queued_overdue": overdue,
         "oldest_queued_s": round(max(0, now_ms - oldest[0][1]) / 1000, 3) if oldest else 0.0,
         "reconciled": counts.get("reconciled", 0),
+        "erased": counts.get("erased", 0),
+        "expired": counts.get("expired", 0),
     }

@@ -3,7 +3,7 @@
 Each entry is a JSON string at `producers.keys.dead` holding the job id, the full job, the
 reason, Attentive's last status and response body (truncated), every attempt, and first/last
 seen times. `producers.keys.DEAD_INDEX` orders them by when they died. Entries expire after
-``ATTENTIVE_DEAD_LETTER_RETENTION_DAYS`` because they hold personal data; the index drops
+``ATTENTIVE_DLQ_RETENTION_DAYS`` because they hold personal data; the index drops
 expired ids lazily.
 
 Replay puts a job back on the queue with a fresh attempt count and a new ticket, in one
@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from producers import freshness, keys
+from producers import erasure, freshness, keys
 from producers.queue import add_job, job_record
 from producers.settings import Settings
 
@@ -60,11 +60,12 @@ class DeadLetters:
         """Queue these jobs again. Returns ``{"replayed": [...], "stale": [...], "missing": [...]}``."""
         out: dict[str, list[str]] = {"replayed": [], "stale": [], "missing": []}
         now = datetime.now(UTC)
+        erasure_key = erasure.secret(self.client, self.settings)
         for job_id in ids:
-            out[self._replay_one(job_id, now)].append(job_id)
+            out[self._replay_one(job_id, now, erasure_key)].append(job_id)
         return out
 
-    def _replay_one(self, job_id: str, now: datetime) -> str:
+    def _replay_one(self, job_id: str, now: datetime, erasure_key: bytes) -> str:
         key = keys.dead(job_id)
         with self.client.pipeline(transaction=True) as pipe:
             try:
@@ -94,7 +95,7 @@ class DeadLetters:
                 pipe.multi()
                 pipe.delete(key)
                 pipe.zrem(keys.DEAD_INDEX, job_id)
-                add_job(pipe, self.settings.attentive_queue, job_id, record, now_ms)
+                add_job(pipe, self.settings, job_id, record, now_ms, erasure_key)
                 pipe.hincrby(keys.STATS, "replayed", 1)
                 pipe.execute()
             except redis.WatchError:

@@ -84,8 +84,12 @@ return 1
 """
 
 # Shared by the scripts that queue a job again. Expects KEYS[3] = queue, KEYS[4] = queued
-# index, ARGV[1] = now_ms, ARGV[3] = message template.
+# index, KEYS[5] = stats, ARGV[1] = now_ms, ARGV[3] = message template.
 _REQUEUE = """
+-- A record that expired (ATTENTIVE_JOB_RETENTION_HOURS) while its id was still indexed.
+local function expired(state)
+  if not state then redis.call('HINCRBY', KEYS[5], 'expired', 1) end
+end
 local function message(id, ticket, kind)
   local msg = string.gsub(ARGV[3], '@JOB@', id)
   msg = string.gsub(msg, '@TICKET@', ticket)
@@ -102,7 +106,7 @@ local function requeue(jk, id)
 end
 """
 
-# KEYS: schedule, leases, queue, queued index
+# KEYS: schedule, leases, queue, queued index, stats
 # ARGV: now_ms, limit, message template, key prefix
 _PROMOTE = (
     _REQUEUE
@@ -111,15 +115,19 @@ local promoted, reaped = 0, 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))) do
   redis.call('ZREM', KEYS[1], id)
   local jk = ARGV[4] .. 'job:' .. id
-  if redis.call('HGET', jk, 'state') == 'scheduled' then requeue(jk, id); promoted = promoted + 1 end
+  local state = redis.call('HGET', jk, 'state')
+  if state == 'scheduled' then requeue(jk, id); promoted = promoted + 1 else expired(state) end
 end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))) do
   redis.call('ZREM', KEYS[2], id)
   local jk = ARGV[4] .. 'job:' .. id
-  if redis.call('HGET', jk, 'state') == 'running' then
+  local state = redis.call('HGET', jk, 'state')
+  if state == 'running' then
     redis.call('HSET', jk, 'lost', ARGV[1])
     requeue(jk, id)
     reaped = reaped + 1
+  else
+    expired(state)
   end
 end
 return {promoted, reaped}
@@ -139,6 +147,7 @@ for _, id in ipairs(ids) do
   local h = redis.call('HMGET', jk, 'state', 'ticket', 'kind')
   if h[1] ~= 'queued' then
     redis.call('ZREM', KEYS[2], id)
+    expired(h[1])
   elseif redis.call('LPOS', KEYS[3], message(id, h[2], h[3] or ''), 'RANK', -1, 'MAXLEN', tonumber(ARGV[6])) then
     -- Still waiting its turn in a backlog: look again after another orphan period.
     redis.call('ZADD', KEYS[2], tonumber(ARGV[1]), id)
@@ -264,7 +273,7 @@ class JobStore:
     def promote(self, now_ms: int, limit: int = 500) -> tuple[int, int]:
         """Queue due retries and reclaim expired leases: (promoted, reaped)."""
         promoted, reaped = self._promote(
-            keys=[keys.SCHEDULE, keys.LEASES, self.queue, keys.QUEUED],
+            keys=[keys.SCHEDULE, keys.LEASES, self.queue, keys.QUEUED, keys.STATS],
             args=[now_ms, limit, self._template, keys.PREFIX],
         )
         return int(promoted), int(reaped)

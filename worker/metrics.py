@@ -16,6 +16,8 @@ metrics endpoints can run, and they agree. All metrics are prefixed ``attentive_
     rate_limit_waits_total  counter  jobs parked until their rate-limit slot
     replayed_total          counter  jobs replayed from the dead-letter queue
     reconciled_total        counter  queued jobs whose broker message was lost, queued again
+    erased_total            counter  jobs deleted by `attentive-relay erase` before they ended
+    expired_total           counter  jobs whose record expired before they ended
     skipped_total           counter  Segment messages skipped, by reason
 """
 
@@ -56,6 +58,8 @@ class RelayCollector(Collector):
             ("rate_limit_waits", "deferred", "Jobs parked until their rate-limit slot."),
             ("replayed", "replayed", "Jobs replayed from the dead-letter queue."),
             ("reconciled", "reconciled", "Queued jobs whose broker message was lost, queued again."),
+            ("erased", "erased", "Jobs deleted by attentive-relay erase before they ended."),
+            ("expired", "expired", "Jobs whose record expired (ATTENTIVE_JOB_RETENTION_HOURS) before they ended."),
         ):
             yield CounterMetricFamily(PREFIX + name, doc, value=s[key])
         dead = CounterMetricFamily(PREFIX + "dead_lettered", "Jobs dead-lettered, by reason.", labels=["reason"])
