@@ -15,10 +15,12 @@ surrogates cannot be encoded. So before any other rule, every value of an input 
   object and the values in it), and no deeper.
 
 `problems` reports each offending value by its field path and the rule, never the value.
+`loads` reads JSON text so that one such value cannot make a whole batch unreadable.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +34,11 @@ MAX_NUMBER = 2**53 - 1
 MAX_NESTING = rules.MAX_DEPTH
 #: Reporting stops here: a list of a million NaNs needs no million-line error.
 MAX_PROBLEMS = 20
+
+#: Nesting kept by `loads`; anything deeper is past `MAX_NESTING` for any batch of messages.
+LOADS_NESTING = 64
+#: Python refuses to convert integer literals longer than this (``sys.int_info``'s default).
+_INT_DIGITS = 4300
 
 NOT_FINITE = "must be a finite number (NaN and Infinity cannot be sent)"
 TOO_LARGE = f"must be a number between -{MAX_NUMBER} and {MAX_NUMBER} (send larger identifiers as strings)"
@@ -112,3 +119,62 @@ def _child(where: str, key: Any, child: Any, depth: int) -> tuple[Any, str, int]
     if not is_unicode(key):
         return _BadName(KEY_NOT_UNICODE), _key_path(where, key), depth
     return child, _key_path(where, key), depth + 1
+
+
+def _read_int(literal: str) -> int:
+    if len(literal) <= _INT_DIGITS:
+        return int(literal)
+    # Too long for int(); any such number is out of bounds, so one just past the bound stands in.
+    return -(MAX_NUMBER + 1) if literal.startswith("-") else MAX_NUMBER + 1
+
+
+def _cut_deep(text: str, keep: int) -> str:
+    """``text`` with every value nested deeper than ``keep`` levels replaced by ``null``.
+
+    Raises ``ValueError`` when a value opened past ``keep`` levels is never closed.
+    """
+    pieces: list[str] = []
+    depth, start, cut_from = 0, 0, -1
+    in_string = escaped = False
+    for i, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth == keep + 1:
+                pieces.append(text[start:i])
+                cut_from = i
+        elif ch in "]}":
+            if depth == keep + 1 and cut_from >= 0:
+                pieces.append("null")
+                start, cut_from = i + 1, -1
+            depth -= 1
+    if cut_from >= 0:
+        raise ValueError("unbalanced brackets: not JSON")
+    pieces.append(text[start:])
+    return "".join(pieces)
+
+
+def loads(text: str | bytes | bytearray) -> Any:
+    """Parse JSON text as ``json.loads`` does, except where that would fail on one hostile value.
+
+    An integer literal too long for Python's ``int()`` becomes one just past `MAX_NUMBER`, and
+    values nested past `LOADS_NESTING` levels (where the parser would raise
+    ``RecursionError``) become ``null``; both sit in places `problems` refuses anyway (out of
+    bounds, nested past `MAX_NESTING`), so the verdict is the same while the rest of a batch
+    stays readable. NaN and Infinity are read, to be refused by path. Raises ``ValueError``
+    for text that is not JSON (``UnicodeDecodeError`` for bytes in no JSON encoding).
+    """
+    if isinstance(text, bytes | bytearray):
+        text = text.decode(json.detect_encoding(text))
+    try:
+        return json.loads(text, parse_int=_read_int)
+    except RecursionError:
+        return json.loads(_cut_deep(text, LOADS_NESTING), parse_int=_read_int)

@@ -7,7 +7,6 @@ pydantic's errors into `Problem` values that name the field and the rule but nev
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -84,8 +83,8 @@ def _decode(data: Any) -> Any:
         if size > rules.MAX_JOB_BYTES:
             raise InvalidJob([Problem("", f"job is larger than {rules.MAX_JOB_BYTES} bytes")])
         try:
-            data = json.loads(data)
-        except (ValueError, RecursionError):
+            data = jsonvalues.loads(data)
+        except ValueError:
             raise InvalidJob([Problem("", "not valid JSON")]) from None
     if not isinstance(data, dict):
         raise InvalidJob([Problem("", "a job must be a JSON object")])

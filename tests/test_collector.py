@@ -168,3 +168,18 @@ def test_poison_messages_get_400_with_problems_and_the_good_ones_of_the_batch_ar
     assert [(p["index"], p["field"]) for p in answer["problems"]] == [
         (i, path) for i, (_, path) in enumerate(poison, 1)
     ]
+
+
+def test_one_message_python_cannot_parse_does_not_make_the_batch_unreadable(collector, redis_client):
+    good = json.dumps({"type": "track", "userId": "u-1", "event": "Fine"})
+    track = '{"type": "track", "userId": "u-1", "event": "X", "properties": '
+    long_number = track + '{"n": ' + "9" * 5000 + "}}"
+    deep = track + '{"d": ' + "[" * 3000 + "]" * 3000 + "}}"
+    body = '{"batch": [' + ", ".join([good, long_number, deep, good]) + "]}"
+    response = httpx.post(collector.url + "/v1/batch", content=body, auth=(KEY, ""))
+    assert response.status_code == 400 and response.json()["accepted"] == 2
+    assert [(p["index"], p["field"][:12]) for p in response.json()["problems"]] == [
+        (1, "properties.n"),
+        (2, "properties.d"),
+    ]
+    assert redis_client.llen("attentive") == 2

@@ -437,3 +437,10 @@ def test_a_model_holding_nan_is_refused_not_serialised_as_null() -> None:
 
     model = CustomAttributes(user=User(email=EMAIL), properties={"score": float("nan")})
     assert [p.field for p in refused(model).problems] == ["properties.score"]
+
+
+def test_json_text_with_a_number_too_long_for_python_or_nesting_too_deep_names_the_field() -> None:
+    long_number = json.dumps(event(properties={"n": 1})).replace('"n": 1', '"n": ' + "9" * 5000)
+    assert [p.field for p in refused(long_number).problems] == ["properties.n"]
+    deep = json.dumps(event(properties={"d": 1})).replace('"d": 1', '"d": ' + "[" * 3000 + "]" * 3000)
+    assert [p.rule for p in refused(deep).problems] == ["nested deeper than 16 levels"]

@@ -19,9 +19,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from producers import jsonvalues
 from producers.connection import from_settings
 from producers.errors import ConfigurationError, InvalidJob, Problem
-from producers.jsonvalues import printable
 from producers.producer import Producer
 from producers.rules import MAX_JOB_BYTES
 from producers.segment import Skip
@@ -72,7 +72,7 @@ def _open(source: str) -> BinaryIO:
 
 def _unreadable(source: str, exc: OSError) -> NoReturn:
     reason = exc.strerror or type(exc).__name__
-    err.print(f"cannot read {printable(source)}: {reason}", markup=False, highlight=False, soft_wrap=True)
+    err.print(f"cannot read {jsonvalues.printable(source)}: {reason}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -91,8 +91,8 @@ def _decode_line(line: bytes) -> Any:
     except UnicodeDecodeError:
         raise InvalidJob([Problem("", "not valid UTF-8 text")]) from None
     try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
+        return jsonvalues.loads(text)
+    except ValueError:
         raise InvalidJob([Problem("", "not valid JSON")]) from None
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import redis
 
-from producers import segment
+from producers import jsonvalues, segment
 from producers.errors import InvalidJob, Problem
 from producers.producer import Producer
 from worker.httpserver import BackgroundHTTPServer
@@ -103,8 +103,10 @@ class _Handler(BaseHTTPRequestHandler):
         if raw is None:
             return None
         try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError):
+            # one hostile message (a 5,000-digit number, 2,000 levels of nesting) must not make
+            # the whole batch unreadable: it is read, then refused on its own
+            body = jsonvalues.loads(raw)
+        except ValueError:
             return self._send(400, {"success": False, "message": "body is not valid JSON"})
         if not isinstance(body, dict):
             return self._send(400, {"success": False, "message": "body must be a JSON object"})
