@@ -58,4 +58,4 @@ def connect(url: str, sentinel_master: str = "mymaster", **options: Any) -> Any:
 
 def from_settings(settings: Settings, **options: Any) -> Any:
     """The client for ``REDIS_URL`` (broker and state)."""
-    return connect(settings.redis_url, settings.redis_sentinel_master, **options)
+    return connect(settings.redis_url.get_secret_value(), settings.redis_sentinel_master, **options)

@@ -16,8 +16,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 
-    redis_url: str = "redis://localhost:6379/0"
-    """Broker and all state: jobs, the retry schedule, dead letters, counters."""
+    redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
+    """Broker and all state: jobs, the retry schedule, dead letters, counters. A secret: the
+    URL may carry the Redis password, so a repr or a traceback shows ``**********``."""
 
     redis_sentinel_master: str = "mymaster"
     """With a ``sentinel://`` REDIS_URL: the name Sentinel knows the primary by."""
@@ -94,7 +95,7 @@ class Settings(BaseSettings):
     Identity resolution defaults to Attentive's published 10/s.
     """
 
-    attentive_rate_limit_redis_url: str | None = None
+    attentive_rate_limit_redis_url: SecretStr | None = None
     """A separate Redis for the rate limiter (may be a ``redis+cluster://`` URL), for example one
     shared by several deployments that use the same token. Defaults to REDIS_URL."""
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx
+from pydantic import SecretStr
 
 from producers.queue import ticket_for
 
@@ -18,7 +19,7 @@ GOOD = {"kind": "custom_event", "type": "Order Shipped", "user": {"phone": "(415
 
 
 def relay(args: list[str], settings, stdin: str | None = None, **env_: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "REDIS_URL": settings.redis_url, "NO_COLOR": "1", "COLUMNS": "200", **env_}
+    env = {**os.environ, "REDIS_URL": settings.redis_url.get_secret_value(), "NO_COLOR": "1", "COLUMNS": "200", **env_}
     return subprocess.run(
         [sys.executable, "-m", "worker.cli", *args],
         input=stdin,
@@ -80,7 +81,7 @@ def test_dlq_list_show_replay_purge(settings, producer, redis_client, sandbox):
 
 
 def test_unreachable_redis_is_a_clear_error(settings):
-    result = relay(["stats"], settings.model_copy(update={"redis_url": "redis://127.0.0.1:9/0"}))
+    result = relay(["stats"], settings.model_copy(update={"redis_url": SecretStr("redis://127.0.0.1:9/0")}))
     assert result.returncode == 3 and "cannot reach Redis" in result.stderr
 
 

@@ -381,7 +381,7 @@ def test_configmap_values_load_into_settings(monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.setenv(name, value)
     settings = Settings()
     assert settings.attentive_queue == _redis_trigger()["listName"]
-    assert settings.redis_url == _configmap()["REDIS_URL"]
+    assert settings.redis_url.get_secret_value() == _configmap()["REDIS_URL"]
 
 
 def test_secret_holds_placeholders_only() -> None:

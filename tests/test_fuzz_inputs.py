@@ -422,7 +422,7 @@ def test_enqueue_command_reads_every_line_and_queues_the_valid_ones(
     redis_client.flushdb()
     args, lines = run
     stdin = b"\n".join(line for line, _ in lines) + b"\n"
-    result = CliRunner().invoke(cli, args, input=stdin, env={"REDIS_URL": settings.redis_url})
+    result = CliRunner().invoke(cli, args, input=stdin, env={"REDIS_URL": settings.redis_url.get_secret_value()})
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     summary = json.loads(result.stdout)
     read = [(n, valid) for n, (line, valid) in enumerate(lines, 1) if line.strip()]

@@ -35,7 +35,7 @@ def test_the_metrics_endpoint_reports_backlog_outcomes_and_reasons(settings, pro
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "worker.cli", "metrics", "--port", str(port)],
-        env={**os.environ, "REDIS_URL": settings.redis_url},
+        env={**os.environ, "REDIS_URL": settings.redis_url.get_secret_value()},
         stdout=subprocess.DEVNULL,
     )
     try:

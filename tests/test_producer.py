@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import redis
+from pydantic import SecretStr
 
 import producers
 from producers import keys
@@ -37,7 +38,7 @@ def test_invalid_job_is_a_value_error_and_nothing_is_queued(producer: Producer, 
 
 
 def test_unreachable_redis_raises_and_nothing_is_half_written(settings):
-    producer = Producer(settings.model_copy(update={"redis_url": "redis://127.0.0.1:9/0"}))
+    producer = Producer(settings.model_copy(update={"redis_url": SecretStr("redis://127.0.0.1:9/0")}))
     with pytest.raises(redis.ConnectionError):
         producer.enqueue({"kind": "custom_event", "type": "x", "user": {"email": "a@example.com"}})
 

@@ -41,16 +41,17 @@ log = logging.getLogger("attentive_relay.worker")
 
 def configure(app: Celery, settings: Settings) -> None:
     lease = settings.attentive_lease_s
+    redis_url = settings.redis_url.get_secret_value()
     transport: dict[str, object] = {"ack_emulation": False}
-    if is_sentinel(settings.redis_url):
+    if is_sentinel(redis_url):
         transport["master_name"] = settings.redis_sentinel_master
-    if settings.redis_url.startswith("rediss://"):
+    if redis_url.startswith("rediss://"):
         # Without this kombu connects to rediss:// with CERT_NONE (it only warns), so the broker,
         # and Flower with it, would send the Redis password to anyone in the middle. ssl_*
         # parameters in the URL (ssl_ca_certs=..., ssl_cert_reqs=...) still replace it.
         app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     app.conf.update(
-        broker_url=settings.redis_url,
+        broker_url=redis_url,
         broker_connection_retry_on_startup=True,
         broker_transport_options=transport,
         task_serializer="json",
@@ -93,7 +94,11 @@ class Runtime:
         self.store = job_store(settings)
         self.client = AttentiveClient(settings)
         limiter_url = settings.attentive_rate_limit_redis_url
-        limiter_redis = connect(limiter_url, settings.redis_sentinel_master) if limiter_url else self.store.client
+        limiter_redis = (
+            connect(limiter_url.get_secret_value(), settings.redis_sentinel_master)
+            if limiter_url
+            else self.store.client
+        )
         self.limiter = RateLimiter(limiter_redis, settings)
         self.delivery = Delivery(settings, self.client, self.store, self.limiter)
 

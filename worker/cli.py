@@ -31,6 +31,8 @@ cli = typer.Typer(
     help="Deliver customer events and attributes to Attentive through Redis and Celery.",
     no_args_is_help=True,
     add_completion=False,
+    # A crash's traceback must not print local variables: they hold settings, URLs, jobs.
+    pretty_exceptions_show_locals=False,
 )
 dlq = typer.Typer(help="Inspect, replay and purge dead-lettered jobs.", no_args_is_help=True)
 cli.add_typer(dlq, name="dlq")

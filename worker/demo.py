@@ -75,7 +75,7 @@ INVALID_SAMPLES: list[dict[str, Any]] = [
 def run_demo(n: int, timeout: float, out: Console) -> int:
     base = load_settings()
     redis_server: RedisServer | None = None
-    redis_url = base.redis_url
+    redis_url = base.redis_url.get_secret_value()
     if not reachable(redis_url):
         redis_server = RedisServer().start()
         redis_url = redis_server.url

@@ -55,6 +55,10 @@ def configure(level: int | str = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # httpx logs every request URL at INFO (with credentials, if a URL carries them), doubling
+    # the volume; the delivery's own line already records each attempt.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     if os.environ.get("ATTENTIVE_LOG_CELERY_TASKS", "").lower() not in ("1", "true", "yes"):
         # The delivery's own line says everything about an attempt; Celery's "received" and
         # "succeeded" lines would triple the log volume (and its CPU) for nothing new.
