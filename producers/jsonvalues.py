@@ -50,6 +50,8 @@ TOO_DEEP = f"nested deeper than {rules.MAX_DEPTH} levels"
 
 def is_unicode(text: str) -> bool:
     """True when ``text`` can be written as UTF-8 (it holds no lone surrogate)."""
+    if text.isascii():
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -62,10 +64,23 @@ def printable(text: str) -> str:
     return text if is_unicode(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _key_path(path: str, key: str) -> str:
-    # A name that cannot be encoded must not break the error message that names it.
-    name = printable(key)
-    return f"{path}.{name}" if path else name
+# A member's place as (parent's place, key or index), None at the root: the walk builds no
+# path strings, only the places of what it reports are written out.
+_Place = tuple[Any, str | int] | None
+
+
+def _path(root: str, place: _Place) -> str:
+    parts: list[str | int] = []
+    while place is not None:
+        place, part = place
+        parts.append(part)
+    out = root
+    for part in reversed(parts):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:  # a name that cannot be encoded must not break the message that names it
+            out = f"{out}.{printable(part)}" if out else printable(part)
+    return out
 
 
 def _scalar_rule(value: Any) -> str | None:
@@ -82,30 +97,6 @@ def _scalar_rule(value: Any) -> str | None:
     return None  # other types are for the models to judge
 
 
-def problems(value: Any, path: str = "") -> list[Problem]:
-    """Every value in ``value`` that JSON cannot carry faithfully, at most `MAX_PROBLEMS`.
-
-    Walks dicts, lists and tuples without recursion, so hostile nesting cannot raise
-    ``RecursionError``; a container deeper than `MAX_NESTING` is reported once, at its path,
-    and not entered. Never raises.
-    """
-    found: list[Problem] = []
-    stack: list[tuple[Any, str, int]] = [(value, path, 1)]
-    while stack and len(found) < MAX_PROBLEMS:
-        current, where, depth = stack.pop()
-        if isinstance(current, _BadName):
-            found.append(Problem(where, current.rule))
-        elif isinstance(current, dict | list | tuple) and depth > MAX_NESTING:
-            found.append(Problem(where, TOO_DEEP))
-        elif isinstance(current, dict):
-            stack.extend(reversed([_child(where, key, child, depth) for key, child in current.items()]))
-        elif isinstance(current, list | tuple):
-            stack.extend(reversed([(child, f"{where}[{i}]", depth + 1) for i, child in enumerate(current)]))
-        elif rule := _scalar_rule(current):
-            found.append(Problem(where, rule))
-    return found
-
-
 @dataclass(frozen=True)
 class _BadName:
     """Stands in a walk for a member whose name is refused, so problems keep document order."""
@@ -113,12 +104,36 @@ class _BadName:
     rule: str
 
 
-def _child(where: str, key: Any, child: Any, depth: int) -> tuple[Any, str, int]:
-    if not isinstance(key, str):
-        return _BadName(KEY_NOT_TEXT), where, depth
-    if not is_unicode(key):
-        return _BadName(KEY_NOT_UNICODE), _key_path(where, key), depth
-    return child, _key_path(where, key), depth + 1
+def problems(value: Any, path: str = "") -> list[Problem]:
+    """Every value in ``value`` that JSON cannot carry faithfully, at most `MAX_PROBLEMS`.
+
+    Walks dicts, lists and tuples without recursion, so hostile nesting cannot raise
+    ``RecursionError``; a container deeper than `MAX_NESTING` is reported once, at its path,
+    and not entered. Field paths start at ``path``. Never raises.
+    """
+    found: list[Problem] = []
+    stack: list[tuple[Any, _Place, int]] = [(value, None, 1)]
+    while stack and len(found) < MAX_PROBLEMS:
+        current, place, depth = stack.pop()
+        if isinstance(current, dict | list | tuple) and depth > MAX_NESTING:
+            found.append(Problem(_path(path, place), TOO_DEEP))
+        elif isinstance(current, dict):
+            members: list[tuple[Any, _Place, int]] = []
+            for key, child in current.items():
+                if not isinstance(key, str):
+                    members.append((_BadName(KEY_NOT_TEXT), place, depth))
+                elif not is_unicode(key):
+                    members.append((_BadName(KEY_NOT_UNICODE), (place, key), depth))
+                else:
+                    members.append((child, (place, key), depth + 1))
+            stack.extend(reversed(members))
+        elif isinstance(current, list | tuple):
+            stack.extend(reversed([(child, (place, i), depth + 1) for i, child in enumerate(current)]))
+        elif isinstance(current, _BadName):
+            found.append(Problem(_path(path, place), current.rule))
+        elif rule := _scalar_rule(current):
+            found.append(Problem(_path(path, place), rule))
+    return found
 
 
 def _read_int(literal: str) -> int:
