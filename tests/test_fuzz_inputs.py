@@ -50,7 +50,8 @@ from conftest import make_settings
 hypothesis.settings.register_profile(
     "fuzz",
     deadline=None,
-    database=None,  # no .hypothesis/ in the working tree; failures print their reproducer
+    database=None,  # no .hypothesis/ in the working tree
+    print_blob=True,  # a failure prints the @reproduce_failure line that replays it
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 

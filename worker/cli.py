@@ -2,7 +2,7 @@
 and the demo. Output with ``--json`` is part of the contract: keys stay stable.
 
 Exit status: 0 on success, 1 when some input was invalid or an entry was not found, 2 on usage
-errors (typer's), 3 when Redis cannot be reached.
+errors (typer's) and input files that cannot be read, 3 when Redis cannot be reached.
 """
 
 from __future__ import annotations
