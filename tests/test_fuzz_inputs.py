@@ -243,14 +243,30 @@ valid_jobs = st.one_of(
 
 def _slots(value: Any) -> Iterator[tuple[Any, Any]]:
     """(container, key) for every member of every object and array in ``value``."""
+    for container, key, _ in _placed_slots(value):
+        yield container, key
+
+
+def _placed_slots(value: Any, path: str = "") -> Iterator[tuple[Any, Any, str]]:
+    """(container, key, field path as problems write it) for every member in ``value``."""
     if isinstance(value, dict):
         for key, child in value.items():
-            yield value, key
-            yield from _slots(child)
+            where = f"{path}.{key}" if path else key
+            yield value, key, where
+            yield from _placed_slots(child, where)
     elif isinstance(value, list):
         for i, child in enumerate(value):
-            yield value, i
-            yield from _slots(child)
+            yield value, i, f"{path}[{i}]"
+            yield from _placed_slots(child, f"{path}[{i}]")
+
+
+@st.composite
+def poisoned(draw: st.DrawFn, base: st.SearchStrategy[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    """A valid input with one member made a value JSON cannot carry, and that member's path."""
+    value = copy.deepcopy(draw(base))
+    container, key, path = draw(st.sampled_from(list(_placed_slots(value))))
+    container[key] = draw(poison)
+    return value, path
 
 
 @st.composite
@@ -382,6 +398,22 @@ def test_prepare_segment_refuses_cleanly_or_maps(message: Any, rename_keys: bool
         assert_clean_refusal(err)
         return
     assert not has_poison(message), "a Segment message with a value JSON cannot carry was accepted"
+
+
+@examples(400)
+@given(case=poisoned(valid_jobs) | poisoned(valid_messages) | poisoned(product_viewed), as_text=st.booleans())
+def test_a_value_json_cannot_carry_is_refused_at_its_path(
+    case: tuple[dict[str, Any], str], as_text: bool, producer: Producer
+) -> None:
+    value, path = case
+    data = json.dumps(value, allow_nan=True) if as_text else value
+    with pytest.raises(InvalidJob) as caught:
+        if "kind" in value:
+            producer.prepare(data)
+        else:
+            producer.prepare_segment(json.loads(data) if as_text else data)
+    assert_clean_refusal(caught.value)
+    assert path in [p.field for p in caught.value.problems]
 
 
 # ---------------------------------------------------------------- enqueue_many, real Redis
