@@ -37,8 +37,6 @@ MAX_PROBLEMS = 20
 
 #: Nesting kept by `loads`; anything deeper is past `MAX_NESTING` for any batch of messages.
 LOADS_NESTING = 64
-#: Python refuses to convert integer literals longer than this (``sys.int_info``'s default).
-_INT_DIGITS = 4300
 
 NOT_FINITE = "must be a finite number (NaN and Infinity cannot be sent)"
 TOO_LARGE = f"must be a number between -{MAX_NUMBER} and {MAX_NUMBER} (send larger identifiers as strings)"
@@ -137,10 +135,11 @@ def problems(value: Any, path: str = "") -> list[Problem]:
 
 
 def _read_int(literal: str) -> int:
-    if len(literal) <= _INT_DIGITS:
-        return int(literal)
-    # Too long for int(); any such number is out of bounds, so one just past the bound stands in.
-    return -(MAX_NUMBER + 1) if literal.startswith("-") else MAX_NUMBER + 1
+    # A JSON integer of more digits than MAX_NUMBER has is past it whatever its value; reading
+    # it as one just past the bound spares int() the literals it refuses (over 4,300 digits).
+    if len(literal.lstrip("-")) > len(str(MAX_NUMBER)):
+        return -(MAX_NUMBER + 1) if literal.startswith("-") else MAX_NUMBER + 1
+    return int(literal)
 
 
 def _cut_deep(text: str, keep: int) -> str:
@@ -180,11 +179,11 @@ def _cut_deep(text: str, keep: int) -> str:
 def loads(text: str | bytes | bytearray) -> Any:
     """Parse JSON text as ``json.loads`` does, except where that would fail on one hostile value.
 
-    An integer literal too long for Python's ``int()`` becomes one just past `MAX_NUMBER`, and
-    values nested past `LOADS_NESTING` levels (where the parser would raise
-    ``RecursionError``) become ``null``; both sit in places `problems` refuses anyway (out of
-    bounds, nested past `MAX_NESTING`), so the verdict is the same while the rest of a batch
-    stays readable. NaN and Infinity are read, to be refused by path. Raises ``ValueError``
+    An integer literal with more digits than `MAX_NUMBER` (which Python's ``int()`` refuses
+    past 4,300 digits) becomes one just past `MAX_NUMBER`, and values nested past
+    `LOADS_NESTING` levels (where the parser would raise ``RecursionError``) become ``null``;
+    both sit in places `problems` refuses anyway (out of bounds, nested past `MAX_NESTING`), so
+    the verdict is the same while the rest of a batch stays readable. NaN and Infinity are read, to be refused by path. Raises ``ValueError``
     for text that is not JSON (``UnicodeDecodeError`` for bytes in no JSON encoding).
     """
     if isinstance(text, bytes | bytearray):
