@@ -91,7 +91,7 @@ class Bench:
         self.http.post("/__sandbox/config", json={"rate": rate, "latency_ms": latency_ms, "fail_rate": 0})
 
     def records(self) -> list[dict[str, Any]]:
-        return self.http.get("/__sandbox/requests").json()
+        return self.http.get("/__sandbox/requests", headers={"Authorization": f"Bearer {TOKEN}"}).json()
 
     def settings(self, **overrides: Any) -> Settings:
         return Settings(

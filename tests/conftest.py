@@ -131,7 +131,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 
 
 def sandbox_requests(sb: Sandbox) -> list[dict[str, Any]]:
-    return httpx.get(f"{sb.url}/__sandbox/requests").json()
+    return httpx.get(f"{sb.url}/__sandbox/requests", headers={"Authorization": f"Bearer {TOKEN}"}).json()
 
 
 def add_fault(sb: Sandbox, **fault: Any) -> None:

@@ -53,6 +53,15 @@ def test_401_without_or_with_wrong_token(sandbox: Sandbox, headers: dict[str, st
     assert [(r["path"], r["status"]) for r in sandbox_requests(sandbox)] == [(CUSTOM, 401)]
 
 
+def test_recorded_bodies_are_served_only_with_the_token(sandbox: Sandbox, api: httpx.Client) -> None:
+    api.post(CUSTOM, json=event())
+    for headers in ({}, {"Authorization": "Bearer wrong-token"}):
+        response = httpx.get(f"{sandbox.url}/__sandbox/requests", headers=headers)
+        assert response.status_code == 401 and PHONE not in response.text
+    assert httpx.get(f"{sandbox.url}/__sandbox/stats").json() == {f"{CUSTOM} 200": 1}, "counts stay open"
+    assert sandbox_requests(sandbox)[0]["body"]["user"]["phone"] == PHONE
+
+
 def test_valid_custom_event_accepted_and_recorded(sandbox: Sandbox, api: httpx.Client) -> None:
     body = event()
     response = api.post(CUSTOM, json=body)

@@ -200,7 +200,7 @@ def test_flower_sees_ids_not_personal_data(settings, producer, redis_client, san
     assert job_id in raw and PHONE not in raw and "value-123" not in raw
     start_worker()
     wait_for(lambda: stats(redis_client, "attentive")["delivered"] == 1, 30, "delivery")
-    assert httpx.get(sandbox.url + "/__sandbox/requests").json()[0]["body"]["user"]["phone"] == PHONE
+    assert sandbox_requests(sandbox)[0]["body"]["user"]["phone"] == PHONE
 
 
 def test_a_redis_restart_loses_nothing(tmp_path, sandbox, start_worker):

@@ -28,6 +28,7 @@ from worker.processes import RedisServer, WorkerProcess, reachable
 from worker.sandbox import Sandbox
 
 TOKEN = "demo-token"  # noqa: S105 - the sandbox's, not a real credential
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 QUEUE = "attentive-demo"
 
 
@@ -117,7 +118,7 @@ def run_demo(n: int, timeout: float, out: Console) -> int:
             _summary(before, after, out)
             for entry in DeadLetters(producer.client, settings).list(limit=5):
                 out.print(f"dead letter {entry['job_id']}: {entry['reason']} ({entry['detail']})", highlight=False)
-            out.print(f"Sandbox saw {len(httpx.get(sandbox.url + '/__sandbox/requests').json())} requests")
+            out.print(f"Sandbox saw {len(httpx.get(sandbox.url + '/__sandbox/requests', headers=AUTH).json())} requests")
             return 0 if done else 1
     finally:
         if worker is not None:

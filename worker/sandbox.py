@@ -6,9 +6,10 @@ with the problems listed), enforces per-endpoint-per-token limits with 429s and
 Attentive describes it), and can inject 5xx, latency and timeouts. Events older than the
 freshness window are answered 200 and recorded as ``dropped_stale``, as Attentive does.
 
-Control endpoints (no auth; the sandbox only listens where you tell it, 127.0.0.1 by default):
+Control endpoints (the sandbox only listens where you tell it, 127.0.0.1 by default):
 
-    GET  /__sandbox/requests   every request seen: path, status, body, time
+    GET  /__sandbox/requests   every request seen: path, status, body, time (bodies hold
+                               personal data: needs the sandbox's Bearer token when it has one)
     GET  /__sandbox/stats      counts by path and status
     POST /__sandbox/faults     {"status": 503, "times": 2, "type": "Order Shipped",
                                 "retry_after": 1, "delay_ms": 0, "path": "/v1/events/custom"}
@@ -131,9 +132,6 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         s = self.state
-        if url.path == "/__sandbox/requests":
-            with s.lock:
-                return self._send(200, [dict(r) for r in s.requests])
         if url.path == "/__sandbox/stats":
             with s.lock:
                 counts = Counter(f"{r['path']} {r['status']}" for r in s.requests)
@@ -141,6 +139,9 @@ class _Handler(BaseHTTPRequestHandler):
         token = self._token()
         if token is None:
             return self._send(401, {"status": 401, "error": "Unauthorized"})
+        if url.path == "/__sandbox/requests":
+            with s.lock:
+                return self._send(200, [dict(r) for r in s.requests])
         if url.path == "/v1/me":
             return self._send(200, {"applicationName": "attentive-relay sandbox", "companyName": "Sandbox"})
         if url.path == "/v1/attributes/custom":
