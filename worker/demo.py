@@ -118,7 +118,8 @@ def run_demo(n: int, timeout: float, out: Console) -> int:
             _summary(before, after, out)
             for entry in DeadLetters(producer.client, settings).list(limit=5):
                 out.print(f"dead letter {entry['job_id']}: {entry['reason']} ({entry['detail']})", highlight=False)
-            out.print(f"Sandbox saw {len(httpx.get(sandbox.url + '/__sandbox/requests', headers=AUTH).json())} requests")
+            seen = httpx.get(sandbox.url + "/__sandbox/requests", headers=AUTH).json()
+            out.print(f"Sandbox saw {len(seen)} requests")
             return 0 if done else 1
     finally:
         if worker is not None:
