@@ -1,10 +1,13 @@
-"""deploy/: the Kubernetes manifests, the KEDA ScaledObject, docker-compose.yml and the Dockerfile.
+"""deploy/: the Kubernetes manifests, the KEDA ScaledObject, docker-compose.yml and the Dockerfile,
+and the hash-pinned lock files they and scripts/install install from.
 
 Everything is checked offline against real schemas: the Kubernetes OpenAPI schemas shipped with
 kubernetes-validate (strict: unknown fields fail), a schema written here for the ScaledObject
 fields we use (KEDA's CRD is not in kubernetes-validate), and the Compose specification vendored
 in deploy/schema/. The cross-checks then tie the files to each other and to the code: queue
-names, grace periods, env var names, image and user, CLI subcommands.
+names, grace periods, env var names, image and user, CLI subcommands, which secrets each role
+reads, which pods the NetworkPolicies let reach Redis, pinned images, and the locks against
+pyproject.toml.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +25,8 @@ import kubernetes_validate
 import pytest
 import typer
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from producers.settings import Settings
 from worker.cli import cli
@@ -32,6 +38,9 @@ COMPOSE = DEPLOY / "docker-compose.yml"
 COMPOSE_SPEC = DEPLOY / "schema" / "compose_spec.json"
 # compose/config/compose_spec.json from the docker-compose 1.29.2 wheel, unchanged.
 COMPOSE_SPEC_SHA256 = "0dc04bd346dcfee1b1419628fff79937bbf076925f298f272a2b490e2b112bac"
+PYPROJECT = ROOT / "pyproject.toml"
+LOCK = ROOT / "requirements" / "lock.txt"
+TEST_LOCK = ROOT / "requirements" / "test-lock.txt"
 
 NAMESPACE = "attentive-relay"
 WORKER = "attentive-relay-worker"
@@ -39,6 +48,14 @@ FLOWER = "attentive-relay-flower"
 COLLECTOR = "attentive-relay-collector"
 CONFIG = "attentive-relay-config"
 SECRETS = "attentive-relay-secrets"
+REDIS = "redis"
+REDIS_PORT = 6379
+# The secrets each role reads, and no others.
+ROLE_SECRETS = {
+    WORKER: {"REDIS_URL", "ATTENTIVE_API_TOKEN", "SENTRY_DSN"},
+    FLOWER: {"REDIS_URL", "FLOWER_BASIC_AUTH"},
+    COLLECTOR: {"REDIS_URL", "COLLECTOR_WRITE_KEYS"},
+}
 
 # An older Kubernetes minor still found on managed clusters, and the newest schema shipped.
 K8S_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
@@ -121,6 +138,66 @@ def _secret() -> dict[str, str]:
     return _obj("Secret", SECRETS)["stringData"]
 
 
+def _redis_url() -> str:
+    """Every role's REDIS_URL: a Secret key, since it carries Redis' password when there is one."""
+    return _secret()["REDIS_URL"]
+
+
+def _secret_keys_read(container: dict[str, Any]) -> set[str]:
+    """Every Secret key a container gets: key by key (secretKeyRef) or whole Secrets (envFrom)."""
+    objects = {(o["kind"], o["metadata"]["name"]): o for _, o in MANIFESTS}
+    keys = set()
+    for source in container.get("envFrom", []):
+        if "secretRef" in source:
+            keys |= set(objects["Secret", source["secretRef"]["name"]]["stringData"])
+    for e in container.get("env", []):
+        ref = e.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            keys.add(ref["key"])
+    return keys
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a Kubernetes label selector (matchLabels and matchExpressions) selects labels."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def _pods() -> dict[str, dict[str, str]]:
+    """The pod template labels of every Deployment and StatefulSet, by workload name."""
+    return {
+        o["metadata"]["name"]: o["spec"]["template"]["metadata"]["labels"]
+        for _, o in MANIFESTS
+        if o["kind"] in ("Deployment", "StatefulSet")
+    }
+
+
+def _policies() -> list[dict[str, Any]]:
+    return [o for _, o in MANIFESTS if o["kind"] == "NetworkPolicy"]
+
+
+def _ingress_rules_for(labels: dict[str, str]) -> list[dict[str, Any]]:
+    """The ingress rules that admit traffic to a pod with these labels (policies are additive)."""
+    return [
+        rule
+        for policy in _policies()
+        if "Ingress" in policy["spec"].get("policyTypes", ["Ingress"])
+        and _selects(policy["spec"]["podSelector"], labels)
+        for rule in policy["spec"].get("ingress", [])
+    ]
+
+
 def _soft_shutdown_s() -> float:
     from worker.app import app
 
@@ -149,6 +226,8 @@ def test_manifests_hold_every_role_in_one_namespace() -> None:
         ("Service", FLOWER),
         ("Deployment", COLLECTOR),
         ("Service", COLLECTOR),
+        ("NetworkPolicy", "default-deny-ingress"),
+        ("NetworkPolicy", REDIS),
     ]:
         assert expected in kinds
     for f, obj in MANIFESTS:
@@ -300,7 +379,7 @@ def test_scaledobject_scales_the_worker_on_its_queue() -> None:
 
 
 def test_scaledobject_watches_the_redis_of_redis_url() -> None:
-    url = urlsplit(_configmap()["REDIS_URL"])
+    url = urlsplit(_redis_url())
     assert url.scheme == "redis"
     host, port = _redis_trigger()["address"].rsplit(":", 1)
     # KEDA runs in its own namespace, so the address is the FQDN of the same Service.
@@ -329,7 +408,9 @@ def test_worker_reads_config_and_secret_and_is_probed_and_bounded() -> None:
     pod = worker["spec"]["template"]["spec"]
     c = _container(worker)
     assert {"configMapRef": {"name": CONFIG}} in c["envFrom"]
-    assert {"secretRef": {"name": SECRETS}} in c["envFrom"]
+    env = {e["name"]: e for e in c["env"]}
+    for name in ("REDIS_URL", "ATTENTIVE_API_TOKEN", "SENTRY_DSN"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == SECRETS
     assert c["readinessProbe"]["exec"]["command"] == ["attentive-relay", "check"]
     # An outage of Redis or Attentive fails check; restarting workers would not help then.
     assert "livenessProbe" not in c
@@ -339,6 +420,33 @@ def test_worker_reads_config_and_secret_and_is_probed_and_bounded() -> None:
     assert c["command"][:4] == ["celery", "-A", "worker", "worker"]
     assert _option(c["command"], "--pool", "-P") == "threads"
     assert int(_option(c["command"], "--concurrency", "-c")) == 24
+
+
+def test_each_role_reads_only_its_own_secrets() -> None:
+    """A worker never holds Flower's password or the write keys; Flower and the collector never
+    hold the API token. So no container takes a whole Secret through envFrom."""
+    for name, expected in ROLE_SECRETS.items():
+        c = _container(_obj("Deployment", name))
+        assert not [s for s in c.get("envFrom", []) if "secretRef" in s], (
+            f"{name}: envFrom secretRef hands over every key"
+        )
+        assert _secret_keys_read(c) == expected, name
+    worker = _secret_keys_read(_container(_obj("Deployment", WORKER)))
+    assert not worker & {"FLOWER_BASIC_AUTH", "COLLECTOR_WRITE_KEYS"}
+    # Every key of the Secret is read by some role (no forgotten secret lying around).
+    assert set(_secret()) == set().union(*ROLE_SECRETS.values())
+
+
+def test_redis_url_is_a_secret_not_config() -> None:
+    """REDIS_URL carries Redis' password when there is one: never in the ConfigMap."""
+    assert "REDIS_URL" not in _configmap()
+    url = urlsplit(_redis_url())
+    assert url.scheme == "redis"
+    # The committed value is redis.yaml's password-less Redis, or a placeholder password.
+    assert url.password is None or url.password.startswith(PLACEHOLDER)
+    for name in ROLE_SECRETS:
+        env = {e["name"]: e for e in _container(_obj("Deployment", name)).get("env", [])}
+        assert env["REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": SECRETS, "key": "REDIS_URL"}, name
 
 
 def test_every_env_name_is_a_setting_or_a_known_extra() -> None:
@@ -379,21 +487,25 @@ def test_configmap_values_load_into_settings(monkeypatch: pytest.MonkeyPatch) ->
     for name, value in _configmap().items():
         assert isinstance(value, str), name
         monkeypatch.setenv(name, value)
+    monkeypatch.setenv("REDIS_URL", _redis_url())
     settings = Settings()
     assert settings.attentive_queue == _redis_trigger()["listName"]
-    assert settings.redis_url.get_secret_value() == _configmap()["REDIS_URL"]
+    assert settings.redis_url.get_secret_value() == _redis_url()
 
 
 def test_secret_holds_placeholders_only() -> None:
     secret = _obj("Secret", SECRETS)
     assert "data" not in secret, "base64 data hides what is committed; use stringData placeholders"
     assert set(secret["stringData"]) == {
+        "REDIS_URL",
         "ATTENTIVE_API_TOKEN",
         "FLOWER_BASIC_AUTH",
         "COLLECTOR_WRITE_KEYS",
         "SENTRY_DSN",
     }
     for name, value in secret["stringData"].items():
+        if name == "REDIS_URL":
+            continue  # redis.yaml's password-less Redis; test_redis_url_is_a_secret_not_config
         assert value == "" or value.startswith(PLACEHOLDER), f"{name} does not look like a placeholder"
         # Once the markers are removed only lower-case words remain: no digits, no mixed case.
         assert re.fullmatch(r"[a-z:,_-]*", value.replace(PLACEHOLDER, "")), f"{name} looks like a real value"
@@ -402,7 +514,8 @@ def test_secret_holds_placeholders_only() -> None:
 def test_no_token_like_strings_anywhere_in_deploy() -> None:
     for path in [*K8S.glob("*.yaml"), COMPOSE]:
         for line in path.read_text(encoding="utf-8").splitlines():
-            value = line.split("#", 1)[0]
+            # An image digest is the one long hex string allowed.
+            value = re.sub(r"@sha256:[0-9a-f]{64}\b", "", line.split("#", 1)[0])
             assert not re.search(r"(?<![A-Za-z0-9])[A-Za-z0-9+/]{32,}={0,2}", value), f"{path.name}: {line}"
 
 
@@ -441,8 +554,10 @@ def test_one_image_and_one_non_root_user_for_every_role() -> None:
     relay = [o for _, o in MANIFESTS if o["kind"] == "Deployment"]
     assert {_container(o)["image"] for o in relay} == {"attentive-relay:0.1.0"}
     dockerfile = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
-    assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.M)
-    assert re.search(r"^RUN pip install \.", dockerfile, re.M)
+    assert re.search(r"^FROM python:3\.11\.\d+-slim", dockerfile, re.M)
+    # The dependencies from the lock, hashes checked; then the project alone.
+    assert re.search(r"^RUN pip install --require-hashes -r requirements/lock\.txt\s*$", dockerfile, re.M)
+    assert re.search(r"^RUN pip install --no-deps \.", dockerfile, re.M)
     user = re.findall(r"^USER (\d+)(?::(\d+))?\s*$", dockerfile, re.M)
     assert len(user) == 1, "the image's USER must be numeric, or runAsNonRoot cannot verify it"
     uid, gid = int(user[0][0]), int(user[0][1] or user[0][0])
@@ -451,6 +566,124 @@ def test_one_image_and_one_non_root_user_for_every_role() -> None:
         ctx = o["spec"]["template"]["spec"]["securityContext"]
         assert ctx["runAsNonRoot"] is True
         assert (ctx["runAsUser"], ctx["runAsGroup"]) == (uid, gid)
+
+
+# --- Pinned images ----------------------------------------------------------------------------
+
+# name:X.Y.Z (an exact release, optionally with a variant such as -slim-bookworm), optionally
+# followed by the image's digest. `redis:7`, `redis:7.4`, `python:3.11-slim` or `latest` are not.
+PINNED_IMAGE = re.compile(r"^[a-z0-9./_-]+:\d+\.\d+\.\d+(?:-[a-z0-9.-]+)?(?:@sha256:[0-9a-f]{64})?$")
+
+
+def _images() -> dict[str, str]:
+    """Every image deploy/ pulls, mapped to where: Dockerfile FROMs, manifests, Compose."""
+    images = {}
+    for n, line in enumerate((DEPLOY / "Dockerfile").read_text(encoding="utf-8").splitlines(), 1):
+        if m := re.match(r"^FROM\s+(?:--platform=\S+\s+)?(\S+)", line):
+            images[m.group(1)] = f"Dockerfile:{n}"
+    for f, obj in MANIFESTS:
+        if obj["kind"] in ("Deployment", "StatefulSet"):
+            pod = obj["spec"]["template"]["spec"]
+            for c in [*pod.get("initContainers", []), *pod["containers"]]:
+                images[c["image"]] = f"{f}:{obj['metadata']['name']}"
+    for name, svc in _compose()["services"].items():
+        # A service that is built here (`build:`) tags its own image; the others are pulled.
+        if "build" not in svc:
+            images[svc["image"]] = f"docker-compose.yml:{name}"
+    return images
+
+
+def test_every_image_is_pinned_to_an_exact_version() -> None:
+    images = _images()
+    assert any(i.startswith("redis:") for i in images) and any(i.startswith("python:") for i in images)
+    loose = {image: where for image, where in images.items() if not PINNED_IMAGE.match(image)}
+    assert not loose, f"images not pinned to an exact version: {loose}"
+    # Upstream images carry their digest too (the relay's own image is built here).
+    for image, where in images.items():
+        if not image.startswith("attentive-relay:"):
+            assert "@sha256:" in image, f"{where}: {image} has no digest"
+
+
+def test_compose_and_kubernetes_run_the_same_redis() -> None:
+    redis_sets = [o for _, o in MANIFESTS if o["kind"] == "StatefulSet" and o["metadata"]["name"] == REDIS]
+    if not redis_sets:
+        pytest.skip("no Redis StatefulSet in deploy/kubernetes")
+    assert _container(redis_sets[0])["image"] == _compose()["services"]["redis"]["image"]
+
+
+# --- NetworkPolicy ------------------------------------------------------------------------------
+
+
+def _redis_pod() -> dict[str, str]:
+    return _pods()[REDIS]
+
+
+def test_namespace_denies_ingress_by_default() -> None:
+    deny = [
+        p
+        for p in _policies()
+        if p["spec"]["podSelector"] == {} and "Ingress" in p["spec"]["policyTypes"] and not p["spec"].get("ingress")
+    ]
+    assert deny, "no default-deny ingress policy (podSelector {} with no ingress rule)"
+
+
+def test_only_the_relay_and_keda_reach_redis() -> None:
+    rules = _ingress_rules_for(_redis_pod())
+    assert rules, "no NetworkPolicy admits anything to Redis"
+    relay_roles = {name: labels for name, labels in _pods().items() if name != REDIS}
+    assert {WORKER, FLOWER, COLLECTOR} <= relay_roles.keys()
+    admitted: set[str] = set()
+    keda = False
+    for rule in rules:
+        # Redis' port only, and each rule names its peers: an empty `from` admits everyone.
+        assert [(p.get("protocol", "TCP"), p["port"]) for p in rule["ports"]] == [("TCP", REDIS_PORT)]
+        assert rule.get("from"), "an ingress rule without `from` admits every source"
+        for peer in rule["from"]:
+            assert "ipBlock" not in peer, "Redis is reached by pods, never by an address range"
+            if "namespaceSelector" in peer:
+                # KEDA's operator, in its own namespace, and only it.
+                assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}
+                assert peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "keda-operator"}}
+                keda = True
+                continue
+            # A podSelector alone: pods of this namespace. It picks the relay's roles and nothing
+            # else: not Redis itself, not an unlabelled pod, not another app's pod.
+            selector = peer["podSelector"]
+            assert selector, "an empty podSelector admits every pod of the namespace"
+            picked = {name for name, labels in _pods().items() if _selects(selector, labels)}
+            assert REDIS not in picked
+            admitted |= picked
+            assert not _selects(selector, {})
+            assert not _selects(selector, {"app.kubernetes.io/name": "something-else"})
+            assert not _selects(selector, {"app.kubernetes.io/part-of": "attentive-relay"})
+    assert admitted == relay_roles.keys(), f"relay roles admitted to Redis: {sorted(admitted)}"
+    assert keda, "KEDA's operator reads the queue length: it must reach Redis"
+    assert int(_redis_trigger()["address"].rsplit(":", 1)[1]) == REDIS_PORT
+
+
+def test_collector_and_flower_are_reachable_inside_the_cluster_only() -> None:
+    for name, port in ((COLLECTOR, 8788), (FLOWER, 5555)):
+        rules = _ingress_rules_for(_pods()[name])
+        ports = {p["port"] for rule in rules for p in rule.get("ports", [])}
+        assert ports == {port}, f"{name}: ports admitted {ports}"
+        for rule in rules:
+            assert rule.get("from"), f"{name}: a rule without `from` also admits outside addresses"
+            for peer in rule["from"]:
+                assert "ipBlock" not in peer, f"{name}: cluster-internal, no address ranges"
+
+
+def test_every_listening_port_is_admitted_and_nothing_else() -> None:
+    """Under default deny, each container port is reachable only where a policy opens it."""
+    for _, obj in MANIFESTS:
+        if obj["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        labels = obj["spec"]["template"]["metadata"]["labels"]
+        declared = {
+            p["containerPort"] for c in obj["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])
+        }
+        admitted = {p["port"] for rule in _ingress_rules_for(labels) for p in rule.get("ports", [])}
+        assert all(isinstance(p, int) for p in admitted), "name ports by number in policies"
+        assert admitted == declared, f"{obj['metadata']['name']}: ports {declared}, policies admit {admitted}"
 
 
 # --- The commands the files run -----------------------------------------------------------------
@@ -511,7 +744,7 @@ def test_compose_file_validates_against_the_compose_spec() -> None:
 
 def test_compose_redis_persists_and_never_evicts() -> None:
     redis = _compose()["services"]["redis"]
-    assert redis["image"] == "redis:7"
+    assert redis["image"].startswith("redis:7.")
     command = redis["command"]
     argv = shlex.split(command) if isinstance(command, str) else command
     assert _option(argv, "--appendonly") == "yes"
@@ -552,3 +785,77 @@ def test_compose_env_names_are_settings_or_known_extras() -> None:
         names |= set(env) if isinstance(env, dict) else {e.split("=", 1)[0] for e in env}
     unknown = names - SETTINGS_ENV - NON_SETTINGS_ENV
     assert not unknown, sorted(unknown)
+
+
+# --- Lock files ---------------------------------------------------------------------------------
+
+
+def _lock(path: Path) -> dict[str, tuple[str, int]]:
+    """A lock file's pins: canonical name -> (version, number of hashes)."""
+    pins: dict[str, tuple[str, int]] = {}
+    # Requirement lines are continued with backslashes; comments (# via ...) stand alone.
+    text = re.sub(r"\\\n\s*", " ", path.read_text(encoding="utf-8"))
+    for line in text.splitlines():
+        line = line.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        assert not line.startswith("-"), f"{path.name}: unexpected option line {line!r}"
+        hashes = re.findall(r"--hash=sha256:[0-9a-f]{64}", line)
+        req = Requirement(re.sub(r"\s*--hash=\S+", "", line))
+        assert len(req.specifier) == 1 and next(iter(req.specifier)).operator == "==", f"{path.name}: {line}"
+        name = canonicalize_name(req.name)
+        assert name not in pins, f"{path.name}: {name} pinned twice"
+        pins[name] = (next(iter(req.specifier)).version, len(hashes))
+    return pins
+
+
+def _pyproject_requirements() -> tuple[list[Requirement], list[Requirement]]:
+    project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
+    extras = project.get("optional-dependencies", {})
+    runtime = [Requirement(r) for r in project["dependencies"]]
+    # scripts/install installs the test lock for `test` and for `embedded` (a subset of it).
+    test = [Requirement(r) for extra in ("test", "embedded") for r in extras.get(extra, [])]
+    return runtime, test
+
+
+@pytest.mark.parametrize("path", [LOCK, TEST_LOCK], ids=lambda p: p.name)
+def test_lock_pins_every_package_with_hashes(path: Path) -> None:
+    pins = _lock(path)
+    assert pins, f"{path} is empty"
+    unhashed = sorted(name for name, (_, hashes) in pins.items() if hashes == 0)
+    assert not unhashed, f"{path.name}: no hashes for {unhashed}; pip --require-hashes would refuse them"
+    # Made by scripts/lock (uv pip compile), so it can be remade after a dependency change.
+    assert "scripts/lock" in path.read_text(encoding="utf-8").split("\n", 3)[1]
+
+
+def test_locks_agree_with_pyproject() -> None:
+    """Every dependency of pyproject.toml is pinned in the lock scripts/install and the Dockerfile
+    install from, at a version pyproject allows. Fails after a dependency change until someone
+    runs scripts/lock and commits requirements/."""
+    runtime, test = _pyproject_requirements()
+    lock, test_lock = _lock(LOCK), _lock(TEST_LOCK)
+    problems = []
+    for reqs, pins, path in ((runtime, lock, LOCK), (runtime + test, test_lock, TEST_LOCK)):
+        for req in reqs:
+            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                continue
+            pin = pins.get(canonicalize_name(req.name))
+            if pin is None:
+                problems.append(f"{req.name} is not in {path.name}")
+            elif not req.specifier.contains(pin[0], prereleases=True):
+                problems.append(f"{path.name} pins {req.name}=={pin[0]}, pyproject wants {req}")
+    assert not problems, "run scripts/lock: " + "; ".join(problems)
+    # The test lock is the runtime lock plus the test tools, never other runtime versions.
+    changed = {n: (v, test_lock[n][0]) for n, (v, _) in lock.items() if test_lock.get(n, (v,))[0] != v}
+    assert not changed and lock.keys() <= test_lock.keys(), f"lock.txt and test-lock.txt disagree: {changed}"
+
+
+def test_install_and_image_use_the_locks() -> None:
+    install = (ROOT / "scripts" / "install").read_text(encoding="utf-8")
+    assert "--require-hashes" in install and "requirements/test-lock.txt" in install
+    assert "requirements/lock.txt" in install
+    assert re.search(r"--no-deps -e \.", install)
+    # The install stamp covers the lock, so a changed lock reinstalls.
+    assert re.search(r'cat pyproject\.toml "\$lock" \| cksum', install)
+    assert "scripts/install test" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "COPY requirements/lock.txt" in (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
