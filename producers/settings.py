@@ -119,12 +119,25 @@ class Settings(BaseSettings):
     """Segment property names with characters Attentive forbids: refused (default), or renamed
     with each such character replaced by ``_``."""
 
-    collector_write_keys: str = ""
-    """Comma-separated Segment write keys the collector accepts; any other key gets 401."""
+    collector_write_keys: SecretStr = SecretStr("")
+    """Comma-separated Segment write keys the collector accepts; any other key gets 401. A
+    secret: reprs and tracebacks show ``**********``."""
+
+    collector_allowed_origins: str = ""
+    """Comma-separated browser origins (``https://shop.example``) the collector accepts
+    requests from, with CORS headers; a request with any other ``Origin`` gets 403. Empty:
+    browsers are refused."""
 
     @property
-    def write_keys(self) -> frozenset[str]:
-        return frozenset(k.strip() for k in self.collector_write_keys.split(",") if k.strip())
+    def write_keys(self) -> tuple[SecretStr, ...]:
+        """The collector's write keys, each a `SecretStr`, without blanks or duplicates."""
+        raw = self.collector_write_keys.get_secret_value().split(",")
+        return tuple(SecretStr(k) for k in dict.fromkeys(k.strip() for k in raw) if k)
+
+    @property
+    def allowed_origins(self) -> frozenset[str]:
+        """The browser origins the collector accepts, without a trailing slash."""
+        return frozenset(o.strip().rstrip("/") for o in self.collector_allowed_origins.split(",") if o.strip())
 
     @model_validator(mode="after")
     def _lease_covers_a_request(self) -> Settings:

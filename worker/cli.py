@@ -169,19 +169,25 @@ def _enqueue_lines(
 def collect(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8788,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Server processes (one per core is plenty).")] = 2,
 ) -> None:
     """Run the Segment-compatible collector (write keys from COLLECTOR_WRITE_KEYS)."""
-    from worker.collector import Collector
+    from worker.collector import CollectorApp
+    from worker.collector_server import serve
 
     settings = _settings()
     try:
-        server = Collector(Producer(settings, _client(settings)), host, port)
+        # checked here, once, so a bad configuration stops the command rather than each worker
+        CollectorApp(Producer(settings, _client(settings)))
     except ValueError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    out.print(f"collector listening on {server.url} ({len(settings.write_keys)} write keys)")
+    out.print(
+        f"collector listening on http://{host}:{port} ({len(settings.write_keys)} write keys,"
+        f" {len(settings.allowed_origins)} browser origins, {workers} processes)"
+    )
     with contextlib.suppress(KeyboardInterrupt):
-        server.serve_forever()
+        serve(host, port, workers)
 
 
 @cli.command()

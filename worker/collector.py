@@ -1,21 +1,29 @@
 """A collector that speaks the Segment HTTP Tracking API, so Segment's own client libraries,
-pointed at it, send their events to Attentive through this relay.
+pointed at it, send their events to Attentive through this relay. This module is the ASGI
+application; `worker.collector_server` serves it (uvicorn) and `worker.collector_body`
+reads request bodies.
 
     POST /v1/track | /v1/page | /v1/identify   one message
     POST /v1/batch                               {"batch": [message, ...]}
+    OPTIONS on those paths                       204 (a CORS preflight for allowed origins)
 
 The write key comes as the HTTP Basic user (as Segment's libraries send it) or as
-``writeKey`` in the body, and must be one of ``COLLECTOR_WRITE_KEYS``; anything else is 401.
+``writeKey`` in the body (as analytics.js sends it), and must be one of
+``COLLECTOR_WRITE_KEYS``; anything else is 401 and logged as a hash of the key. After
+`FailureLimiter.limit` refused keys from one address, that address gets 429 for a while.
+
+A request with an ``Origin`` header (a browser) is 403, with nothing queued, unless the origin
+is listed in ``COLLECTOR_ALLOWED_ORIGINS``; listed origins get CORS headers on every answer.
 
 Each request is answered after its messages are queued in Redis, in one transaction:
 - 200 ``{"success": true, "accepted": n, "skipped": k}`` when every message was queued or
   skipped (skips are counted, see `producers.segment`);
 - 400 with ``problems`` (message index, field, rule) when some messages were invalid, whatever
-  they hold (NaN, Infinity, huge numbers, impossible times, lone surrogates: the producer
-  refuses them all as `InvalidJob`); the valid ones of the request are still queued, and
-  ``accepted`` says how many;
-- 401 bad key, 404 unknown path, 413 body over 500 KB (or a message over 32 KB, Segment's
-  limits), 503 when Redis cannot be reached (nothing was queued: the client retries).
+  they hold; the valid ones of the request are still queued, and ``accepted`` says how many;
+- 401 bad key, 403 foreign origin, 404 unknown path, 405 other methods, 408 body too slow,
+  413 body over 500 KB (compressed or inflated; or a message over 32 KB, Segment's limits),
+  429 too many refused keys, 503 when Redis cannot be reached (nothing was queued: the client
+  retries) or when the process already has `max_in_progress` requests in hand.
 
 An accepted message is never dropped: it is in Redis before the 200 goes out.
 """
@@ -23,105 +31,131 @@ An accepted message is never dropped: it is in Redis before the 200 goes out.
 from __future__ import annotations
 
 import base64
-import gzip
-import io
 import json
 import logging
-from http.server import BaseHTTPRequestHandler
-from typing import Any
+import threading
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Self
 
+import anyio
 import redis
 
 from producers import jsonvalues, segment
 from producers.errors import InvalidJob, Problem
 from producers.producer import Producer
-from worker.httpserver import BackgroundHTTPServer
+from worker.collector_body import MAX_BODY, BodyError, read_body
+from worker.collector_policy import Cors, FailureLimiter, WriteKeys, key_fingerprint
 
 log = logging.getLogger("attentive_relay.collector")
-MAX_BODY = 500 * 1024
 MAX_MESSAGE = 32 * 1024
 PATHS = {"/v1/track": "track", "/v1/page": "page", "/v1/identify": "identify", "/v1/batch": None}
+MAX_IN_PROGRESS = 64
+"""Requests one process reads, checks and queues at once; more get 503 (clients retry)."""
+BODY_TIMEOUT_S = 30.0
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+Answer = tuple[int, dict[str, Any]]
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "attentive-relay-collector"
-    producer: Producer
-    write_keys: frozenset[str]
+class CollectorApp:
+    """The ASGI application. Thread-safe state only: requests are handled on worker threads."""
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # request lines carry nothing useful and logging them invites personal data
+    def __init__(
+        self,
+        producer: Producer,
+        *,
+        max_in_progress: int = MAX_IN_PROGRESS,
+        body_timeout_s: float = BODY_TIMEOUT_S,
+        limiter: FailureLimiter | None = None,
+    ) -> None:
+        """Raises ``ValueError`` when there are no write keys (every request would be refused)."""
+        self.producer = producer
+        self.keys = WriteKeys(producer.settings.write_keys)
+        if not len(self.keys):
+            raise ValueError("COLLECTOR_WRITE_KEYS is empty: the collector would refuse every request")
+        self.cors = Cors(producer.settings.allowed_origins)
+        self.limiter = limiter or FailureLimiter()
+        self._limiter_lock = threading.Lock()
+        self.max_in_progress = max_in_progress
+        self.body_timeout_s = body_timeout_s
+        self.in_progress = 0
 
-    def _send(self, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        try:
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-
-    def _read(self) -> bytes | None:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0 or length > MAX_BODY:
-            self._send(413, {"success": False, "message": f"body must be at most {MAX_BODY} bytes"})
-            self.close_connection = True
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            return await _lifespan(receive, send)
+        if scope["type"] != "http":
             return None
-        raw = self.rfile.read(length)
-        if self.headers.get("Content-Encoding", "").lower() == "gzip":
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        extra: list[tuple[bytes, bytes]] = []
+        origin = headers.get("origin")
+        if origin is not None:
+            if not self.cors.allows(origin):
+                return await _respond(send, 403, {"success": False, "message": "origin not allowed"}, _VARY)
+            extra = self.cors.headers(origin, preflight=scope["method"] == "OPTIONS")
+        path = scope["path"]
+        if path not in PATHS:
+            return await _respond(send, 404, {"success": False, "message": "unknown path"}, extra)
+        if scope["method"] == "OPTIONS":
+            return await _respond(send, 204, None, [*extra, (b"allow", b"POST, OPTIONS")])
+        if scope["method"] != "POST":
+            payload = {"success": False, "message": "only POST"}
+            return await _respond(send, 405, payload, [*extra, (b"allow", b"POST, OPTIONS")])
+        address = (scope.get("client") or ("unknown", 0))[0]
+        wait = self.limiter.blocked_for(address)
+        if wait > 0:
+            payload = {"success": False, "message": "too many refused write keys, retry later"}
+            return await _respond(send, 429, payload, [*extra, (b"retry-after", b"%d" % (wait + 1))], close=True)
+        if self.in_progress >= self.max_in_progress:
+            payload = {"success": False, "message": "busy, retry"}
+            return await _respond(send, 503, payload, [*extra, (b"retry-after", b"1")], close=True)
+        self.in_progress += 1
+        try:
             try:
-                with gzip.GzipFile(fileobj=io.BytesIO(raw)) as gz:
-                    raw = gz.read(MAX_BODY + 1)
-            except (OSError, EOFError):
-                self._send(400, {"success": False, "message": "body is not valid gzip"})
-                return None
-            if len(raw) > MAX_BODY:
-                self._send(413, {"success": False, "message": f"body must be at most {MAX_BODY} bytes"})
-                return None
-        return raw
+                with anyio.fail_after(self.body_timeout_s):
+                    raw = await read_body(receive, headers)
+            except BodyError as exc:
+                return await _respond(send, exc.status, {"success": False, "message": str(exc)}, extra, close=True)
+            except TimeoutError:
+                payload = {"success": False, "message": "body not received in time"}
+                return await _respond(send, 408, payload, extra, close=True)
+            status, payload = await anyio.to_thread.run_sync(self.handle, path, headers, raw, address)
+            return await _respond(send, status, payload, extra)
+        finally:
+            self.in_progress -= 1
 
-    def _write_key(self, body: dict[str, Any]) -> str | None:
-        auth = self.headers.get("Authorization", "")
-        if auth.startswith("Basic "):
-            try:
-                return base64.b64decode(auth[6:], validate=True).decode().split(":", 1)[0]
-            except (ValueError, UnicodeDecodeError):
-                return None
-        key = body.get("writeKey")
-        return key if isinstance(key, str) else None
-
-    def do_POST(self) -> None:
-        if self.path.split("?", 1)[0] not in PATHS:
-            self._read()
-            return self._send(404, {"success": False, "message": "unknown path"})
-        raw = self._read()
-        if raw is None:
-            return None
+    def handle(self, path: str, headers: dict[str, str], raw: bytes, address: str) -> Answer:
+        """Check, map and queue one request's body (blocking: run on a worker thread)."""
         try:
             # one hostile message (a 5,000-digit number, 2,000 levels of nesting) must not make
             # the whole batch unreadable: it is read, then refused on its own
             body = jsonvalues.loads(raw)
         except ValueError:
-            return self._send(400, {"success": False, "message": "body is not valid JSON"})
+            return 400, {"success": False, "message": "body is not valid JSON"}
         if not isinstance(body, dict):
-            return self._send(400, {"success": False, "message": "body must be a JSON object"})
-        if self._write_key(body) not in self.write_keys:
-            return self._send(401, {"success": False, "message": "unknown write key"})
-        default_type = PATHS[self.path.split("?", 1)[0]]
+            return 400, {"success": False, "message": "body must be a JSON object"}
+        key = _write_key(headers, body)
+        if not self.keys.accepts(key):
+            with self._limiter_lock:
+                blocked = self.limiter.failed(address)
+            log.warning(
+                "collector refused write key %s from %s%s",
+                key_fingerprint(key) if key else "(none)",
+                address,
+                "; address blocked" if blocked else "",
+            )
+            return 401, {"success": False, "message": "unknown write key"}
+        default_type = PATHS[path]
         if default_type is None:
             messages = body.get("batch")
             if not isinstance(messages, list):
-                return self._send(400, {"success": False, "message": "batch must be an array"})
+                return 400, {"success": False, "message": "batch must be an array"}
         else:
             messages = [{**body, "type": body.get("type", default_type)}]
         return self._accept(messages, body.get("sentAt"))
 
-    def _accept(self, messages: list[Any], sent_at: Any) -> None:
+    def _accept(self, messages: list[Any], sent_at: Any) -> Answer:
         prepared: list[tuple[str, str, str]] = []
         problems: list[dict[str, Any]] = []
         skipped: dict[str, int] = {}
@@ -142,17 +176,91 @@ class _Handler(BaseHTTPRequestHandler):
             self.producer.push(prepared, skipped)
         except redis.RedisError as exc:
             log.error("collector cannot reach Redis (%s); answered 503", type(exc).__name__)
-            return self._send(503, {"success": False, "message": "queue unavailable, retry"})
+            return 503, {"success": False, "message": "queue unavailable, retry"}
         result = {"accepted": len(prepared), "skipped": sum(skipped.values())}
         if problems:
-            return self._send(400, {"success": False, **result, "problems": problems})
-        return self._send(200, {"success": True, **result})
+            return 400, {"success": False, **result, "problems": problems}
+        return 200, {"success": True, **result}
 
 
-class Collector(BackgroundHTTPServer):
-    """The HTTP server. ``with Collector(producer, port=0) as c: c.url`` runs it in a thread."""
+_VARY = [(b"vary", b"Origin")]
 
-    def __init__(self, producer: Producer, host: str = "127.0.0.1", port: int = 8788) -> None:
-        if not producer.settings.write_keys:
-            raise ValueError("COLLECTOR_WRITE_KEYS is empty: the collector would refuse every request")
-        super().__init__(host, port, _Handler, producer=producer, write_keys=producer.settings.write_keys)
+
+def _write_key(headers: dict[str, str], body: dict[str, Any]) -> str | None:
+    auth = headers.get("authorization", "")
+    if auth.startswith("Basic "):
+        try:
+            return base64.b64decode(auth[6:], validate=True).decode().split(":", 1)[0]
+        except (ValueError, UnicodeDecodeError):
+            return None
+    key = body.get("writeKey")
+    return key if isinstance(key, str) else None
+
+
+async def _respond(
+    send: Send,
+    status: int,
+    payload: dict[str, Any] | None,
+    extra: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
+    close: bool = False,
+) -> None:
+    """One JSON answer. ``close`` ends the connection after it (a body left unread, a client
+    being pushed back): the server then does not read the rest of what the client sends."""
+    data = b"" if payload is None else json.dumps(payload).encode()
+    headers = [(b"content-length", b"%d" % len(data)), *extra]
+    if payload is not None:
+        headers.append((b"content-type", b"application/json"))
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def create_app() -> CollectorApp:
+    """The app from the environment's settings: what each ``collect --workers N`` process runs."""
+    from producers.connection import from_settings
+    from producers.settings import load_settings
+    from worker import logs
+
+    logs.configure()
+    settings = load_settings()
+    return CollectorApp(Producer(settings, from_settings(settings)))
+
+
+class Collector:
+    """``with Collector(producer, host="127.0.0.1", port=0) as c: c.url`` serves in a thread.
+
+    Raises ``ValueError`` when ``COLLECTOR_WRITE_KEYS`` is empty. Keyword arguments go to
+    `CollectorApp` (limits) and `worker.collector_server.BackgroundServer` (timeouts, caps).
+    """
+
+    def __init__(self, producer: Producer, host: str = "127.0.0.1", port: int = 8788, **options: Any) -> None:
+        from worker.collector_server import BackgroundServer
+
+        app_options = {k: options.pop(k) for k in ("max_in_progress", "body_timeout_s", "limiter") if k in options}
+        self.app = CollectorApp(producer, **app_options)
+        self.server = BackgroundServer(self.app, host, port, **options)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def __enter__(self) -> Self:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
+
+
+__all__ = ["MAX_BODY", "MAX_MESSAGE", "PATHS", "Collector", "CollectorApp", "create_app"]

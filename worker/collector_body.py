@@ -1,0 +1,91 @@
+"""Reading a request body from ASGI ``receive``, within limits enforced as it streams.
+
+The server (h11) has already undone the transfer framing: a ``Transfer-Encoding: chunked``
+body arrives here as its data, exactly like a ``Content-Length`` one. Limits:
+
+- a declared ``Content-Length`` over `MAX_BODY` is refused before any of the body is read;
+- the bytes received are counted as they arrive and refused past `MAX_BODY`;
+- a gzip body (``Content-Encoding: gzip``, one member or several) is inflated as it arrives,
+  never more than `MAX_BODY` + 1 bytes of output in all, so a bomb (500 KB that would inflate
+  to 500 MB) costs at most `MAX_BODY` of memory before it is refused.
+
+Failures are `BodyError` with the HTTP status to answer (400 or 413); the caller bounds the
+time it waits for the body.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
+
+MAX_BODY = 500 * 1024
+TOO_LARGE = f"body must be at most {MAX_BODY} bytes"
+
+
+class BodyError(Exception):
+    """The body cannot be used; ``status`` is the answer (413 too large, 400 malformed)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class GzipInflater:
+    """Inflates gzip data fed in pieces, refusing output past ``limit`` bytes as it goes."""
+
+    def __init__(self, limit: int = MAX_BODY) -> None:
+        self.limit = limit
+        self._out = bytearray()
+        self._member = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+
+    def feed(self, data: bytes) -> None:
+        """Inflate ``data``. Raises `BodyError` 413 past the limit, 400 if it is not gzip."""
+        try:
+            while data:
+                # max_length is never 0 here (0 would mean "no limit"): len(_out) <= limit
+                self._out += self._member.decompress(data, self.limit + 1 - len(self._out))
+                if len(self._out) > self.limit:
+                    raise BodyError(413, TOO_LARGE)
+                if self._member.eof:
+                    data = self._member.unused_data  # the next member of a multi-member body
+                    if data:
+                        self._member = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+                else:
+                    data = self._member.unconsumed_tail
+        except zlib.error:
+            raise BodyError(400, "body is not valid gzip") from None
+
+    def finish(self) -> bytes:
+        """The inflated body. Raises `BodyError` 400 if the last member was cut short."""
+        if not self._member.eof:
+            raise BodyError(400, "body is not valid gzip")
+        return bytes(self._out)
+
+
+async def read_body(
+    receive: Callable[[], Awaitable[MutableMapping[str, Any]]], headers: Mapping[str, str], limit: int = MAX_BODY
+) -> bytes:
+    """The whole body, inflated if gzip. Raises `BodyError`; a client that disconnects before
+    the end raises `BodyError` 400 (there is nobody to answer, and nothing is queued)."""
+    declared = headers.get("content-length")
+    if declared is not None and (not declared.strip().isdigit() or int(declared) > limit):
+        raise BodyError(413, TOO_LARGE)
+    inflater = GzipInflater(limit) if headers.get("content-encoding", "").strip().lower() == "gzip" else None
+    raw = bytearray()
+    received = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BodyError(400, "client disconnected")
+        chunk = message.get("body", b"")
+        received += len(chunk)
+        if received > limit:
+            raise BodyError(413, TOO_LARGE)
+        if inflater is not None:
+            inflater.feed(chunk)
+        else:
+            raw += chunk
+        if not message.get("more_body", False):
+            break
+    return inflater.finish() if inflater is not None else bytes(raw)
