@@ -6,6 +6,8 @@ queue name (kombu's Redis transport keeps a queue as a plain list under that nam
 
 from __future__ import annotations
 
+import hashlib
+
 PREFIX = "relay:"
 
 STATS = PREFIX + "stats"
@@ -44,6 +46,13 @@ def person(digest: str) -> str:
 def job(job_id: str) -> str:
     """Hash holding one live job: its JSON, state, ticket, attempts."""
     return f"{PREFIX}job:{job_id}"
+
+
+def seen(message_id: str) -> str:
+    """String marking a Segment ``messageId`` as queued (`producers.queue.push_jobs`'s ``once``),
+    named by a hash of it; it expires after the freshness window."""
+    digest = hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"{PREFIX}seen:{digest}"
 
 
 def dead(job_id: str) -> str:

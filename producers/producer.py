@@ -81,19 +81,30 @@ class Producer:
         self.push([prepared])
         return prepared[0]
 
-    def push(self, prepared: list[tuple[str, str, str]], skipped: Mapping[str, int] | None = None) -> None:
+    def push(
+        self,
+        prepared: list[tuple[str, str, str]],
+        skipped: Mapping[str, int] | None = None,
+        once: Mapping[str, list[str]] | None = None,
+    ) -> set[str]:
         """Queue prepared jobs in one transaction, then count skipped Segment messages by reason.
 
-        Raises ``redis.RedisError`` when Redis cannot be reached; no job is queued then.
+        ``once`` maps `keys.seen` markers (one per Segment messageId) to the ids of that
+        message's jobs: a message already queued within the freshness window is left out and
+        counted as ``skipped:duplicate``. Returns the markers of the messages left out. Raises
+        ``redis.RedisError`` when Redis cannot be reached; no job is queued then.
         """
         if self._erasure_key is None:
             self._erasure_key = erasure.secret(self.client, self.settings)
-        push_jobs(self.client, self.settings, prepared, self._erasure_key)
+        duplicates = push_jobs(self.client, self.settings, prepared, self._erasure_key, once)
+        if duplicates:
+            skipped = {**(skipped or {}), "duplicate": (skipped or {}).get("duplicate", 0) + len(duplicates)}
         if skipped:
             pipe = self.client.pipeline(transaction=False)
             for reason, count in skipped.items():
                 pipe.hincrby(keys.STATS, f"skipped:{reason}", count)
             pipe.execute()
+        return duplicates
 
     def enqueue_segment(self, message: Any) -> list[str]:
         """Map one Segment message (track, page, identify) to jobs and queue them together.

@@ -135,15 +135,51 @@ def add_job(
 
 
 def push_jobs(
-    client: redis.Redis, settings: Settings, jobs: Iterable[tuple[str, str, str]], erasure_key: bytes
+    client: redis.Redis,
+    settings: Settings,
+    jobs: Iterable[tuple[str, str, str]],
+    erasure_key: bytes,
+    once: Mapping[str, Iterable[str]] | None = None,
+) -> set[str]:
+    """Store and queue new jobs in one MULTI/EXEC: ``jobs`` yields (job_id, kind, job_json).
+
+    ``once`` maps marker keys (`keys.seen`) to the ids of the jobs each one guards: the jobs of
+    a marker already set are left out, and the other markers are set, expiring after the
+    freshness window, in the same transaction as the jobs (WATCHed, so two copies of one
+    message pushed at once queue it once). Returns the markers that were already set.
+    Raises ``redis.RedisError`` (nothing queued) when Redis cannot be reached.
+    """
+    from redis.exceptions import WatchError
+
+    jobs = list(jobs)
+    if not once:
+        _push(client.pipeline(transaction=True), settings, jobs, erasure_key)
+        return set()
+    markers = list(once)
+    with client.pipeline(transaction=True) as pipe:
+        for _ in range(5):
+            try:
+                pipe.watch(*markers)
+                found = {m for m, v in zip(markers, pipe.mget(markers), strict=True) if v is not None}
+                left_out = {job_id for m in found for job_id in once[m]}
+                pipe.multi()
+                for marker in markers:
+                    if marker not in found:
+                        pipe.set(marker, 1, px=int(settings.freshness_s * 1000))
+                _push(pipe, settings, [j for j in jobs if j[0] not in left_out], erasure_key)
+                return found
+            except WatchError:
+                continue  # another copy was pushed meanwhile: look again
+    raise WatchError("messageId markers kept changing; nothing queued")
+
+
+def _push(
+    pipe: redis.client.Pipeline, settings: Settings, jobs: list[tuple[str, str, str]], erasure_key: bytes
 ) -> None:
-    """Store and queue new jobs in one MULTI/EXEC: ``jobs`` yields (job_id, kind, job_json)."""
     now_ms = int(time.time() * 1000)
-    pipe = client.pipeline(transaction=True)
-    n = 0
     for job_id, kind, data in jobs:
         add_job(pipe, settings, job_id, job_record(data, kind, now_ms), now_ms, erasure_key)
-        n += 1
-    if n:
-        pipe.hincrby(keys.STATS, "enqueued", n)
+    if jobs:
+        pipe.hincrby(keys.STATS, "enqueued", len(jobs))
+    if jobs or pipe.command_stack:
         pipe.execute()

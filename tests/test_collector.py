@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import gzip
 import json
+import logging
+import socket
+import time
+import tracemalloc
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,9 +18,11 @@ import httpx
 import pytest
 from segment.analytics import Client
 
+from producers import keys
 from producers.producer import Producer
 from producers.settings import Settings
 from worker.collector import Collector
+from worker.collector_policy import FailureLimiter, WriteKeys, key_fingerprint
 from worker.counters import stats
 
 from conftest import make_settings, sandbox_requests, wait_for
@@ -183,3 +192,186 @@ def test_one_message_python_cannot_parse_does_not_make_the_batch_unreadable(coll
         (2, "properties.d"),
     ]
     assert redis_client.llen("attentive") == 2
+
+
+# ------------------------------------------------- a public endpoint: connections, framing, browsers, keys
+
+BROWSER = "https://shop.example"
+PAGE = {"type": "page", "userId": "u-1", "name": "Home", "context": {"traits": TRAITS}}
+
+
+def queued_jobs(redis_client) -> list[dict]:
+    jobs = []
+    for message in redis_client.lrange("attentive", 0, -1):
+        job_id = json.loads(json.loads(message)["body"])[0][0]
+        jobs.append(json.loads(redis_client.hget(keys.job(job_id), "job")))
+    return jobs
+
+
+def raw_request(collector: Collector, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send bytes on a fresh connection; everything the server answers until it closes or goes quiet."""
+    host, port = collector.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(data)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except TimeoutError:
+            pass
+        return answer
+
+
+def test_idle_connections_neither_block_requests_nor_stay_open(collector_settings, redis_client):
+    """Sockets that send nothing, or a header byte now and then, are closed after the head deadline."""
+    with Collector(Producer(collector_settings, redis_client), port=0, head_timeout_s=1.0) as c:
+        host, port = c.url.removeprefix("http://").split(":")
+        idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(300)]
+        slow = socket.create_connection((host, int(port)), timeout=5)
+        try:
+            started = time.monotonic()
+            response = post(c, "/v1/batch", {"batch": [PAGE]}, timeout=2)
+            assert response.status_code == 200 and time.monotonic() - started < 1.0
+            opened = time.monotonic()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                for byte in b"POST /v1/batch HTTP/1.1\r\n"[:8]:
+                    slow.sendall(bytes([byte]))  # a byte every 0.3 s never completes a head
+                    time.sleep(0.3)
+            for sock in [*idle, slow]:
+                sock.settimeout(max(0.1, opened + 4 - time.monotonic()))
+                assert sock.recv(1) == b"", "an idle connection was not closed"
+            assert time.monotonic() - opened < 4
+        finally:
+            for sock in [*idle, slow]:
+                sock.close()
+
+
+def test_a_chunked_body_is_read_as_the_body_and_the_connection_stays_in_step(collector, redis_client):
+    body = json.dumps({"batch": [PAGE]}).encode()
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:10], body[10:])) + b"0\r\n\r\n"
+    auth = base64.b64encode(f"{KEY}:".encode())
+    head = b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Basic %s\r\nTransfer-Encoding: chunked\r\n\r\n" % auth
+    then = b"POST /v1/alias HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+    answer = raw_request(collector, head + chunked + then)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert b'{"success": true, "accepted": 1, "skipped": 0}' in answer
+    assert answer.count(b"HTTP/1.1 ") == 2 and b"HTTP/1.1 404 " in answer  # the next request, in step
+    assert redis_client.llen("attentive") == 1
+    # a chunked body past the limit is refused as it streams
+    big = httpx.post(collector.url + "/v1/batch", content=iter([b'{"batch": [' + b" " * 300_000] * 2), auth=(KEY, ""))
+    assert big.status_code == 413
+
+
+@pytest.fixture
+def browser_collector(redis_server, sandbox, redis_client) -> Iterator[Collector]:
+    settings = make_settings(
+        redis_server.url,
+        sandbox.url,
+        collector_write_keys=KEY,
+        collector_allowed_origins=f"{BROWSER}, https://b.example/",
+    )
+    with Collector(Producer(settings, redis_client), port=0) as c:
+        yield c
+
+
+def test_preflight_from_an_allowed_origin_gets_cors_headers_and_others_403(browser_collector):
+    ask = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
+    allowed = httpx.options(browser_collector.url + "/v1/batch", headers={"Origin": BROWSER, **ask})
+    assert allowed.status_code == 204
+    assert allowed.headers["access-control-allow-origin"] == BROWSER
+    assert allowed.headers["vary"] == "Origin"
+    assert "POST" in allowed.headers["access-control-allow-methods"]
+    assert {"authorization", "content-type"} <= {
+        h.strip().lower() for h in allowed.headers["access-control-allow-headers"].split(",")
+    }
+    assert int(allowed.headers["access-control-max-age"]) > 0
+    assert httpx.options(browser_collector.url + "/v1/batch", headers={"Origin": "https://b.example", **ask}).is_success
+    foreign = httpx.options(browser_collector.url + "/v1/batch", headers={"Origin": "https://evil.example", **ask})
+    assert foreign.status_code == 403 and "access-control-allow-origin" not in foreign.headers
+    assert httpx.options(browser_collector.url + "/v1/track").status_code == 204  # no Origin: not a preflight
+
+
+def test_a_post_from_a_foreign_origin_is_403_and_queues_nothing(browser_collector, collector, redis_client):
+    body = {"batch": [PAGE], "writeKey": KEY}
+    for c, origin in ((browser_collector, "https://evil.example"), (collector, BROWSER)):
+        response = httpx.post(c.url + "/v1/batch", content=json.dumps(body), headers={"Origin": origin})
+        assert response.status_code == 403
+    assert redis_client.llen("attentive") == 0
+    # analytics.js posts text/plain with the key in the body (no preflight)
+    ok = httpx.post(
+        browser_collector.url + "/v1/batch",
+        content=json.dumps(body),
+        headers={"Origin": BROWSER, "Content-Type": "text/plain"},
+    )
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == BROWSER
+    assert redis_client.llen("attentive") == 1
+
+
+def test_a_retried_browser_request_is_the_same_events(browser_collector, redis_client):
+    """A browser that saw no answer sends the batch again with the same messageIds: nothing new is queued."""
+    viewed = {
+        "type": "track",
+        "userId": "u-1",
+        "event": "Product Viewed",
+        "properties": {"product_id": "p-1", "price": 5},
+        "messageId": "ajs-next-1",
+    }
+    batch = {"batch": [viewed, {**PAGE, "messageId": "ajs-next-2"}], "writeKey": KEY}
+    headers = {"Origin": BROWSER, "Content-Type": "text/plain"}
+    first = httpx.post(browser_collector.url + "/v1/batch", content=json.dumps(batch), headers=headers)
+    assert first.json() == {"success": True, "accepted": 2, "skipped": 0}
+    again = httpx.post(browser_collector.url + "/v1/batch", content=json.dumps(batch), headers=headers)
+    assert again.json() == {"success": True, "accepted": 0, "skipped": 2}
+    jobs = queued_jobs(redis_client)
+    assert sorted(j["kind"] for j in jobs) == ["custom_event", "product_view"]
+    assert [j["externalEventId"] for j in jobs if j["kind"] == "custom_event"] == ["ajs-next-2"]
+    assert stats(redis_client, "attentive")["skipped"]["duplicate"] == 2
+    # the same message twice in one request is queued once too
+    twice = {"batch": [{**PAGE, "messageId": "ajs-next-3"}] * 2, "writeKey": KEY}
+    assert httpx.post(browser_collector.url + "/v1/batch", json=twice).json()["accepted"] == 1
+
+
+def test_a_refused_key_is_logged_as_a_hash_and_repeated_failures_get_429(collector_settings, redis_client, caplog):
+    body = {"type": "track", "userId": "u-1", "event": "X"}
+    limiter = FailureLimiter(limit=3, window_s=60, block_s=60)
+    with (
+        Collector(Producer(collector_settings, redis_client), port=0, limiter=limiter) as c,
+        caplog.at_level(logging.WARNING, logger="attentive_relay.collector"),
+    ):
+        answers = [post(c, "/v1/track", body, key=f"guess-{i}").status_code for i in range(3)]
+        assert answers == [401, 401, 401]
+        blocked = post(c, "/v1/track", body)  # even the right key, from a blocked address
+        assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) > 0
+    assert redis_client.llen("attentive") == 0
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert key_fingerprint("guess-0") in logged and "guess-0" not in logged
+    assert "address blocked" in logged
+
+
+def test_keys_are_compared_whole_and_kept_secret(collector_settings):
+    keys_ = WriteKeys(collector_settings.write_keys)
+    assert keys_.accepts(KEY) and keys_.accepts("other-key")
+    assert not any(keys_.accepts(k) for k in (None, "", KEY[:-1], KEY + "x", "\udcff", "wrïte"))
+    assert KEY not in repr(collector_settings) and KEY not in str(collector_settings.write_keys)
+
+
+def test_a_gzip_bomb_is_refused_without_being_inflated_whole(collector, redis_client):
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = bytes(1 << 20)
+    bomb = b"".join(deflate.compress(zeros) for _ in range(400)) + deflate.flush()  # 400 MB inflated
+    assert len(bomb) < 500 * 1024
+    tracemalloc.start()
+    try:
+        response = httpx.post(
+            collector.url + "/v1/batch",
+            content=iter([bomb[i : i + 65536] for i in range(0, len(bomb), 65536)]),  # chunked, no length
+            auth=(KEY, ""),
+            headers={"Content-Encoding": "gzip"},
+            timeout=10,
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert response.status_code == 413
+    assert peak < 30 * 1024 * 1024, f"{peak} bytes allocated while refusing the bomb"
+    assert redis_client.llen("attentive") == 0

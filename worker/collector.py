@@ -40,7 +40,7 @@ from typing import Any, Self
 import anyio
 import redis
 
-from producers import jsonvalues, segment
+from producers import jsonvalues, keys, segment
 from producers.errors import InvalidJob, Problem
 from producers.producer import Producer
 from worker.collector_body import MAX_BODY, BodyError, read_body
@@ -159,6 +159,7 @@ class CollectorApp:
         prepared: list[tuple[str, str, str]] = []
         problems: list[dict[str, Any]] = []
         skipped: dict[str, int] = {}
+        once: dict[str, list[str]] = {}  # messageId marker -> the ids of its jobs
         for index, message in enumerate(messages):
             try:
                 if len(json.dumps(message)) > MAX_MESSAGE:
@@ -169,21 +170,39 @@ class CollectorApp:
                 if isinstance(jobs, segment.Skip):
                     skipped[jobs.reason] = skipped.get(jobs.reason, 0) + 1
                     continue
+                marker = _marker(message)
+                if marker in once:  # the same message twice in one request
+                    skipped["duplicate"] = skipped.get("duplicate", 0) + 1
+                    continue
+                if marker is not None:
+                    once[marker] = [job_id for job_id, _, _ in jobs]
                 prepared.extend(jobs)
             except InvalidJob as err:
                 problems += [{"index": index, "field": p.field, "rule": p.rule} for p in err.problems]
         try:
-            self.producer.push(prepared, skipped)
+            duplicates = self.producer.push(prepared, skipped, once)
         except redis.RedisError as exc:
             log.error("collector cannot reach Redis (%s); answered 503", type(exc).__name__)
             return 503, {"success": False, "message": "queue unavailable, retry"}
-        result = {"accepted": len(prepared), "skipped": sum(skipped.values())}
+        left_out = sum(len(once[m]) for m in duplicates)
+        result = {"accepted": len(prepared) - left_out, "skipped": sum(skipped.values()) + len(duplicates)}
         if problems:
             return 400, {"success": False, **result, "problems": problems}
         return 200, {"success": True, **result}
 
 
 _VARY = [(b"vary", b"Origin")]
+
+
+def _marker(message: Any) -> str | None:
+    """The dedupe marker of a message with a ``messageId`` (Segment's own dedupe key), else None.
+
+    A client that retries a request (a browser that saw no CORS answer, a library whose
+    request timed out) sends the same messageIds; Attentive's eCommerce calls have no
+    ``externalEventId`` to tell a copy apart, so copies are left out here instead.
+    """
+    message_id = message.get("messageId") if isinstance(message, dict) else None
+    return keys.seen(message_id) if isinstance(message_id, str) and message_id.strip() else None
 
 
 def _write_key(headers: dict[str, str], body: dict[str, Any]) -> str | None:
