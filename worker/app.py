@@ -29,7 +29,7 @@ from celery import Celery, signals
 from producers.connection import connect, from_settings, is_sentinel
 from producers.queue import TASK_NAME
 from producers.settings import Settings, load_settings
-from worker import logs, sentry
+from worker import kombu_closed_channel_guard, logs, sentry
 from worker.attentive import AttentiveClient
 from worker.delivery import Delivery
 from worker.jobstore import JobStore
@@ -37,6 +37,10 @@ from worker.ratelimit import RateLimiter
 from worker.schedule import Promoter
 
 log = logging.getLogger("attentive_relay.worker")
+
+# kombu 5.7 can end the worker on a broker connection loss (AttributeError in
+# Channel._connparams while closing the old connection); see worker.kombu_closed_channel_guard.
+kombu_closed_channel_guard.install()
 
 
 def configure(app: Celery, settings: Settings) -> None:
