@@ -2,123 +2,177 @@
 
 Attentive may not receive sensitive or special categories of personal information (as the
 CCPA/CPRA define them) in events or attributes. On by default (``ATTENTIVE_SENSITIVE_GUARD``),
-this refuses a job whose property values look like such data, naming the property and the kind
-of data, never the value. It checks every string and integer inside ``properties``, at every
-nesting level, for:
+`scan_job` refuses a job when any string it carries looks like such data: the event
+``type``, every property and attribute name and value at every depth, every item field,
+``orderId``, ``salesChannel``, ``externalEventId``, the email, ``clientUserId``,
+``shopifyId``, ``klaviyoId`` and custom identifiers' names and values. Only the phone (parsed
+and normalized as a phone number), ``kind``, ``occurredAt``, prices and quantities are
+skipped. What counts (see `producers.sensitive_kinds`):
 
-- ``payment_card``: 13 to 19 digits, optionally grouped by spaces or dashes, in a card
-  network's number range and length (Visa, Mastercard, Amex, Discover, JCB, Diners, UnionPay),
-  passing the Luhn check;
-- ``us_ssn``: a US social security number written 123-45-6789 or 123 45 6789 (unformatted
-  nine-digit numbers are too often order numbers to refuse);
-- property *names* that announce such data (ssn, social_security, card_number, cvv, ...).
+- ``payment_card``: 13 to 19 digits, grouped or not by space runs, dots or dashes, in a card
+  network's range and length, passing Luhn. In Attentive's own ids (``orderId``,
+  ``productId``, ``productVariantId``, ``externalEventId``, also as property names in any
+  case style) a bare digit run is the id itself and is not taken for a card; a grouped card
+  number there still is.
+- ``us_ssn``: 123-45-6789, 123.45.6789 or 123 45 6789 in the ranges the SSA issues
+  (unformatted nine-digit numbers are too often order numbers to refuse by value);
+- an operator pattern from ``ATTENTIVE_SENSITIVE_PATTERNS`` (name -> regex), by its name;
+- a *name* announcing such data (ssn, socialSecurityNumber, cc_number, creditCardNumber,
+  cvv, bank_account, passport_number, ...) judged together with its value: refused when the
+  value holds data, i.e. a number or a string with a digit, at any depth beneath it. A
+  boolean, null, empty or digitless value (``ssn_verified: true``, ``credit_card_type:
+  "visa"``, ``ssn: "n/a"``) is not sensitive data: none of these kinds is written without
+  digits.
 
-Extend it with ``ATTENTIVE_SENSITIVE_PATTERNS``, a JSON object of name -> regular expression,
-e.g. ``{"passport": "\\\\b[A-Z][0-9]{8}\\\\b"}``; a value matching any of them is refused under
-that name.
+Problems name the field path and the kind of data, never the value. A property name that
+itself looks like sensitive data is reported at its parent's path, so the path never holds it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
-from functools import lru_cache
+from collections.abc import Mapping
 from typing import Any
 
-from producers.errors import Problem
+from pydantic import BaseModel
 
-_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
-_SSN = re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}([- ])(?!00)\d{2}\1(?!0000)\d{4}(?![\d-])")
-_SENSITIVE_NAMES = re.compile(
-    r"(^|[_\s.-])(ssn|social[_\s-]?security|card[_\s-]?(number|num|no)|credit[_\s-]?card|cvv|cvc|"
-    r"bank[_\s-]?account|routing[_\s-]?number|passport[_\s-]?(number|no))($|[_\s.-])",
-    re.IGNORECASE,
+from producers.errors import Problem
+from producers.jobs import CustomIdentifier, IdentityIdentifier
+from producers.sensitive_kinds import (
+    Patterns,
+    card_network,
+    compile_patterns,
+    is_identifier_name,
+    kind_of,
+    kind_of_number,
+    luhn_ok,
+    name_kind,
 )
 
+__all__ = ["card_network", "compile_patterns", "kind_of", "luhn_ok", "scan", "scan_job"]
 
-def luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
+_FORBID = "which Attentive's terms forbid"
+_SKIP = frozenset({"kind", "occurredAt", "phone", "price", "quantity"})
+_ID_FIELDS = frozenset({"orderId", "productId", "productVariantId", "externalEventId"})
+_DIGIT = re.compile(r"\d")
 
 
-def card_network(digits: str) -> str | None:
-    """The card network whose number ranges and lengths ``digits`` fits, if any."""
-    n, two, four = len(digits), int(digits[:2]), int(digits[:4])
-    if digits[0] == "4" and n in (13, 16, 19):
-        return "visa"
-    if (51 <= two <= 55 or 2221 <= four <= 2720) and n == 16:
-        return "mastercard"
-    if two in (34, 37) and n == 15:
-        return "amex"
-    if (four == 6011 or two == 65 or 644 <= int(digits[:3]) <= 649) and 16 <= n <= 19:
-        return "discover"
-    if 3528 <= four <= 3589 and 16 <= n <= 19:
-        return "jcb"
-    if (two in (36, 38) or 300 <= int(digits[:3]) <= 305) and 14 <= n <= 16:
-        return "diners"
-    if two == 62 and 16 <= n <= 19:
-        return "unionpay"
-    return None
+def scan_job(job: BaseModel, extra: Mapping[str, str] | None = None) -> list[Problem]:
+    """Problems for every string of a validated job that looks sensitive, [] when none.
 
-
-def _card(text: str) -> bool:
-    # Network ranges as well as Luhn: one random number in ten passes Luhn alone, and shops
-    # have long numeric order ids.
-    for match in _CARD.finditer(text):
-        digits = re.sub(r"[ -]", "", match.group())
-        if 13 <= len(digits) <= 19 and card_network(digits) and luhn_ok(digits):
-            return True
-    return False
-
-
-@lru_cache(maxsize=8)
-def _extra(patterns: tuple[tuple[str, str], ...]) -> tuple[tuple[str, re.Pattern[str]], ...]:
-    return tuple((name, re.compile(rx)) for name, rx in patterns)
-
-
-def kind_of(value: str, extra: tuple[tuple[str, str], ...] = ()) -> str | None:
-    """The kind of sensitive data ``value`` looks like, or None."""
-    if _card(value):
-        return "payment_card"
-    if _SSN.search(value):
-        return "us_ssn"
-    for name, rx in _extra(extra):
-        if rx.search(value):
-            return name
-    return None
-
-
-def _walk(value: Any, path: str) -> Iterator[tuple[str, str | None, Any]]:
-    """(field path, property name or None for a list element, value) for everything nested."""
-    if isinstance(value, Mapping):
-        items: Iterator[tuple[str, str | None, Any]] = ((f"{path}.{k}", str(k), v) for k, v in value.items())
-    elif isinstance(value, list | tuple):
-        items = ((f"{path}[{i}]", None, v) for i, v in enumerate(value))
-    else:
-        return
-    for field, name, v in items:
-        yield field, name, v
-        yield from _walk(v, field)
+    ``extra`` is ``ATTENTIVE_SENSITIVE_PATTERNS`` (compiled once, cached). Raises nothing
+    for any job; a bad ``extra`` pattern raises `ValueError`, which settings load has
+    already turned into a `ConfigurationError`.
+    """
+    problems: list[Problem] = []
+    _model(job, "", compile_patterns(extra) if extra else (), problems)
+    return problems
 
 
 def scan(properties: Mapping[str, Any] | None, extra: Mapping[str, str] | None = None) -> list[Problem]:
-    """Problems for every property that looks sensitive. Messages name the field, not the value."""
-    if not properties:
-        return []
-    patterns = tuple(sorted((extra or {}).items()))
-    problems = []
-    for field, name, value in _walk(properties, "properties"):
-        if name is not None and _SENSITIVE_NAMES.search(name):
-            problems.append(Problem(field, "its name announces sensitive data, which Attentive's terms forbid"))
-            continue
-        if isinstance(value, bool) or not isinstance(value, str | int):
-            continue
-        found = kind_of(str(value), patterns)
-        if found:
-            problems.append(Problem(field, f"looks like sensitive data ({found}), which Attentive's terms forbid"))
+    """`scan_job` for a ``properties`` object alone (paths start ``properties.``)."""
+    problems: list[Problem] = []
+    if properties:
+        _properties(properties, "properties", compile_patterns(extra) if extra else (), problems)
     return problems
+
+
+def _model(model: BaseModel, path: str, patterns: Patterns, problems: list[Problem]) -> None:
+    if isinstance(model, CustomIdentifier | IdentityIdentifier):
+        _named_value(model.name, model.value, path, patterns, problems)
+        return
+    for field, value in model.__dict__.items():  # the fields alone (models forbid extras); faster than iter()
+        if value is None or field in _SKIP:
+            continue
+        where = f"{path}.{field}" if path else field
+        if field == "properties" and isinstance(value, Mapping):
+            _properties(value, where, patterns, problems)
+        elif isinstance(value, str):
+            _value(value, where, patterns, problems, field in _ID_FIELDS)
+        elif isinstance(value, BaseModel):
+            _model(value, where, patterns, problems)
+        elif isinstance(value, tuple):
+            for i, member in enumerate(value):
+                if isinstance(member, BaseModel):
+                    _model(member, f"{where}[{i}]", patterns, problems)
+
+
+def _named_value(name: str, value: str, path: str, patterns: Patterns, problems: list[Problem]) -> None:
+    """A custom identifier: its name and value are checked as text, and judged together."""
+    before = len(problems)
+    _value(name, f"{path}.name", patterns, problems, False)
+    _value(value, f"{path}.value", patterns, problems, False)
+    announced = name_kind(name)
+    if announced and len(problems) == before and _holds_data(value):
+        problems.append(
+            Problem(path, f"its name announces sensitive data ({announced}) and it holds a value, {_FORBID}")
+        )
+
+
+def _properties(props: Mapping[Any, Any], path: str, patterns: Patterns, problems: list[Problem]) -> None:
+    for key, value in props.items():
+        name = str(key)
+        found, announced, identifier = _key(name, patterns)
+        if found:
+            # Reported at the parent: the name itself is the data, so no path may hold it.
+            problems.append(Problem(path, f"a property name looks like sensitive data ({found}), {_FORBID}"))
+            continue
+        where = f"{path}.{name}"
+        if announced and _holds_data(value):
+            problems.append(
+                Problem(where, f"its name announces sensitive data ({announced}) and it holds a value, {_FORBID}")
+            )
+            continue
+        _value(value, where, patterns, problems, identifier)
+
+
+_KEYS: dict[tuple[str, Patterns], tuple[None, str | None, bool]] = {}
+
+
+def _key(name: str, patterns: Patterns) -> tuple[str | None, str | None, bool]:
+    """(kind of data the name holds, kind it announces, whether it is an Attentive id)."""
+    # Jobs reuse a handful of property names: judging each once saves most of the guard's
+    # time. A name that holds sensitive data is never kept, and the cache stays bounded.
+    known = _KEYS.get((name, patterns))
+    if known is not None:
+        return known
+    found = kind_of(name, patterns)
+    if found:
+        return found, None, False
+    if len(_KEYS) >= 4096:
+        _KEYS.clear()
+    info = _KEYS[(name, patterns)] = (None, name_kind(name), is_identifier_name(name))
+    return info
+
+
+def _value(value: Any, where: str, patterns: Patterns, problems: list[Problem], identifier: bool) -> None:
+    if isinstance(value, str):
+        found = kind_of(value, patterns, identifier=identifier)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        found = kind_of_number(value, patterns, identifier=identifier)
+    elif isinstance(value, Mapping):
+        _properties(value, where, patterns, problems)
+        return
+    elif isinstance(value, list | tuple):
+        for i, member in enumerate(value):
+            _value(member, f"{where}[{i}]", patterns, problems, identifier)
+        return
+    else:
+        return
+    if found:
+        problems.append(Problem(where, f"looks like sensitive data ({found}), {_FORBID}"))
+
+
+def _holds_data(value: Any) -> bool:
+    """Whether a value under a telling name is data: a number, or a string with a digit."""
+    if isinstance(value, bool) or value is None:
+        return False
+    if isinstance(value, int | float):
+        return True
+    if isinstance(value, str):
+        return _DIGIT.search(value) is not None
+    if isinstance(value, Mapping):
+        return any(_holds_data(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_holds_data(v) for v in value)
+    return False

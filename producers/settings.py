@@ -5,10 +5,11 @@ The environment variable names are part of the contract (other tools set them).
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from producers.errors import ConfigurationError
+from producers.sensitive_kinds import compile_patterns
 
 
 class Settings(BaseSettings):
@@ -110,10 +111,17 @@ class Settings(BaseSettings):
     """
 
     attentive_sensitive_guard: bool = True
-    """Refuse jobs whose property values look like payment cards or SSNs (see producers.sensitive)."""
+    """Refuse jobs carrying strings that look like payment cards or SSNs (see producers.sensitive)."""
 
     attentive_sensitive_patterns: dict[str, str] = Field(default_factory=dict)
-    """More sensitive-data patterns, as JSON ``{"name": "regex"}``."""
+    """More sensitive-data patterns, as JSON ``{"name": "regex"}``. Compiled here, so a bad
+    pattern stops start-up (naming the pattern) instead of failing every job."""
+
+    @field_validator("attentive_sensitive_patterns")
+    @classmethod
+    def _patterns_compile(cls, value: dict[str, str]) -> dict[str, str]:
+        compile_patterns(value)  # cached: the guard reuses these compiled patterns
+        return value
 
     attentive_segment_rename_keys: bool = False
     """Segment property names with characters Attentive forbids: refused (default), or renamed

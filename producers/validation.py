@@ -127,7 +127,7 @@ def parse_job(data: Any, settings: Settings, now: datetime, *, at_enqueue: bool)
         raise InvalidJob([Problem("", f"nested deeper than {rules.MAX_DEPTH} levels")]) from None
     problems = _time_problems(job, settings, now, at_enqueue=at_enqueue)
     if settings.attentive_sensitive_guard:
-        problems += sensitive.scan(getattr(job, "properties", None), settings.attentive_sensitive_patterns)
+        problems += sensitive.scan_job(job, settings.attentive_sensitive_patterns)
     if problems:
         raise InvalidJob(problems)
     return job
