@@ -183,8 +183,9 @@ def loads(text: str | bytes | bytearray) -> Any:
     past 4,300 digits) becomes one just past `MAX_NUMBER`, and values nested past
     `LOADS_NESTING` levels (where the parser would raise ``RecursionError``) become ``null``;
     both sit in places `problems` refuses anyway (out of bounds, nested past `MAX_NESTING`), so
-    the verdict is the same while the rest of a batch stays readable. NaN and Infinity are read, to be refused by path. Raises ``ValueError``
-    for text that is not JSON (``UnicodeDecodeError`` for bytes in no JSON encoding).
+    the verdict is the same while the rest of a batch stays readable. NaN and Infinity are
+    read, to be refused by path. Raises ``ValueError`` for text that is not JSON
+    (``UnicodeDecodeError`` for bytes in no JSON encoding).
     """
     if isinstance(text, bytes | bytearray):
         text = text.decode(json.detect_encoding(text))
