@@ -401,12 +401,16 @@ def main() -> int:
     print()
     print(table(results))
     print(f"\n{results['machine']['cores']} cores, {results['machine']['cpu']}; {results['seconds']} s")
-    out = Path(args.out)
+    write_results(Path(args.out), results)
+    return 0
+
+
+def write_results(out: Path, results: dict[str, Any], prefix: str = "") -> None:
+    """``results`` as JSON in ``out``: ``<prefix>latest.json`` and a timestamped copy."""
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(results, indent=2)
-    (out / "latest.json").write_text(text)
-    (out / f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json").write_text(text)
-    return 0
+    (out / f"{prefix}latest.json").write_text(text)
+    (out / f"{prefix}{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json").write_text(text)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,11 @@ import contextlib
 import gzip
 import json
 import logging
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 import tracemalloc
 import zlib
@@ -24,6 +28,7 @@ from producers.settings import Settings
 from worker.collector import Collector
 from worker.collector_policy import FailureLimiter, WriteKeys, key_fingerprint
 from worker.counters import stats
+from worker.processes import free_port
 
 from conftest import make_settings, sandbox_requests, wait_for
 
@@ -375,3 +380,39 @@ def test_a_gzip_bomb_is_refused_without_being_inflated_whole(collector, redis_cl
     assert response.status_code == 413
     assert peak < 30 * 1024 * 1024, f"{peak} bytes allocated while refusing the bomb"
     assert redis_client.llen("attentive") == 0
+
+
+def test_collect_serves_from_several_processes_restarts_a_dead_one_and_stops_on_sigterm(redis_server, redis_client):
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": redis_server.url, "COLLECTOR_WRITE_KEYS": KEY, "ATTENTIVE_LOG_FORMAT": "text"}
+    cmd = [sys.executable, "-m", "worker.cli", "collect", "--port", str(port), "--workers", "2"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def workers() -> list[int]:
+        return [
+            int(p)
+            for t in os.listdir(f"/proc/{proc.pid}/task")
+            for p in open(f"/proc/{proc.pid}/task/{t}/children").read().split()
+        ]
+
+    def answering() -> bool:
+        try:
+            return httpx.options(url + "/v1/batch", timeout=1).status_code == 204
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(lambda: answering() and len(workers()) == 2, 30, "two collector workers")
+        assert httpx.post(url + "/v1/batch", json={"batch": [PAGE]}, auth=(KEY, "")).json()["accepted"] == 1
+        first = workers()
+        os.kill(first[0], signal.SIGKILL)
+        wait_for(lambda: len(workers()) == 2 and first[0] not in workers(), 15, "a new worker")
+        wait_for(answering, 15, "the collector answering again")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert redis_client.llen("attentive") == 1

@@ -173,7 +173,7 @@ def collect(
 ) -> None:
     """Run the Segment-compatible collector (write keys from COLLECTOR_WRITE_KEYS)."""
     from worker.collector import CollectorApp
-    from worker.collector_server import serve
+    from worker.collector_server import exec_serve
 
     settings = _settings()
     try:
@@ -184,10 +184,11 @@ def collect(
         raise typer.Exit(2) from None
     out.print(
         f"collector listening on http://{host}:{port} ({len(settings.write_keys)} write keys,"
-        f" {len(settings.allowed_origins)} browser origins, {workers} processes)"
+        f" {len(settings.allowed_origins)} browser origins, {workers} processes)",
+        soft_wrap=True,
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        serve(host, port, workers)
+    sys.stdout.flush()
+    exec_serve(host, port, workers)
 
 
 @cli.command()

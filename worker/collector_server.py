@@ -15,19 +15,20 @@ requests, so thousands of idle sockets would turn every real request into a 503.
   framing (both ``Content-Length`` and chunked, bad chunk sizes) with 400, so a proxy in
   front and this server agree where each request ends.
 
-`serve` runs it in the foreground with ``workers`` processes (uvicorn's supervisor restarts
-one that dies); `BackgroundServer` runs it in a thread of this process, for tests.
+`run_worker` serves in one of the processes `worker.collector_supervisor` forks (``collect
+--workers N``); `BackgroundServer` runs it in a thread of this process, for tests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import resource
+import os
 import socket
+import sys
 import threading
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -90,20 +91,6 @@ class CollectorProtocol(H11Protocol):
             self.transport.close()
 
 
-def raise_open_files_limit() -> int:
-    """Raise this process's soft RLIMIT_NOFILE to its hard limit (each connection is a file
-    descriptor; 1024, a common default, is far too few). Returns the limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65_536)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            log.warning("could not raise the open files limit from %d", soft)
-    return soft
-
-
 def _options(http: type[CollectorProtocol]) -> dict[str, Any]:
     return {
         "http": http,
@@ -116,19 +103,26 @@ def _options(http: type[CollectorProtocol]) -> dict[str, Any]:
     }
 
 
-def serve(host: str, port: int, workers: int = DEFAULT_WORKERS) -> None:
-    """Serve ``worker.collector.create_app`` on host:port until SIGINT/SIGTERM, in ``workers``
-    processes sharing one listening socket. Each process reads the settings from the
-    environment; a bad setting stops it with the error logged."""
-    raise_open_files_limit()
-    uvicorn.run(
-        "worker.collector:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        **_options(CollectorProtocol),
-    )
+def run_worker(sock: socket.socket) -> None:
+    """Serve ``worker.collector.create_app`` on the listening ``sock`` until SIGTERM/SIGINT.
+
+    Runs in each process `worker.collector_supervisor` forks. The settings are read from
+    the environment; a bad one raises `ConfigurationError` (``collect`` checks them first).
+    """
+    from worker.collector import create_app
+
+    config = uvicorn.Config(create_app(), **_options(CollectorProtocol))
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def exec_serve(host: str, port: int, workers: int = DEFAULT_WORKERS) -> NoReturn:
+    """Replace this process with ``python -m worker.collector_supervisor HOST PORT WORKERS``.
+
+    The supervisor holds only the standard library (see its module). The process id stays
+    the same, so a container's signals reach the supervisor.
+    """
+    argv = [sys.executable, "-m", "worker.collector_supervisor", host, str(port), str(workers)]
+    os.execv(sys.executable, argv)  # noqa: S606 - a fixed argv, no shell
 
 
 class BackgroundServer:
