@@ -183,7 +183,8 @@ async def _throughput(url: str, bodies: list[bytes], clients: int, seconds: floa
     return {
         "batches": sent,
         "messages": accepted,
-        "failed_batches": statuses_bad, "failures": failures,
+        "failed_batches": statuses_bad,
+        "failures": failures,
         "elapsed_s": elapsed,
         "batch_p50_ms": round(statistics.median(latencies) * 1000, 1) if latencies else None,
     }
