@@ -416,3 +416,20 @@ def test_collect_serves_from_several_processes_restarts_a_dead_one_and_stops_on_
             proc.kill()
             proc.wait(5)
     assert redis_client.llen("attentive") == 1
+
+
+def test_connections_past_the_cap_are_closed_at_once_and_the_held_ones_still_served(collector_settings, redis_client):
+    with Collector(Producer(collector_settings, redis_client), port=0, max_connections=20) as c:
+        host, port = c.url.removeprefix("http://").split(":")
+        held = [socket.create_connection((host, int(port)), timeout=5) for _ in range(20)]
+        extra = [socket.create_connection((host, int(port)), timeout=5) for _ in range(5)]
+        try:
+            assert all(s.recv(1) == b"" for s in extra), "a connection past the cap was kept"
+            auth = base64.b64encode(f"{KEY}:".encode())
+            body = json.dumps({"batch": [PAGE]}).encode()
+            request = b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Basic %s\r\nContent-Length: %d\r\n\r\n%s"
+            held[0].sendall(request % (auth, len(body), body))
+            assert held[0].recv(65536).startswith(b"HTTP/1.1 200 ")
+        finally:
+            for s in held + extra:
+                s.close()

@@ -1,6 +1,8 @@
 """A threaded stdlib HTTP server that runs in the foreground or in a background thread.
 
-The sandbox and the collector are both this plus a request handler.
+The sandbox is this plus a request handler; it listens on 127.0.0.1 unless told otherwise.
+The collector, which faces the network, runs on uvicorn instead (`worker.collector_server`):
+this server has a thread per connection and no timeouts.
 """
 
 from __future__ import annotations
