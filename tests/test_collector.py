@@ -433,3 +433,16 @@ def test_connections_past_the_cap_are_closed_at_once_and_the_held_ones_still_ser
         finally:
             for s in held + extra:
                 s.close()
+
+
+def test_a_slow_body_gets_408_and_a_full_process_503(collector_settings, redis_client):
+    auth = base64.b64encode(f"{KEY}:".encode())
+    head = b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Basic %s\r\nContent-Length: 100\r\n\r\n" % auth
+    with Collector(Producer(collector_settings, redis_client), port=0, body_timeout_s=0.5) as c:
+        started = time.monotonic()
+        answer = raw_request(c, head + b'{"batch": ')  # and nothing more
+        assert answer.startswith(b"HTTP/1.1 408 ") and time.monotonic() - started < 3
+    with Collector(Producer(collector_settings, redis_client), port=0, max_in_progress=0) as full:
+        busy = post(full, "/v1/batch", {"batch": [PAGE]})
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+    assert redis_client.llen("attentive") == 0

@@ -30,11 +30,9 @@ An accepted message is never dropped: it is in Redis before the 200 goes out.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import threading
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Self
 
 import anyio
@@ -43,8 +41,9 @@ import redis
 from producers import jsonvalues, keys, segment
 from producers.errors import InvalidJob, Problem
 from producers.producer import Producer
+from worker.asgi import Receive, Scope, Send, lifespan, respond
 from worker.collector_body import MAX_BODY, BodyError, read_body
-from worker.collector_policy import Cors, FailureLimiter, WriteKeys, key_fingerprint
+from worker.collector_policy import Cors, FailureLimiter, WriteKeys, key_fingerprint, presented_key
 
 log = logging.getLogger("attentive_relay.collector")
 MAX_MESSAGE = 32 * 1024
@@ -53,9 +52,6 @@ MAX_IN_PROGRESS = 64
 """Requests one process reads, checks and queues at once; more get 503 (clients retry)."""
 BODY_TIMEOUT_S = 30.0
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Answer = tuple[int, dict[str, Any]]
 
 
@@ -84,7 +80,7 @@ class CollectorApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            return await _lifespan(receive, send)
+            return await lifespan(receive, send)
         if scope["type"] != "http":
             return None
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
@@ -92,36 +88,36 @@ class CollectorApp:
         origin = headers.get("origin")
         if origin is not None:
             if not self.cors.allows(origin):
-                return await _respond(send, 403, {"success": False, "message": "origin not allowed"}, _VARY)
+                return await respond(send, 403, {"success": False, "message": "origin not allowed"}, _VARY)
             extra = self.cors.headers(origin, preflight=scope["method"] == "OPTIONS")
         path = scope["path"]
         if path not in PATHS:
-            return await _respond(send, 404, {"success": False, "message": "unknown path"}, extra)
+            return await respond(send, 404, {"success": False, "message": "unknown path"}, extra)
         if scope["method"] == "OPTIONS":
-            return await _respond(send, 204, None, [*extra, (b"allow", b"POST, OPTIONS")])
+            return await respond(send, 204, None, [*extra, (b"allow", b"POST, OPTIONS")])
         if scope["method"] != "POST":
             payload = {"success": False, "message": "only POST"}
-            return await _respond(send, 405, payload, [*extra, (b"allow", b"POST, OPTIONS")])
+            return await respond(send, 405, payload, [*extra, (b"allow", b"POST, OPTIONS")])
         address = (scope.get("client") or ("unknown", 0))[0]
         wait = self.limiter.blocked_for(address)
         if wait > 0:
             payload = {"success": False, "message": "too many refused write keys, retry later"}
-            return await _respond(send, 429, payload, [*extra, (b"retry-after", b"%d" % (wait + 1))], close=True)
+            return await respond(send, 429, payload, [*extra, (b"retry-after", b"%d" % (wait + 1))], close=True)
         if self.in_progress >= self.max_in_progress:
             payload = {"success": False, "message": "busy, retry"}
-            return await _respond(send, 503, payload, [*extra, (b"retry-after", b"1")], close=True)
+            return await respond(send, 503, payload, [*extra, (b"retry-after", b"1")], close=True)
         self.in_progress += 1
         try:
             try:
                 with anyio.fail_after(self.body_timeout_s):
                     raw = await read_body(receive, headers)
             except BodyError as exc:
-                return await _respond(send, exc.status, {"success": False, "message": str(exc)}, extra, close=True)
+                return await respond(send, exc.status, {"success": False, "message": str(exc)}, extra, close=True)
             except TimeoutError:
                 payload = {"success": False, "message": "body not received in time"}
-                return await _respond(send, 408, payload, extra, close=True)
+                return await respond(send, 408, payload, extra, close=True)
             status, payload = await anyio.to_thread.run_sync(self.handle, path, headers, raw, address)
-            return await _respond(send, status, payload, extra)
+            return await respond(send, status, payload, extra)
         finally:
             self.in_progress -= 1
 
@@ -135,7 +131,7 @@ class CollectorApp:
             return 400, {"success": False, "message": "body is not valid JSON"}
         if not isinstance(body, dict):
             return 400, {"success": False, "message": "body must be a JSON object"}
-        key = _write_key(headers, body)
+        key = presented_key(headers, body)
         if not self.keys.accepts(key):
             with self._limiter_lock:
                 blocked = self.limiter.failed(address)
@@ -203,46 +199,6 @@ def _marker(message: Any) -> str | None:
     """
     message_id = message.get("messageId") if isinstance(message, dict) else None
     return keys.seen(message_id) if isinstance(message_id, str) and message_id.strip() else None
-
-
-def _write_key(headers: dict[str, str], body: dict[str, Any]) -> str | None:
-    auth = headers.get("authorization", "")
-    if auth.startswith("Basic "):
-        try:
-            return base64.b64decode(auth[6:], validate=True).decode().split(":", 1)[0]
-        except (ValueError, UnicodeDecodeError):
-            return None
-    key = body.get("writeKey")
-    return key if isinstance(key, str) else None
-
-
-async def _respond(
-    send: Send,
-    status: int,
-    payload: dict[str, Any] | None,
-    extra: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
-    close: bool = False,
-) -> None:
-    """One JSON answer. ``close`` ends the connection after it (a body left unread, a client
-    being pushed back): the server then does not read the rest of what the client sends."""
-    data = b"" if payload is None else json.dumps(payload).encode()
-    headers = [(b"content-length", b"%d" % len(data)), *extra]
-    if payload is not None:
-        headers.append((b"content-type", b"application/json"))
-    if close:
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": data})
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 def create_app() -> CollectorApp:

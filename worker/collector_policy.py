@@ -15,12 +15,14 @@ Kept apart from the HTTP code so each rule can be read (and tested) on its own:
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -53,6 +55,19 @@ class WriteKeys:
             # every key is compared, so the time does not tell which one matched
             found |= hmac.compare_digest(presented, known)
         return found and bool(presented)
+
+
+def presented_key(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | None:
+    """The write key a request presents: the HTTP Basic user (Segment's libraries), else the
+    body's ``writeKey`` (analytics.js); None when neither is there or readable."""
+    auth = headers.get("authorization", "")
+    if auth.startswith("Basic "):
+        try:
+            return base64.b64decode(auth[6:], validate=True).decode().split(":", 1)[0]
+        except (ValueError, UnicodeDecodeError):
+            return None
+    key = body.get("writeKey")
+    return key if isinstance(key, str) else None
 
 
 class FailureLimiter:
