@@ -445,4 +445,25 @@ def test_a_slow_body_gets_408_and_a_full_process_503(collector_settings, redis_c
     with Collector(Producer(collector_settings, redis_client), port=0, max_in_progress=0) as full:
         busy = post(full, "/v1/batch", {"batch": [PAGE]})
         assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+    with Collector(Producer(collector_settings, redis_client), port=0) as c:
+        c.app.budget.limit = 100  # bytes of bodies the process may hold
+        assert post(c, "/v1/batch", {"batch": [PAGE]}).status_code == 503
+        assert c.app.budget.held == 0
     assert redis_client.llen("attentive") == 0
+
+
+def test_clients_trickling_bodies_do_not_crowd_out_the_others(collector):
+    """More slow senders than requests a process handles at once: bodies are bounded by bytes, not count."""
+    host, port = collector.url.removeprefix("http://").split(":")
+    auth = base64.b64encode(f"{KEY}:".encode())
+    head = b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Basic %s\r\nContent-Length: 1000\r\n\r\n" % auth
+    slow = [socket.create_connection((host, int(port)), timeout=5) for _ in range(100)]
+    try:
+        for s in slow:
+            s.sendall(head + b'{"batch": ')
+        time.sleep(0.3)
+        response = post(collector, "/v1/batch", {"batch": [PAGE]}, timeout=5)
+        assert response.status_code == 200 and response.json()["accepted"] == 1
+    finally:
+        for s in slow:
+            s.close()

@@ -23,7 +23,7 @@ Each request is answered after its messages are queued in Redis, in one transact
 - 401 bad key, 403 foreign origin, 404 unknown path, 405 other methods, 408 body too slow,
   413 body over 500 KB (compressed or inflated; or a message over 32 KB, Segment's limits),
   429 too many refused keys, 503 when Redis cannot be reached (nothing was queued: the client
-  retries) or when the process already has `max_in_progress` requests in hand.
+  retries), or when the process already holds `max_in_progress` requests or 32 MB of bodies.
 
 An accepted message is never dropped: it is in Redis before the 200 goes out.
 """
@@ -42,14 +42,16 @@ from producers import jsonvalues, keys, segment
 from producers.errors import InvalidJob, Problem
 from producers.producer import Producer
 from worker.asgi import Receive, Scope, Send, lifespan, respond
-from worker.collector_body import MAX_BODY, BodyError, read_body
+from worker.collector_body import MAX_BODY, BodyBudget, BodyError, read_body
 from worker.collector_policy import Cors, FailureLimiter, WriteKeys, key_fingerprint, presented_key
 
 log = logging.getLogger("attentive_relay.collector")
 MAX_MESSAGE = 32 * 1024
 PATHS = {"/v1/track": "track", "/v1/page": "page", "/v1/identify": "identify", "/v1/batch": None}
 MAX_IN_PROGRESS = 64
-"""Requests one process reads, checks and queues at once; more get 503 (clients retry)."""
+"""Requests one process checks and queues at once (bodies read, waiting for or holding a
+worker thread); more get 503 (clients retry). Bodies being received are bounded apart, by
+bytes (`worker.collector_body.MAX_BUFFERED`), so slow senders do not crowd out the others."""
 BODY_TIMEOUT_S = 30.0
 
 Answer = tuple[int, dict[str, Any]]
@@ -77,6 +79,7 @@ class CollectorApp:
         self.max_in_progress = max_in_progress
         self.body_timeout_s = body_timeout_s
         self.in_progress = 0
+        self.budget = BodyBudget()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -103,23 +106,27 @@ class CollectorApp:
         if wait > 0:
             payload = {"success": False, "message": "too many refused write keys, retry later"}
             return await respond(send, 429, payload, [*extra, (b"retry-after", b"%d" % (wait + 1))], close=True)
-        if self.in_progress >= self.max_in_progress:
-            payload = {"success": False, "message": "busy, retry"}
-            return await respond(send, 503, payload, [*extra, (b"retry-after", b"1")], close=True)
-        self.in_progress += 1
         try:
+            with anyio.fail_after(self.body_timeout_s):
+                raw = await read_body(receive, headers, self.budget)
+        except BodyError as exc:
+            extra = [*extra, (b"retry-after", b"1")] if exc.status == 503 else extra
+            return await respond(send, exc.status, {"success": False, "message": str(exc)}, extra, close=True)
+        except TimeoutError:
+            payload = {"success": False, "message": "body not received in time"}
+            return await respond(send, 408, payload, extra, close=True)
+        try:
+            if self.in_progress >= self.max_in_progress:
+                payload = {"success": False, "message": "busy, retry"}
+                return await respond(send, 503, payload, [*extra, (b"retry-after", b"1")])
+            self.in_progress += 1
             try:
-                with anyio.fail_after(self.body_timeout_s):
-                    raw = await read_body(receive, headers)
-            except BodyError as exc:
-                return await respond(send, exc.status, {"success": False, "message": str(exc)}, extra, close=True)
-            except TimeoutError:
-                payload = {"success": False, "message": "body not received in time"}
-                return await respond(send, 408, payload, extra, close=True)
-            status, payload = await anyio.to_thread.run_sync(self.handle, path, headers, raw, address)
+                status, payload = await anyio.to_thread.run_sync(self.handle, path, headers, raw, address)
+            finally:
+                self.in_progress -= 1
             return await respond(send, status, payload, extra)
         finally:
-            self.in_progress -= 1
+            self.budget.give(len(raw))
 
     def handle(self, path: str, headers: dict[str, str], raw: bytes, address: str) -> Answer:
         """Check, map and queue one request's body (blocking: run on a worker thread)."""

@@ -9,8 +9,9 @@ body arrives here as its data, exactly like a ``Content-Length`` one. Limits:
   never more than `MAX_BODY` + 1 bytes of output in all, so a bomb (500 KB that would inflate
   to 500 MB) costs at most `MAX_BODY` of memory before it is refused.
 
-Failures are `BodyError` with the HTTP status to answer (400 or 413); the caller bounds the
-time it waits for the body.
+Failures are `BodyError` with the HTTP status to answer (400, 413, or 503 when the process
+already holds `MAX_BUFFERED` bytes of bodies); the caller bounds the time it waits for the
+body.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 MAX_BODY = 500 * 1024
+MAX_BUFFERED = 32 * 1024 * 1024
+"""Body bytes one process holds at once: 64 bodies of the largest size."""
 TOO_LARGE = f"body must be at most {MAX_BODY} bytes"
 
 
@@ -56,6 +59,10 @@ class GzipInflater:
         except zlib.error:
             raise BodyError(400, "body is not valid gzip") from None
 
+    @property
+    def inflated(self) -> int:
+        return len(self._out)
+
     def finish(self) -> bytes:
         """The inflated body. Raises `BodyError` 400 if the last member was cut short."""
         if not self._member.eof:
@@ -63,29 +70,67 @@ class GzipInflater:
         return bytes(self._out)
 
 
+class BodyBudget:
+    """Bytes of request bodies one process holds at once (received, not yet answered).
+
+    Memory, not the number of requests, is what bodies cost: a client that trickles a body
+    holds a few bytes and must not crowd out the others. Used from the event loop only.
+    """
+
+    def __init__(self, limit: int = MAX_BUFFERED) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, n: int) -> None:
+        """Hold ``n`` more bytes; `BodyError` 503 (nothing held) when that passes the limit."""
+        if self.held + n > self.limit:
+            raise BodyError(503, "busy, retry")
+        self.held += n
+
+    def give(self, n: int) -> None:
+        self.held -= n
+
+
 async def read_body(
-    receive: Callable[[], Awaitable[MutableMapping[str, Any]]], headers: Mapping[str, str], limit: int = MAX_BODY
+    receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+    headers: Mapping[str, str],
+    budget: BodyBudget | None = None,
+    limit: int = MAX_BODY,
 ) -> bytes:
     """The whole body, inflated if gzip. Raises `BodyError`; a client that disconnects before
-    the end raises `BodyError` 400 (there is nobody to answer, and nothing is queued)."""
+    the end raises `BodyError` 400 (there is nobody to answer, and nothing is queued).
+
+    With a ``budget``, the bytes held are taken from it as they arrive (inflated bytes for
+    gzip); on success the caller gives back ``len(body)`` once it has answered, on any
+    failure (cancellation included) they are given back here.
+    """
     declared = headers.get("content-length")
     if declared is not None and (not declared.strip().isdigit() or int(declared) > limit):
         raise BodyError(413, TOO_LARGE)
+    budget = budget or BodyBudget(limit)
     inflater = GzipInflater(limit) if headers.get("content-encoding", "").strip().lower() == "gzip" else None
     raw = bytearray()
-    received = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise BodyError(400, "client disconnected")
-        chunk = message.get("body", b"")
-        received += len(chunk)
-        if received > limit:
-            raise BodyError(413, TOO_LARGE)
-        if inflater is not None:
-            inflater.feed(chunk)
-        else:
-            raw += chunk
-        if not message.get("more_body", False):
-            break
-    return inflater.finish() if inflater is not None else bytes(raw)
+    received = held = 0
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise BodyError(400, "client disconnected")
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > limit:
+                raise BodyError(413, TOO_LARGE)
+            if inflater is not None:
+                inflater.feed(chunk)
+            else:
+                raw += chunk
+            grown = (inflater.inflated if inflater is not None else len(raw)) - held
+            budget.take(grown)
+            held += grown
+            if not message.get("more_body", False):
+                break
+        body = inflater.finish() if inflater is not None else bytes(raw)
+    except BaseException:
+        budget.give(held)
+        raise
+    return body
