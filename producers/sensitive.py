@@ -12,8 +12,8 @@ skipped. What counts (see `producers.sensitive_kinds`):
 - ``payment_card``: 13 to 19 digits, grouped or not by space runs, dots or dashes, in a card
   network's range and length, passing Luhn. In Attentive's own ids (``orderId``,
   ``productId``, ``productVariantId``, ``externalEventId``, also as property names in any
-  case style) a bare digit run is the id itself and is not taken for a card; a grouped card
-  number there still is.
+  case style) a bare digit run or a UUID is the id itself and is not taken for a card; a
+  grouped card number there still is.
 - ``us_ssn``: 123-45-6789, 123.45.6789 or 123 45 6789 in the ranges the SSA issues
   (unformatted nine-digit numbers are too often order numbers to refuse by value);
 - an operator pattern from ``ATTENTIVE_SENSITIVE_PATTERNS`` (name -> regex), by its name;
@@ -55,6 +55,9 @@ _FORBID = "which Attentive's terms forbid"
 _SKIP = frozenset({"kind", "occurredAt", "phone", "price", "quantity"})
 _ID_FIELDS = frozenset({"orderId", "productId", "productVariantId", "externalEventId"})
 _DIGIT = re.compile(r"\d")
+# Segment's messageId (our custom events' externalEventId) is a UUID; its dash-separated digit
+# groups can line up as a printed card number (about 1 in 2,500), so a UUID in an id is an id.
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def scan_job(job: BaseModel, extra: Mapping[str, str] | None = None) -> list[Problem]:
@@ -88,7 +91,9 @@ def _model(model: BaseModel, path: str, patterns: Patterns, problems: list[Probl
         if field == "properties" and isinstance(value, Mapping):
             _properties(value, where, patterns, problems)
         elif isinstance(value, str):
-            _value(value, where, patterns, problems, field in _ID_FIELDS)
+            identifier = field in _ID_FIELDS
+            if not (identifier and _UUID.fullmatch(value)):
+                _value(value, where, patterns, problems, identifier)
         elif isinstance(value, BaseModel):
             _model(value, where, patterns, problems)
         elif isinstance(value, tuple):

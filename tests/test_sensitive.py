@@ -328,3 +328,31 @@ def test_scan_never_raises_and_a_name_holding_data_stays_out_of_paths(value, car
     problems = scan({"p": value, card: value, "q": {card: 1}}, {"word": "[a-z]{5}"})
     assert card not in " ".join(str(p) for p in problems)
     assert {"properties", "properties.q"} <= {p.field for p in problems}
+
+
+def test_uuid_external_event_ids_are_never_taken_for_card_numbers():
+    # Segment's messageId becomes the externalEventId; about 1 UUID in 2,500 has digit groups
+    # that line up as a printed card number. These did before, from a seeded generator.
+    import random
+    import uuid
+
+    rng = random.Random(20261201)
+    now = datetime.now(UTC)
+    settings = Settings()
+    refused = 0
+    for _ in range(20_000):
+        event_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        job = {"kind": "custom_event", "type": "T", "user": {"email": "a@example.com"}, "externalEventId": event_id}
+        try:
+            parse_job(job, settings, now, at_enqueue=True)
+        except InvalidJob:
+            refused += 1
+    assert refused == 0
+    card = {
+        "kind": "custom_event",
+        "type": "T",
+        "user": {"email": "a@example.com"},
+        "externalEventId": "4111-1111-1111-1111",
+    }
+    with pytest.raises(InvalidJob, match="externalEventId"):
+        parse_job(card, Settings(), now, at_enqueue=True)
