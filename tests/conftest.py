@@ -20,6 +20,7 @@ import redis
 from producers.producer import Producer
 from producers.settings import Settings
 from worker.attentive import AttentiveClient
+from worker.counters import stats
 from worker.delivery import Delivery
 from worker.jobstore import JobStore
 from worker.processes import RedisServer, WorkerProcess
@@ -117,6 +118,12 @@ def start_worker(tmp_path: Path, settings: Settings) -> Iterator[Callable[..., W
     yield start
     for worker in started:
         worker.kill_all()
+
+
+def finished(client: redis.Redis, queue: str = "attentive") -> int:
+    """Jobs that have ended, as delivered or dead-lettered (`worker.counters.stats`)."""
+    s = stats(client, queue)
+    return s["delivered"] + sum(s["dead_letter"].values())
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:

@@ -26,7 +26,7 @@ from worker import kombu_closed_channel_guard
 from worker.counters import stats
 from worker.processes import RedisServer, WorkerProcess
 
-from conftest import env_for, make_settings
+from conftest import env_for, finished, make_settings
 
 PHONE = "+14155552671"
 TESTS_DIR = Path(__file__).parent
@@ -91,11 +91,6 @@ def test_kombu_still_needs_the_guard(tmp_path, monkeypatch):
         server.stop()
 
 
-def _finished(client: redis.Redis) -> int:
-    s = stats(client, "attentive")
-    return s["delivered"] + sum(s["dead_letter"].values())
-
-
 @ACK_EMULATION
 def test_a_worker_rides_through_a_redis_restart_under_load(tmp_path, sandbox, ack_emulation):
     """Jobs flowing, Redis (append-only) restarted: the same worker process finishes every job.
@@ -131,7 +126,7 @@ def test_a_worker_rides_through_a_redis_restart_under_load(tmp_path, sandbox, ac
         worker.start()
         producing.start()
         deadline = time.monotonic() + 20
-        while _finished(client) < 10 and time.monotonic() < deadline:
+        while finished(client) < 10 and time.monotonic() < deadline:
             time.sleep(0.05)
         broker_up.clear()
         time.sleep(0.15)  # let an enqueue in progress finish
@@ -143,7 +138,7 @@ def test_a_worker_rides_through_a_redis_restart_under_load(tmp_path, sandbox, ac
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline and worker.proc.poll() is None:
             try:
-                if not producing.is_alive() and _finished(client) >= len(ids):
+                if not producing.is_alive() and finished(client) >= len(ids):
                     break
             except redis.ConnectionError:
                 pass

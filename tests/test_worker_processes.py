@@ -22,18 +22,13 @@ from producers.queue import push_jobs
 from worker.counters import stats
 from worker.processes import RedisServer
 
-from conftest import TEST_ERASURE_KEY, TOKEN, add_fault, make_settings, sandbox_requests, wait_for
+from conftest import TEST_ERASURE_KEY, TOKEN, add_fault, finished, make_settings, sandbox_requests, wait_for
 
 PHONE = "+14155552671"
 
 
 def event(type_: str, **extra) -> dict:
     return {"kind": "custom_event", "type": type_, "user": {"phone": PHONE}, **extra}
-
-
-def finished(client: redis.Redis, queue: str = "attentive") -> int:
-    s = stats(client, queue)
-    return s["delivered"] + sum(s["dead_letter"].values())
 
 
 def requests_for(sandbox, type_: str) -> list[dict]:
