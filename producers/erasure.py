@@ -44,10 +44,10 @@ local jobs, dead = 0, 0
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   jobs = jobs + redis.call('DEL', ARGV[1] .. 'job:' .. id)
   dead = dead + redis.call('DEL', ARGV[1] .. 'dead:' .. id)
-  for i = 2, 5 do redis.call('ZREM', KEYS[i], id) end
+  for i = 2, 6 do redis.call('ZREM', KEYS[i], id) end
 end
 redis.call('DEL', KEYS[1])
-if jobs > 0 then redis.call('HINCRBY', KEYS[6], 'erased', jobs) end
+if jobs > 0 then redis.call('HINCRBY', KEYS[7], 'erased', jobs) end
 return {jobs, dead}
 """
 
@@ -105,6 +105,7 @@ def erase(client: redis.Redis, settings: Settings, person: str) -> Erased:
             keys.SCHEDULE,
             keys.LEASES,
             keys.DEAD_INDEX,
+            keys.WAITING,
             keys.STATS,
         ],
         args=[keys.PREFIX],

@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from producers import jsonvalues, rules
+from producers import accounts, jsonvalues, rules
 
 log = logging.getLogger("attentive_relay.jobs")
 
@@ -88,6 +88,21 @@ OccurredAt = Annotated[
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _account_name(value: Any) -> Any:
+    # The default account's name means the same as no name: one spelling in the stored job.
+    return None if value == accounts.DEFAULT or _blank_to_none(value) is None else value
+
+
+AccountName = Annotated[
+    Annotated[str, StringConstraints(pattern=accounts.NAME.pattern)] | None, BeforeValidator(_account_name)
+]
+
+
+class _Job(_Model):
+    account: AccountName = None
+    """The account (brand) whose credentials deliver this job; None: the default account."""
 
 
 class CustomIdentifier(_Model):
@@ -163,7 +178,7 @@ def _attribute_properties(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-class CustomEvent(_Model):
+class CustomEvent(_Job):
     kind: Literal["custom_event"] = "custom_event"
     type: Annotated[str, StringConstraints(max_length=rules.MAX_EVENT_TYPE), AfterValidator(rules.check_event_type)]
     user: User
@@ -172,7 +187,7 @@ class CustomEvent(_Model):
     occurredAt: OccurredAt = None
 
 
-class CustomAttributes(_Model):
+class CustomAttributes(_Job):
     kind: Literal["custom_attributes"] = "custom_attributes"
     user: User
     properties: Annotated[dict[str, Any], AfterValidator(_attribute_properties)]
@@ -204,21 +219,21 @@ class Item(_Model):
 Items = Annotated[tuple[Item, ...], Field(min_length=1, max_length=100)]
 
 
-class ProductView(_Model):
+class ProductView(_Job):
     kind: Literal["product_view"] = "product_view"
     user: User
     items: Items
     occurredAt: OccurredAt = None
 
 
-class AddToCart(_Model):
+class AddToCart(_Job):
     kind: Literal["add_to_cart"] = "add_to_cart"
     user: User
     items: Items
     occurredAt: OccurredAt = None
 
 
-class Purchase(_Model):
+class Purchase(_Job):
     kind: Literal["purchase"] = "purchase"
     user: User
     items: Items
@@ -236,7 +251,7 @@ class IdentityIdentifier(_Model):
     value: Annotated[str, StringConstraints(min_length=1, max_length=rules.MAX_IDENTITY_VALUE)]
 
 
-class Identity(_Model):
+class Identity(_Job):
     kind: Literal["identity"] = "identity"
     phone: Phone = None
     email: Annotated[
@@ -269,8 +284,8 @@ KINDS: tuple[str, ...] = tuple(EVENT_PATHS)
 
 
 def attentive_body(job: BaseModel) -> dict[str, Any]:
-    """The JSON body of the Attentive call: the job without ``kind`` and without nulls."""
-    return job.model_dump(mode="json", exclude_none=True, exclude={"kind"})
+    """The JSON body of the Attentive call: the job without ``kind``, ``account`` and nulls."""
+    return job.model_dump(mode="json", exclude_none=True, exclude={"kind", "account"})
 
 
 def occurred_at(job: BaseModel) -> datetime | None:

@@ -28,6 +28,10 @@ QUEUED = PREFIX + "queued"
 The job store is the truth and the broker message only a wake-up: the reconciler reads this
 index to find queued jobs whose message is gone (see `worker.jobstore`)."""
 
+WAITING = PREFIX + "waiting"
+"""Sorted set of job ids in state ``waiting`` (for an identity job, `producers.ordering`),
+scored by when they started waiting or were last looked at by the reconciler."""
+
 RECONCILE_LOCK = PREFIX + "reconcile"
 """String with a short expiry: held by the promoter running the reconciliation pass, so one
 pass runs at a time across all workers."""
@@ -41,6 +45,22 @@ def person(digest: str) -> str:
     """Set of the ids of the jobs that mention one person (a phone number or an email), named by
     a keyed hash of it (`producers.erasure`), never by the value itself."""
     return f"{PREFIX}person:{digest}"
+
+
+def identity(digest: str) -> str:
+    """String holding the id of the latest identity job that links one external id in one
+    account, named by a keyed hash of both (`producers.ordering.marker`)."""
+    return f"{PREFIX}identity:{digest}"
+
+
+def waiters(job_id: str) -> str:
+    """List of the ids of the jobs waiting for identity job ``job_id`` to end."""
+    return f"{PREFIX}waiters:{job_id}"
+
+
+def account_stats(account: str) -> str:
+    """Hash of one account's counters (delivered, dead:<reason>); ``default`` for the default account."""
+    return f"{PREFIX}stats:{account}"
 
 
 def job(job_id: str) -> str:

@@ -18,12 +18,13 @@ crash-restored or promoted message run at most once.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from producers import erasure, keys
+from producers import accounts, erasure, keys, ordering
 
 if TYPE_CHECKING:
     import redis
@@ -34,6 +35,29 @@ TASK_NAME = "attentive.deliver"
 JOB_PLACEHOLDER = "@JOB@"
 TICKET_PLACEHOLDER = "@TICKET@"
 KIND_PLACEHOLDER = "@KIND@"
+QUEUE_PLACEHOLDER = "@QUEUE@"
+
+_ACCOUNT_FIRST = re.compile(r'^\{"account":"([A-Za-z0-9_-]{1,63})"')
+
+# A job that depends on an identity job (`producers.ordering`): it waits if one of the identity
+# jobs its markers name has not ended (its record still exists), else it is queued.
+# KEYS: job, queued index, waiting index, marker...   ARGV: job_id, now_ms, message, queue, prefix, ttl_ms
+_GATE = """
+for i = 4, #KEYS do
+  local dep = redis.call('GET', KEYS[i])
+  if dep and redis.call('EXISTS', ARGV[5] .. 'job:' .. dep) == 1 then
+    redis.call('HSET', KEYS[1], 'state', 'waiting', 'after', dep)
+    local w = ARGV[5] .. 'waiters:' .. dep
+    redis.call('RPUSH', w, ARGV[1])
+    redis.call('PEXPIRE', w, tonumber(ARGV[6]))
+    redis.call('ZADD', KEYS[3], tonumber(ARGV[2]), ARGV[1])
+    return 1
+  end
+end
+redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), ARGV[1])
+redis.call('LPUSH', ARGV[4], ARGV[3])
+return 0
+"""
 
 
 def ticket_for(job_id: str, round_: int) -> str:
@@ -83,9 +107,19 @@ def celery_message(job_id: str, ticket: str, queue: str, kind: str = "") -> str:
     )
 
 
-def message_template(queue: str) -> str:
-    """`celery_message` with placeholders, for the promoter's Lua script to fill in."""
-    return celery_message(JOB_PLACEHOLDER, TICKET_PLACEHOLDER, queue, KIND_PLACEHOLDER)
+def message_template() -> str:
+    """`celery_message` with placeholders, for the job store's Lua scripts to fill in."""
+    return celery_message(JOB_PLACEHOLDER, TICKET_PLACEHOLDER, QUEUE_PLACEHOLDER, KIND_PLACEHOLDER)
+
+
+def account_of(job_json: str) -> str:
+    """The account a stored job names, or `producers.accounts.DEFAULT`.
+
+    Reads only the start of the text: `producers.validation.job_json` writes ``account``
+    first when a job has one (it is the first field of every job model).
+    """
+    found = _ACCOUNT_FIRST.match(job_json)
+    return found.group(1) if found else accounts.DEFAULT
 
 
 def new_job_id() -> str:
@@ -97,6 +131,7 @@ def job_record(job_json: str, kind: str, now_ms: int, round_: int = 0) -> dict[s
     return {
         "job": job_json,
         "kind": kind,
+        "account": account_of(job_json),
         "state": "queued",
         "round": round_,
         "attempts": 0,
@@ -112,16 +147,23 @@ def add_job(
     record: Mapping[str, Any],
     now_ms: int,
     erasure_key: bytes,
+    *,
+    order: bool = False,
 ) -> None:
     """Add to ``pipe`` the commands that store a job record (expiring after the job retention),
-    index it as queued and by the people it mentions (`producers.erasure`), and queue its message.
+    index it as queued and by the people it mentions (`producers.erasure`), and queue its message
+    on its account's queue.
 
-    The record's ``round`` picks the ticket; the caller executes the pipeline, so storing
-    and queueing happen together or not at all.
+    With ``order`` (a new job, not a replay), identity ordering applies (`producers.ordering`):
+    an identity job marks the ids it links, and a job that needs one of them waits while that
+    identity job has not ended. The record's ``round`` picks the ticket; the caller executes
+    the pipeline, so storing and queueing happen together or not at all.
     """
     ticket = ticket_for(job_id, int(record["round"]))
     job_key = keys.job(job_id)
-    pipe.hset(job_key, mapping={**record, "ticket": ticket})
+    account = str(record.get("account") or accounts.DEFAULT)
+    queue = settings.queue_for(account)
+    pipe.hset(job_key, mapping={**record, "ticket": ticket, "queue": queue})
     pipe.pexpire(job_key, settings.job_retention_ms)
     # A person's set outlives every job in it, dead letters included.
     person_ttl_ms = max(settings.job_retention_ms, settings.dlq_retention_ms)
@@ -129,9 +171,21 @@ def add_job(
         person_key = erasure.person_key(erasure_key, person)
         pipe.sadd(person_key, job_id)
         pipe.pexpire(person_key, person_ttl_ms)
+    message = celery_message(job_id, ticket, queue, str(record.get("kind", "")))
+    kind = str(record.get("kind", ""))
+    if order and kind in ordering.USER_KINDS | {"identity"}:
+        job = json.loads(str(record["job"]))
+        for external_id in ordering.links(job):
+            pipe.set(ordering.marker(erasure_key, account, external_id), job_id, px=settings.job_retention_ms)
+        needed = [ordering.marker(erasure_key, account, i) for i in ordering.needs(job)]
+        if needed:
+            pipe.register_script(_GATE)(
+                keys=[job_key, keys.QUEUED, keys.WAITING, *needed],
+                args=[job_id, now_ms, message, queue, keys.PREFIX, settings.job_retention_ms],
+            )
+            return
     pipe.zadd(keys.QUEUED, {job_id: now_ms})
-    queue = settings.attentive_queue
-    pipe.lpush(queue, celery_message(job_id, ticket, queue, str(record.get("kind", ""))))
+    pipe.lpush(queue, message)
 
 
 def push_jobs(
@@ -178,7 +232,7 @@ def _push(
 ) -> None:
     now_ms = int(time.time() * 1000)
     for job_id, kind, data in jobs:
-        add_job(pipe, settings, job_id, job_record(data, kind, now_ms), now_ms, erasure_key)
+        add_job(pipe, settings, job_id, job_record(data, kind, now_ms), now_ms, erasure_key, order=True)
     if jobs:
         pipe.hincrby(keys.STATS, "enqueued", len(jobs))
     if jobs or pipe.command_stack:

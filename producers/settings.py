@@ -5,9 +5,14 @@ The environment variable names are part of the contract (other tools set them).
 
 from __future__ import annotations
 
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from producers import accounts as accounts_
 from producers.errors import ConfigurationError
 from producers.sensitive_kinds import compile_patterns
 
@@ -28,6 +33,30 @@ class Settings(BaseSettings):
     """Bearer token. Only the worker needs it; producers never read it."""
 
     attentive_base_url: str = "https://api.attentivemobile.com"
+
+    attentive_custom_events_api: Literal["rest", "graphql"] = "rest"
+    """How ``custom_event`` jobs reach Attentive: its REST endpoint (``/v1/events/custom``) or
+    its GraphQL API's ``createCustomEvent`` mutation (``/v1/graphql``, in beta). The job format
+    is the same either way."""
+
+    attentive_accounts: SecretStr = SecretStr("")
+    """More accounts (brands) besides the default one, as JSON (see `producers.accounts`). A
+    secret: it holds tokens."""
+
+    attentive_accounts_file: Path | None = None
+    """A file holding the ``ATTENTIVE_ACCOUNTS`` JSON instead (a mounted secret)."""
+
+    yotpo_store_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,128}$")
+    """The default account's Yotpo store id (app key), for ``yotpo_custom_event`` jobs."""
+
+    yotpo_access_token: SecretStr | None = None
+    """The default account's Yotpo access token."""
+
+    yotpo_base_url: str = "https://api.yotpo.com"
+    """Yotpo's API host. The custom-event path under it is `worker.destinations.yotpo.PATH`."""
+
+    yotpo_rate_limit: float = Field(5.0, gt=0)
+    """Yotpo's limit per store (requests/second)."""
 
     attentive_freshness_hours: float = Field(12.0, gt=0)
     """Events older than this are never sent: Attentive accepts them and discards them."""
@@ -136,6 +165,33 @@ class Settings(BaseSettings):
     requests from, with CORS headers; a request with any other ``Origin`` gets 403. Empty:
     browsers are refused."""
 
+    @cached_property
+    def accounts(self) -> dict[str, accounts_.Account]:
+        """Every account by name, the default one (`producers.accounts.DEFAULT`) first."""
+        default = accounts_.Account(
+            accounts_.DEFAULT,
+            token=self.attentive_api_token,
+            yotpo_store_id=self.yotpo_store_id,
+            yotpo_access_token=self.yotpo_access_token,
+        )
+        return {accounts_.DEFAULT: default, **self._named_accounts}
+
+    @cached_property
+    def _named_accounts(self) -> dict[str, accounts_.Account]:
+        raw = self.attentive_accounts.get_secret_value()
+        if self.attentive_accounts_file is not None:
+            raw = accounts_.read_file(self.attentive_accounts_file)
+        return accounts_.parse(raw)
+
+    def queue_for(self, account: str | None) -> str:
+        """The Celery queue that carries ``account``'s jobs."""
+        return accounts_.queue_name(self.attentive_queue, account)
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        """Every account's queue, the default account's first: what a worker consumes."""
+        return tuple(self.queue_for(name) for name in self.accounts)
+
     @property
     def write_keys(self) -> tuple[SecretStr, ...]:
         """The collector's write keys, each a `SecretStr`, without blanks or duplicates."""
@@ -153,6 +209,13 @@ class Settings(BaseSettings):
             raise ValueError("ATTENTIVE_LEASE_S must be at least ATTENTIVE_TIMEOUT_S + 10")
         if self.attentive_backoff_max_s < self.attentive_backoff_base_s:
             raise ValueError("ATTENTIVE_BACKOFF_MAX_S must be at least ATTENTIVE_BACKOFF_BASE_S")
+        if self.attentive_accounts_file is not None and self.attentive_accounts.get_secret_value().strip():
+            raise ValueError("set ATTENTIVE_ACCOUNTS or ATTENTIVE_ACCOUNTS_FILE, not both")
+        try:
+            self._named_accounts  # noqa: B018 - read once here, so a bad value stops start-up
+        except ValueError as err:
+            name = "ATTENTIVE_ACCOUNTS_FILE" if self.attentive_accounts_file else "ATTENTIVE_ACCOUNTS"
+            raise ValueError(f"{name}: {err}") from None
         retention = self.attentive_job_retention_hours
         if retention is not None and retention <= self.attentive_freshness_hours:
             raise ValueError("ATTENTIVE_JOB_RETENTION_HOURS must be longer than ATTENTIVE_FRESHNESS_HOURS")

@@ -126,6 +126,9 @@ def parse_job(data: Any, settings: Settings, now: datetime, *, at_enqueue: bool)
     except RecursionError:
         raise InvalidJob([Problem("", f"nested deeper than {rules.MAX_DEPTH} levels")]) from None
     problems = _time_problems(job, settings, now, at_enqueue=at_enqueue)
+    account = getattr(job, "account", None)
+    if account is not None and account not in settings.accounts:
+        problems.append(Problem("account", "is not an account in ATTENTIVE_ACCOUNTS"))
     if settings.attentive_sensitive_guard:
         problems += sensitive.scan_job(job, settings.attentive_sensitive_patterns)
     if problems:

@@ -19,9 +19,9 @@ import redis
 
 from producers.producer import Producer
 from producers.settings import Settings
-from worker.attentive import AttentiveClient
 from worker.counters import stats
 from worker.delivery import Delivery
+from worker.destinations import Destinations
 from worker.jobstore import JobStore
 from worker.processes import RedisServer, WorkerProcess
 from worker.sandbox import Sandbox
@@ -75,7 +75,7 @@ def delivery_for(settings: Settings, client: redis.Redis) -> Delivery:
         86_400_000,
         int(settings.attentive_orphan_s * 1000),
     )
-    return Delivery(settings, AttentiveClient(settings), store, rand=lambda: 0.5)
+    return Delivery(settings, Destinations(settings), store, rand=lambda: 0.5)
 
 
 @pytest.fixture
@@ -151,3 +151,25 @@ def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("ATTENTIVE_") or name == "REDIS_URL":
             monkeypatch.delenv(name, raising=False)
+
+
+class KindLimiter:
+    """The shared rate limiter as the Attentive REST destination uses it for one account, by kind."""
+
+    def __init__(self, client: redis.Redis, settings: Settings, account: str = "default") -> None:
+        from worker.destinations.attentive_rest import rate_for
+        from worker.destinations.base import Bucket, credential_tag
+        from worker.ratelimit import RateLimiter
+
+        self.limiter = RateLimiter(client, settings.attentive_rate_headroom)
+        acct = settings.accounts[account]
+        self.bucket = lambda kind: Bucket(credential_tag(acct.token), kind, rate_for(settings, kind, acct))
+
+    def rate(self, kind: str) -> float:
+        return self.limiter.rate(self.bucket(kind))
+
+    def reserve(self, kind: str) -> float:
+        return self.limiter.reserve(self.bucket(kind))
+
+    def back_off(self, kind: str, seconds: float) -> None:
+        self.limiter.back_off(self.bucket(kind), seconds)

@@ -15,9 +15,8 @@ from producers.producer import Producer
 from producers.settings import Settings
 from worker.counters import stats
 from worker.processes import RedisServer, free_port, redis_server_binary
-from worker.ratelimit import RateLimiter
 
-from conftest import TOKEN, make_settings, sandbox_requests, wait_for
+from conftest import TOKEN, KindLimiter, make_settings, sandbox_requests, wait_for
 
 EVENT = {"kind": "custom_event", "type": "Via Sentinel", "user": {"email": "a@example.com"}}
 
@@ -60,7 +59,7 @@ def test_a_worker_and_a_producer_work_through_sentinel(sentinel, sandbox, start_
     start_worker(settings_=settings)
     wait_for(lambda: stats(client, "attentive")["delivered"] == 1, 30, "delivery through sentinel")
     assert [r["status"] for r in sandbox_requests(sandbox)] == [200]
-    assert RateLimiter(client, settings).reserve("custom_event") == 0
+    assert KindLimiter(client, settings).reserve("custom_event") == 0
 
 
 @pytest.fixture
@@ -111,7 +110,7 @@ def cluster(tmp_path: Path) -> Iterator[str]:
 
 def test_the_rate_limiter_runs_on_redis_cluster(cluster: str):
     settings = Settings(attentive_api_token=TOKEN, attentive_rate_limit=100, attentive_rate_headroom=1.0)
-    limiter = RateLimiter(connect(cluster), settings)
+    limiter = KindLimiter(connect(cluster), settings)
     waits = [limiter.reserve(kind) for kind in ("identity", "identity", "custom_event", "custom_event")]
     assert waits[0] == 0 and 0.09 < waits[1] <= 0.1 and waits[2] == 0 and 0.009 < waits[3] <= 0.01
     limiter.back_off("purchase", 1.0)
@@ -122,7 +121,7 @@ def test_a_worker_can_keep_its_limiter_on_a_cluster(cluster, redis_server, redis
     settings = make_settings(redis_server.url, sandbox.url, attentive_rate_limit_redis_url=cluster)
     start_worker(settings_=settings)
     # Hold the bucket on the cluster: a worker that uses it cannot send for 3 s.
-    RateLimiter(connect(cluster), settings).back_off("custom_event", 3.0)
+    KindLimiter(connect(cluster), settings).back_off("custom_event", 3.0)
     held_at = time.time()
     Producer(settings, redis_client).enqueue_many([EVENT] * 5)
     wait_for(lambda: stats(redis_client, "attentive")["delivered"] == 5, 30, "deliveries")

@@ -18,7 +18,7 @@ from producers.queue import push_jobs, ticket_for
 from worker.delivery import Delivery
 from worker.sandbox import Sandbox
 
-from conftest import TEST_ERASURE_KEY, add_fault, delivery_for, make_settings, sandbox_requests
+from conftest import TEST_ERASURE_KEY, KindLimiter, add_fault, delivery_for, make_settings, sandbox_requests
 
 EVENT = {"kind": "custom_event", "type": "Order Shipped", "user": {"phone": "+14155552671"}}
 
@@ -193,11 +193,9 @@ def test_sandbox_fixture_is_isolated(sandbox: Sandbox):
 
 
 def test_a_redis_failure_mid_attempt_is_not_a_poison_job(settings, producer, redis_client):
-    from worker.ratelimit import RateLimiter
-
     delivery = delivery_for(settings, redis_client)
     unreachable = redis.Redis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=0.5)
-    delivery.limiter = RateLimiter(unreachable, settings)
+    delivery.limiter = KindLimiter(unreachable, settings).limiter
     job_id = producer.enqueue(EVENT)
     with pytest.raises(redis.ConnectionError):
         delivery.run(job_id, ticket_for(job_id, 0))

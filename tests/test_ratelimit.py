@@ -12,13 +12,12 @@ from producers.producer import Producer
 from producers.queue import ticket_for
 from producers.settings import Settings
 from worker.counters import stats
-from worker.ratelimit import RateLimiter
 
-from conftest import TOKEN, add_fault, delivery_for, make_settings, sandbox_requests, wait_for
+from conftest import TOKEN, KindLimiter, add_fault, delivery_for, make_settings, sandbox_requests, wait_for
 
 
-def limiter(redis_server, redis_client, **overrides) -> RateLimiter:
-    return RateLimiter(redis_client, make_settings(redis_server.url, **overrides))
+def limiter(redis_server, redis_client, **overrides) -> KindLimiter:
+    return KindLimiter(redis_client, make_settings(redis_server.url, **overrides))
 
 
 def test_slots_are_spaced_at_the_aimed_rate(redis_server, redis_client):
@@ -100,13 +99,15 @@ def test_a_backlogged_endpoint_does_not_hold_up_the_others(redis_server, redis_c
 def test_a_429_pushes_back_the_whole_bucket(redis_server, redis_client, sandbox):
     settings = make_settings(redis_server.url, sandbox.url)
     delivery = delivery_for(settings, redis_client)
-    delivery.limiter = RateLimiter(redis_client, settings)
+    delivery.limiter = KindLimiter(redis_client, settings).limiter
     add_fault(sandbox, status=429, times=1, retry_after=2)
     job_id = Producer(settings, redis_client).enqueue(
         {"kind": "custom_event", "type": "x", "user": {"email": "a@example.com"}}
     )
     assert delivery.run(job_id, ticket_for(job_id, 0)).startswith("retry_in_")
-    assert 1.8 < delivery.limiter.reserve("custom_event") <= 2.0, "every worker now waits for the bucket"
+    assert 1.8 < KindLimiter(redis_client, settings).reserve("custom_event") <= 2.0, (
+        "every worker now waits for the bucket"
+    )
 
 
 def test_workers_back_off_together_after_a_429(redis_server, redis_client, sandbox, start_worker):

@@ -43,8 +43,8 @@ def test_the_promoters_template_builds_the_same_message_as_the_producer():
     # The reconciler finds a job's message by its exact bytes, built from the template.
     job_id = "0" * 32
     ticket = ticket_for(job_id, 3)
-    filled = message_template("attentive").replace("@JOB@", job_id).replace("@TICKET@", ticket)
-    assert filled.replace("@KIND@", "custom_event") == celery_message(job_id, ticket, "attentive", "custom_event")
+    filled = message_template().replace("@JOB@", job_id).replace("@TICKET@", ticket).replace("@QUEUE@", "attentive.b")
+    assert filled.replace("@KIND@", "custom_event") == celery_message(job_id, ticket, "attentive.b", "custom_event")
 
 
 def test_a_queued_job_whose_message_was_lost_is_queued_again_with_a_new_ticket(producer: Producer, redis_client):
@@ -53,9 +53,9 @@ def test_a_queued_job_whose_message_was_lost_is_queued_again_with_a_new_ticket(p
     t0 = queued_at(redis_client, job_id)
     redis_client.delete("attentive")  # the message is gone; the record says queued
 
-    assert store.reconcile(t0 + ORPHAN_MS - 1) == (0, 0), "not overdue yet"
+    assert store.reconcile(t0 + ORPHAN_MS - 1) == (0, 0, 0), "not overdue yet"
     redis_client.delete(keys.RECONCILE_LOCK)
-    assert store.reconcile(t0 + ORPHAN_MS) == (1, 0)
+    assert store.reconcile(t0 + ORPHAN_MS) == (1, 0, 0)
     assert tickets_in_queue(redis_client) == [ticket_for(job_id, 1)]
     assert queued_at(redis_client, job_id) == t0 + ORPHAN_MS, "the wait starts again"
     assert store.claim(job_id, ticket_for(job_id, 0), t0 + ORPHAN_MS + 1) == "stale", "an old message is fenced"
@@ -70,7 +70,7 @@ def test_a_job_still_waiting_in_the_queue_is_left_alone(producer: Producer, redi
     waiting, lost = producer.enqueue(EVENT), producer.enqueue(EVENT)
     redis_client.lrem("attentive", 1, redis_client.lrange("attentive", 0, 0)[0])  # LPUSH: index 0 is the newest
     now = queued_at(redis_client, lost) + ORPHAN_MS
-    assert store.reconcile(now) == (1, 1)
+    assert store.reconcile(now) == (1, 1, 0)
     assert sorted(tickets_in_queue(redis_client)) == sorted([ticket_for(waiting, 0), ticket_for(lost, 1)])
     assert queued_at(redis_client, waiting) == now, "looked at again only after another orphan period"
 
@@ -83,7 +83,7 @@ def test_a_promoted_message_is_recognised_as_present(producer: Producer, redis_c
     assert store.schedule(claim, 1000, 10, [])
     assert store.promote(2000) == (1, 0)
     assert queued_at(redis_client, job_id) == 2000, "a promoted job is indexed as queued again"
-    assert store.reconcile(2000 + ORPHAN_MS) == (0, 1)
+    assert store.reconcile(2000 + ORPHAN_MS) == (0, 1, 0)
     assert tickets_in_queue(redis_client) == [ticket_for(job_id, 1)]
 
 
@@ -96,7 +96,7 @@ def test_a_job_deeper_than_the_scan_in_a_backlog_is_queued_again_and_runs_once(p
     now = queued_at(redis_client, deep) + ORPHAN_MS
     # Promoted jobs sit at the consuming end, ahead of it.
     redis_client.rpush("attentive", *(celery_message(f"{i:032x}", f"{i:032x}.1", "attentive") for i in range(3)))
-    assert store.reconcile(now, limit=1, scan_max=2) == (1, 0)
+    assert store.reconcile(now, limit=1, scan_max=2) == (1, 0, 0)
     assert tickets_in_queue(redis_client).count(ticket_for(deep, 0)) == 1, "its old message is still there"
     assert store.claim(deep, ticket_for(deep, 0), now) == "stale", "and can no longer run it"
     assert isinstance(store.claim(deep, ticket_for(deep, 1), now), Claim)
@@ -108,7 +108,7 @@ def test_index_entries_of_jobs_that_are_no_longer_queued_are_dropped(producer: P
     redis_client.delete(keys.job(ended))  # e.g. a Redis restart kept the index but not the record
     redis_client.zadd(keys.QUEUED, {running: 0})
     redis_client.hset(keys.job(running), "state", "running")
-    assert store.reconcile(10**13) == (0, 0)
+    assert store.reconcile(10**13) == (0, 0, 0)
     assert redis_client.zcard(keys.QUEUED) == 0
 
 

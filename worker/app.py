@@ -25,13 +25,14 @@ import ssl
 import threading
 
 from celery import Celery, signals
+from kombu import Queue
 
 from producers.connection import connect, from_settings, is_sentinel
 from producers.queue import TASK_NAME
 from producers.settings import Settings, load_settings
 from worker import kombu_closed_channel_guard, logs, sentry
-from worker.attentive import AttentiveClient
 from worker.delivery import Delivery
+from worker.destinations import Destinations
 from worker.jobstore import JobStore
 from worker.ratelimit import RateLimiter
 from worker.schedule import Promoter
@@ -63,6 +64,10 @@ def configure(app: Celery, settings: Settings) -> None:
         result_serializer="json",
         task_ignore_result=True,
         task_default_queue=settings.attentive_queue,
+        # One queue per account, all consumed (kombu takes from them in turn), so one brand's
+        # backlog never stands in front of another's jobs. A worker started with -Q consumes
+        # only the queues it names.
+        task_queues=[Queue(q, routing_key=q) for q in settings.queues],
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_time_limit=int(lease - 5),
@@ -96,15 +101,15 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = job_store(settings)
-        self.client = AttentiveClient(settings)
+        self.destinations = Destinations(settings)
         limiter_url = settings.attentive_rate_limit_redis_url
         limiter_redis = (
             connect(limiter_url.get_secret_value(), settings.redis_sentinel_master)
             if limiter_url
             else self.store.client
         )
-        self.limiter = RateLimiter(limiter_redis, settings)
-        self.delivery = Delivery(settings, self.client, self.store, self.limiter)
+        self.limiter = RateLimiter(limiter_redis, settings.attentive_rate_headroom)
+        self.delivery = Delivery(settings, self.destinations, self.store, self.limiter)
 
 
 settings = load_settings()
@@ -149,8 +154,12 @@ def _start_promoter(**_: object) -> None:
     global _promoter
     _promoter = Promoter(job_store(settings), interval_s=0.1)
     _promoter.start()
-    if settings.attentive_api_token is None:
-        log.error("ATTENTIVE_API_TOKEN is not set: every delivery will be dead-lettered as 'unauthorized'")
+    for account in settings.accounts.values():
+        if account.token is None:
+            log.error(
+                "%s is not set: its Attentive deliveries will be dead-lettered as 'unauthorized'",
+                account.token_setting,
+            )
 
 
 @signals.worker_shutdown.connect

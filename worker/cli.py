@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from producers import jsonvalues
+from producers.accounts import DEFAULT
 from producers.connection import from_settings
 from producers.errors import ConfigurationError, InvalidJob, Problem
 from producers.producer import Producer
@@ -302,9 +303,9 @@ def dlq_purge(
 
 
 def _attentive(settings: Settings) -> Any:
-    from worker.attentive import AttentiveClient
+    from worker.destinations.attentive_rest import AttentiveRest
 
-    return AttentiveClient(settings)
+    return AttentiveRest(settings)
 
 
 @cli.command()
@@ -323,7 +324,7 @@ def check(as_json: JsonFlag = False) -> None:
         result["attentive"] = "ATTENTIVE_API_TOKEN is not set"
     else:
         try:
-            status = _attentive(settings).request("GET", "/v1/me").status_code
+            status = _attentive(settings).whoami(settings.accounts[DEFAULT])
             result["attentive"] = {200: "ok", 401: "token refused (401)", 403: "token refused (403)"}.get(
                 status, f"unexpected HTTP {status}"
             )

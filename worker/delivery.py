@@ -22,11 +22,10 @@ import redis
 
 from producers import freshness
 from producers.errors import InvalidJob, RateLimited, Stale, WorkerLost
-from producers.jobs import EVENT_PATHS
 from producers.settings import Settings
 from producers.validation import parse_job
 from worker import sentry
-from worker.attentive import AttentiveClient, Outcome
+from worker.destinations import Bucket, Destinations, Outcome, account_of
 from worker.jobstore import Claim, JobStore
 from worker.policy import DeadLetter, Decision, Delivered, Retry, RetryPolicy, decide
 from worker.ratelimit import RateLimiter
@@ -57,7 +56,7 @@ class Delivery:
     def __init__(
         self,
         settings: Settings,
-        client: AttentiveClient,
+        destinations: Destinations,
         store: JobStore,
         limiter: RateLimiter | None = None,
         clock: Callable[[], float] = time.time,
@@ -65,7 +64,7 @@ class Delivery:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
-        self.client = client
+        self.destinations = destinations
         self.store = store
         self.limiter = limiter
         self.policy = RetryPolicy.from_settings(settings)
@@ -128,6 +127,7 @@ class Delivery:
                 return self._record(claim, now_ms, history, lost, None)
         try:
             job = parse_job(claim.job_json, self.settings, now, at_enqueue=False)
+            account = account_of(job, self.settings)
         except InvalidJob as err:
             return self._record(claim, now_ms, history, DeadLetter(err.reason, str(err)), None)
         kind: str = job.kind  # type: ignore[attr-defined]
@@ -138,12 +138,14 @@ class Delivery:
                 f"{self.settings.attentive_freshness_hours:g} h window; not sent"
             )
             return self._record(claim, now_ms, history, DeadLetter(Stale.reason, detail), None)
-        parked = self._take_slot(claim, kind, occurred, now_ms, history)
+        destination = self.destinations.for_job(job)
+        bucket = destination.bucket(job, account)
+        parked = self._take_slot(claim, bucket, occurred, now_ms, history)
         if parked is not None:
             return parked
 
-        outcome = self.client.deliver(job)
-        self._adapt_rate(kind, outcome)
+        outcome = destination.deliver(job, account)
+        self._adapt_rate(bucket, outcome)
         done_ms = int(self.clock() * 1000)
         history.append(
             {
@@ -171,7 +173,8 @@ class Delivery:
             extra={
                 "job_id": claim.job_id,
                 "kind": kind,
-                "endpoint": EVENT_PATHS[kind],
+                "endpoint": destination.endpoint(job),
+                "account": account.name,
                 "attempt": claim.attempt,
                 "status": outcome.status,
                 "outcome": _name(decision),
@@ -181,7 +184,7 @@ class Delivery:
         return self._record(claim, done_ms, history, decision, outcome)
 
     def _take_slot(
-        self, claim: Claim, kind: str, occurred: datetime | None, now_ms: int, history: list[dict[str, Any]]
+        self, claim: Claim, bucket: Bucket, occurred: datetime | None, now_ms: int, history: list[dict[str, Any]]
     ) -> str | None:
         """Wait for this attempt's rate-limit slot, or park the job until it. None means: send now."""
         if self.limiter is None:
@@ -193,7 +196,7 @@ class Delivery:
         else:
             # No slot yet, or it passed long ago while the job waited in the queue: sending now
             # could push a second over the limit, so take a fresh one (the missed slot goes unused).
-            wait_s = self.limiter.reserve(kind)
+            wait_s = self.limiter.reserve(bucket)
         if wait_s <= max_wait:
             if wait_s > 0:
                 self.sleep(wait_s)
@@ -202,23 +205,23 @@ class Delivery:
         if occurred is not None and freshness.is_stale(
             occurred, datetime.fromtimestamp(slot_ms / 1000, UTC), self.policy.freshness_s
         ):
-            detail = f"the rate limit for {kind} leaves no send slot before the event goes stale"
+            detail = f"the rate limit for {bucket.lane} leaves no send slot before the event goes stale"
             return self._record(claim, now_ms, history, DeadLetter(Stale.reason, detail), None)
         # Queued again a little ahead of the slot, so the promoter's pace never makes it late.
         lead_ms = int(max_wait * 500)
         self.store.defer(claim, now_ms, due_ms=slot_ms - lead_ms, slot_ms=slot_ms)
         return "deferred"
 
-    def _adapt_rate(self, kind: str, outcome: Outcome) -> None:
+    def _adapt_rate(self, bucket: Bucket, outcome: Outcome) -> None:
         """A 429 or an exhausted second at Attentive holds back every worker, not just this job."""
         if self.limiter is None:
             return
         if isinstance(outcome.error, RateLimited):
-            self.limiter.back_off(kind, outcome.error.retry_after or 1.0)
+            self.limiter.back_off(bucket, outcome.error.retry_after or 1.0)
         elif outcome.ratelimit_remaining == 0:
             # Attentive's current second is used up, but the next one may start any moment:
             # a short pause, not a full second (which stalls every worker and snowballs).
-            self.limiter.back_off(kind, EXHAUSTED_SECOND_PAUSE_S)
+            self.limiter.back_off(bucket, EXHAUSTED_SECOND_PAUSE_S)
 
     def _record(
         self, claim: Claim, now_ms: int, history: list[dict[str, Any]], decision: Decision, outcome: Outcome | None

@@ -39,13 +39,14 @@ from typing import Any
 
 import redis
 
-from producers import keys
+from producers import accounts, keys
 from producers.queue import message_template
 
 # KEYS: job, leases, queued index
 # ARGV: ticket, lease expiry ms, job_id
 _CLAIM = """
-local h = redis.call('HMGET', KEYS[1], 'state', 'ticket', 'job', 'history', 'lost', 'first_seen', 'round', 'slot')
+local h = redis.call('HMGET', KEYS[1], 'state', 'ticket', 'job', 'history', 'lost', 'first_seen', 'round', 'slot',
+  'account')
 if not h[1] then return {'gone'} end
 if h[2] ~= ARGV[1] then return {'stale'} end
 if h[1] ~= 'queued' then return {'busy'} end
@@ -53,18 +54,49 @@ local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'state', 'running', 'lost', '', 'slot', '')
 redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), ARGV[3])
 redis.call('ZREM', KEYS[3], ARGV[3])
-return {'ok', h[3], tostring(attempts), h[4] or '[]', h[5] or '', h[6] or '0', h[7] or '0', h[8] or ''}
+return {'ok', h[3], tostring(attempts), h[4] or '[]', h[5] or '', h[6] or '0', h[7] or '0', h[8] or '', h[9] or ''}
 """
 
-# KEYS: job, leases, schedule, stats, dead entry, dead index
-# ARGV: ticket, job_id, outcome, now_ms, history, due_ms, entry, reason, retention_ms, slot_ms
-_FINISH = """
+# Shared by the scripts that queue a job again, each on the queue its record names (its
+# account's; ``fallback`` for a record written before records named one).
+_REQUEUE = """
+local function expired(state, stats)
+  -- A record that expired (ATTENTIVE_JOB_RETENTION_HOURS) while its id was still indexed.
+  if not state then redis.call('HINCRBY', stats, 'expired', 1) end
+end
+local function message(tpl, id, ticket, kind, queue)
+  local msg = string.gsub(tpl, '@JOB@', id)
+  msg = string.gsub(msg, '@TICKET@', ticket)
+  msg = string.gsub(msg, '@QUEUE@', queue)
+  return (string.gsub(msg, '@KIND@', kind))
+end
+local function requeue(jk, id, qindex, now, tpl, fallback)
+  local round = redis.call('HINCRBY', jk, 'round', 1)
+  local ticket = id .. '.' .. round
+  local h = redis.call('HMGET', jk, 'kind', 'queue')
+  local q = h[2] or fallback
+  redis.call('HSET', jk, 'state', 'queued', 'ticket', ticket)
+  -- RPUSH puts it at the head (consumers BRPOP): it has waited its turn already.
+  redis.call('RPUSH', q, message(tpl, id, ticket, h[1] or '', q))
+  redis.call('ZADD', qindex, tonumber(now), id)
+end
+"""
+
+# KEYS: job, leases, schedule, stats, dead entry, dead index, account stats, queued index, waiting index
+# ARGV: ticket, job_id, outcome, now_ms, history, due_ms, entry, reason, retention_ms, slot_ms,
+#       template, key prefix, fallback queue
+_FINISH = (
+    _REQUEUE
+    + """
 local h = redis.call('HMGET', KEYS[1], 'ticket', 'state')
 if h[1] ~= ARGV[1] or h[2] ~= 'running' then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[2])
+local ended = false
 if ARGV[3] == 'delivered' then
   redis.call('DEL', KEYS[1])
   redis.call('HINCRBY', KEYS[4], 'delivered', 1)
+  redis.call('HINCRBY', KEYS[7], 'delivered', 1)
+  ended = true
 elseif ARGV[3] == 'retry' then
   redis.call('HSET', KEYS[1], 'state', 'scheduled', 'history', ARGV[5])
   redis.call('ZADD', KEYS[3], tonumber(ARGV[6]), ARGV[2])
@@ -79,34 +111,26 @@ else
   redis.call('ZADD', KEYS[6], tonumber(ARGV[4]), ARGV[2])
   redis.call('DEL', KEYS[1])
   redis.call('HINCRBY', KEYS[4], 'dead:' .. ARGV[8], 1)
+  redis.call('HINCRBY', KEYS[7], 'dead:' .. ARGV[8], 1)
+  ended = true
+end
+if ended then
+  -- Jobs waiting for this (identity) job go now, whichever way it ended.
+  local w = ARGV[12] .. 'waiters:' .. ARGV[2]
+  for _, id in ipairs(redis.call('LRANGE', w, 0, -1)) do
+    local jk = ARGV[12] .. 'job:' .. id
+    if redis.call('HGET', jk, 'state') == 'waiting' then
+      redis.call('ZREM', KEYS[9], id)
+      requeue(jk, id, KEYS[8], ARGV[4], ARGV[11], ARGV[13])
+    end
+  end
+  redis.call('DEL', w)
 end
 return 1
 """
+)
 
-# Shared by the scripts that queue a job again. Expects KEYS[3] = queue, KEYS[4] = queued
-# index, KEYS[5] = stats, ARGV[1] = now_ms, ARGV[3] = message template.
-_REQUEUE = """
--- A record that expired (ATTENTIVE_JOB_RETENTION_HOURS) while its id was still indexed.
-local function expired(state)
-  if not state then redis.call('HINCRBY', KEYS[5], 'expired', 1) end
-end
-local function message(id, ticket, kind)
-  local msg = string.gsub(ARGV[3], '@JOB@', id)
-  msg = string.gsub(msg, '@TICKET@', ticket)
-  return (string.gsub(msg, '@KIND@', kind))
-end
-local function requeue(jk, id)
-  local round = redis.call('HINCRBY', jk, 'round', 1)
-  local ticket = id .. '.' .. round
-  local kind = redis.call('HGET', jk, 'kind') or ''
-  redis.call('HSET', jk, 'state', 'queued', 'ticket', ticket)
-  -- RPUSH puts it at the head (consumers BRPOP): it has waited its turn already.
-  redis.call('RPUSH', KEYS[3], message(id, ticket, kind))
-  redis.call('ZADD', KEYS[4], tonumber(ARGV[1]), id)
-end
-"""
-
-# KEYS: schedule, leases, queue, queued index, stats
+# KEYS: schedule, leases, default queue, queued index, stats
 # ARGV: now_ms, limit, message template, key prefix
 _PROMOTE = (
     _REQUEUE
@@ -116,7 +140,12 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT
   redis.call('ZREM', KEYS[1], id)
   local jk = ARGV[4] .. 'job:' .. id
   local state = redis.call('HGET', jk, 'state')
-  if state == 'scheduled' then requeue(jk, id); promoted = promoted + 1 else expired(state) end
+  if state == 'scheduled' then
+    requeue(jk, id, KEYS[4], ARGV[1], ARGV[3], KEYS[3])
+    promoted = promoted + 1
+  else
+    expired(state, KEYS[5])
+  end
 end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))) do
   redis.call('ZREM', KEYS[2], id)
@@ -124,41 +153,57 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT
   local state = redis.call('HGET', jk, 'state')
   if state == 'running' then
     redis.call('HSET', jk, 'lost', ARGV[1])
-    requeue(jk, id)
+    requeue(jk, id, KEYS[4], ARGV[1], ARGV[3], KEYS[3])
     reaped = reaped + 1
   else
-    expired(state)
+    expired(state, KEYS[5])
   end
 end
 return {promoted, reaped}
 """
 )
 
-# KEYS: reconcile lock, queued index, queue, queued index (again, for _REQUEUE), stats
+# KEYS: reconcile lock, queued index, default queue, waiting index, stats
 # ARGV: now_ms, cutoff_ms, message template, key prefix, limit, scan_max, lock_ms
 _RECONCILE = (
     _REQUEUE
     + """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', tonumber(ARGV[7])) then return {-1, 0} end
-local requeued, waiting = 0, 0
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', tonumber(ARGV[7])) then return {-1, 0, 0} end
+local requeued, waiting, released = 0, 0, 0
 local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[5]))
 for _, id in ipairs(ids) do
   local jk = ARGV[4] .. 'job:' .. id
-  local h = redis.call('HMGET', jk, 'state', 'ticket', 'kind')
+  local h = redis.call('HMGET', jk, 'state', 'ticket', 'kind', 'queue')
+  local q = h[4] or KEYS[3]
   if h[1] ~= 'queued' then
     redis.call('ZREM', KEYS[2], id)
-    expired(h[1])
-  elseif redis.call('LPOS', KEYS[3], message(id, h[2], h[3] or ''), 'RANK', -1, 'MAXLEN', tonumber(ARGV[6])) then
+    expired(h[1], KEYS[5])
+  elseif redis.call('LPOS', q, message(ARGV[3], id, h[2], h[3] or '', q), 'RANK', -1, 'MAXLEN', tonumber(ARGV[6])) then
     -- Still waiting its turn in a backlog: look again after another orphan period.
     redis.call('ZADD', KEYS[2], tonumber(ARGV[1]), id)
     waiting = waiting + 1
   else
-    requeue(jk, id)
+    requeue(jk, id, KEYS[2], ARGV[1], ARGV[3], KEYS[3])
     redis.call('HINCRBY', KEYS[5], 'reconciled', 1)
     requeued = requeued + 1
   end
 end
-return {requeued, waiting}
+-- Jobs waiting for an identity job that vanished without ending (erased, expired) go now.
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[5]))) do
+  local jk = ARGV[4] .. 'job:' .. id
+  local h = redis.call('HMGET', jk, 'state', 'after')
+  if h[1] ~= 'waiting' then
+    redis.call('ZREM', KEYS[4], id)
+    expired(h[1], KEYS[5])
+  elseif h[2] and redis.call('EXISTS', ARGV[4] .. 'job:' .. h[2]) == 1 then
+    redis.call('ZADD', KEYS[4], tonumber(ARGV[1]), id)
+  else
+    redis.call('ZREM', KEYS[4], id)
+    requeue(jk, id, KEYS[2], ARGV[1], ARGV[3], KEYS[3])
+    released = released + 1
+  end
+end
+return {requeued, waiting, released}
 """
 )
 
@@ -177,6 +222,8 @@ class Claim:
     round: int
     slot_ms: int | None = None
     """When a rate-limit slot was reserved for this attempt (epoch ms), if one was."""
+    account: str = accounts.DEFAULT
+    """The account the record names (for its counters)."""
 
 
 class JobStore:
@@ -192,7 +239,7 @@ class JobStore:
         self._finish = client.register_script(_FINISH)
         self._promote = client.register_script(_PROMOTE)
         self._reconcile = client.register_script(_RECONCILE)
-        self._template = message_template(queue)
+        self._template = message_template()
 
     def claim(self, job_id: str, ticket: str, now_ms: int) -> Claim | str:
         """Take the job for one attempt, or say why not: ``gone``, ``stale`` or ``busy``."""
@@ -216,6 +263,7 @@ class JobStore:
             int(r[5]),
             int(r[6]),
             int(r[7]) if r[7] else None,
+            r[8].decode() or accounts.DEFAULT,
         )
 
     def _run_finish(
@@ -238,6 +286,9 @@ class JobStore:
                     keys.STATS,
                     keys.dead(claim.job_id),
                     keys.DEAD_INDEX,
+                    keys.account_stats(claim.account),
+                    keys.QUEUED,
+                    keys.WAITING,
                 ],
                 args=[
                     claim.ticket,
@@ -250,6 +301,9 @@ class JobStore:
                     reason,
                     self.retention_ms,
                     slot_ms,
+                    self._template,
+                    keys.PREFIX,
+                    self.queue,
                 ],
             )
         )
@@ -280,17 +334,18 @@ class JobStore:
 
     def reconcile(
         self, now_ms: int, limit: int = 20, scan_max: int = 10_000, lock_ms: int = 1000
-    ) -> tuple[int, int] | None:
-        """Queue again the jobs that say ``queued`` but whose message is gone: (requeued, still waiting).
+    ) -> tuple[int, int, int] | None:
+        """Queue again the jobs that say ``queued`` but whose message is gone, and the jobs waiting
+        for an identity job that no longer exists: (requeued, still waiting, released).
 
         Looks at up to ``limit`` jobs queued longer than ``orphan_ms`` ago, oldest first. One
         pass runs at a time across all workers, and at most one per ``lock_ms``: None means
         another promoter ran it just now.
         """
-        requeued, waiting = self._reconcile(
-            keys=[keys.RECONCILE_LOCK, keys.QUEUED, self.queue, keys.QUEUED, keys.STATS],
+        requeued, waiting, released = self._reconcile(
+            keys=[keys.RECONCILE_LOCK, keys.QUEUED, self.queue, keys.WAITING, keys.STATS],
             args=[now_ms, now_ms - self.orphan_ms, self._template, keys.PREFIX, limit, scan_max, lock_ms],
         )
         if int(requeued) < 0:
             return None
-        return int(requeued), int(waiting)
+        return int(requeued), int(waiting), int(released)

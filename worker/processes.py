@@ -113,6 +113,7 @@ class WorkerProcess:
     app: str = "worker"
     loglevel: str = "INFO"
     queue: str | None = None
+    """Consume only this queue (``-Q``); None: every account's queue, as the settings name them."""
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
 
@@ -132,8 +133,7 @@ class WorkerProcess:
                 f"--pool={self.pool}",
                 "-n",
                 f"{self.name}@%h",
-                "-Q",
-                self.queue or env.get("ATTENTIVE_QUEUE", "attentive"),
+                *(["-Q", self.queue] if self.queue else []),
                 "--without-gossip",
                 "--without-mingle",
                 *self.extra_args,

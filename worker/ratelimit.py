@@ -1,6 +1,7 @@
-"""One rate limit per Attentive endpoint and token, shared by every worker on every machine.
+"""One rate limit per endpoint and credential, shared by every worker on every machine.
 
-A GCRA (generic cell rate algorithm) bucket in Redis, one key per (token, endpoint), updated
+A GCRA (generic cell rate algorithm) bucket in Redis, one key per `Bucket` (a credential and
+an endpoint, as each destination defines them: Attentive's token and endpoint, Yotpo's store), updated
 by a Lua script that reads Redis's own clock, so worker clocks don't matter. Each call
 *reserves* the next free send slot and returns how long until it: requests leave evenly
 spaced at ``rate`` per second, however many workers ask.
@@ -19,15 +20,10 @@ works on Redis Cluster as well as on a single Redis or a Sentinel-managed primar
 
 from __future__ import annotations
 
-import hashlib
-
 import redis
 
 from producers import keys
-from producers.settings import Settings
-
-#: Attentive's published per-endpoint limits that differ from the default (requests/second).
-PUBLISHED_LIMITS: dict[str, float] = {"identity": 10.0}
+from worker.destinations.base import Bucket
 
 _RESERVE = """
 local t = redis.call('TIME')
@@ -52,33 +48,28 @@ return 1
 """
 
 
-def limits_from(settings: Settings) -> dict[str, float]:
-    """Requests per second per kind: the published limits, then the configured overrides."""
-    return {**PUBLISHED_LIMITS, **settings.attentive_rate_limits}
-
-
 class RateLimiter:
-    def __init__(self, client: redis.Redis, settings: Settings) -> None:
-        token = settings.attentive_api_token.get_secret_value() if settings.attentive_api_token else ""
-        self._token_tag = hashlib.sha256(token.encode()).hexdigest()[:16]
-        self._default = settings.attentive_rate_limit
-        self._limits = limits_from(settings)
-        self._headroom = settings.attentive_rate_headroom
+    """Reserves send slots in `Bucket`s (a credential and an endpoint, with its rate), which
+    the destinations define; this class knows nothing of them."""
+
+    def __init__(self, client: redis.Redis, headroom: float) -> None:
+        self._headroom = headroom
         self._reserve = client.register_script(_RESERVE)
         self._back_off = client.register_script(_BACK_OFF)
 
-    def rate(self, kind: str) -> float:
-        """The rate this relay aims at for ``kind``: the limit times the headroom."""
-        return self._limits.get(kind, self._default) * self._headroom
+    def rate(self, bucket: Bucket) -> float:
+        """The rate this relay aims at in ``bucket``: its limit times the headroom."""
+        return bucket.rate * self._headroom
 
-    def key(self, kind: str) -> str:
-        return keys.rate_bucket(self._token_tag, kind)
+    @staticmethod
+    def key(bucket: Bucket) -> str:
+        return keys.rate_bucket(bucket.tag, bucket.lane)
 
-    def reserve(self, kind: str) -> float:
-        """Reserve the next send slot for ``kind``: seconds until it. Send then, or the slot is wasted."""
-        interval_us = round(1_000_000 / self.rate(kind))
-        return int(self._reserve(keys=[self.key(kind)], args=[interval_us])) / 1_000_000
+    def reserve(self, bucket: Bucket) -> float:
+        """Reserve the next send slot in ``bucket``: seconds until it. Send then, or the slot is wasted."""
+        interval_us = round(1_000_000 / self.rate(bucket))
+        return int(self._reserve(keys=[self.key(bucket)], args=[interval_us])) / 1_000_000
 
-    def back_off(self, kind: str, seconds: float) -> None:
-        """Push the endpoint's next free slot at least ``seconds`` into the future, for every worker."""
-        self._back_off(keys=[self.key(kind)], args=[round(seconds * 1_000_000)])
+    def back_off(self, bucket: Bucket, seconds: float) -> None:
+        """Push the bucket's next free slot at least ``seconds`` into the future, for every worker."""
+        self._back_off(keys=[self.key(bucket)], args=[round(seconds * 1_000_000)])

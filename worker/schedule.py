@@ -53,6 +53,8 @@ class Promoter:
             outcome = self.store.reconcile(int(now * 1000), lock_ms=int(self.reconcile_s * 1000))
             if outcome and outcome[0]:
                 log.warning("promoter: %d queued jobs had lost their broker message; queued again", outcome[0])
+            if outcome and outcome[2]:
+                log.warning("promoter: %d jobs waited for an identity job that vanished; queued", outcome[2])
         return promoted, reaped
 
     def run_forever(self) -> None:

@@ -1,4 +1,4 @@
-"""AttentiveClient against httpx.MockTransport: requests it sends, outcomes it returns."""
+"""The Attentive REST destination against httpx.MockTransport: requests it sends, outcomes it returns."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from typing import Any
 import httpx
 import pytest
 
+from producers.accounts import DEFAULT, Account
 from producers.errors import NetworkError, RateLimited, Rejected, ServerError, Unauthorized
 from producers.jobs import EVENT_PATHS, attentive_body
 from producers.settings import Settings
 from producers.validation import parse_job
-from worker.attentive import AttentiveClient, Outcome
+from worker.destinations import Outcome
+from worker.destinations.attentive_rest import AttentiveRest
 
 TOKEN = "tok-live-9f8e7d6c5b4a"
 NOW = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
@@ -41,9 +43,20 @@ def job(kind: str = "custom_event") -> Any:
     return parse_job({"kind": kind, **JOBS[kind]}, Settings(), NOW, at_enqueue=False)
 
 
-def client(handler: Callable[[httpx.Request], httpx.Response], token: str | None = TOKEN, **kw: Any) -> AttentiveClient:
+class Client:
+    """The destination with one account's credentials, as a worker uses it."""
+
+    def __init__(self, destination: AttentiveRest, account: Account) -> None:
+        self.destination = destination
+        self.account = account
+
+    def deliver(self, job: Any) -> Outcome:
+        return self.destination.deliver(job, self.account)
+
+
+def client(handler: Callable[[httpx.Request], httpx.Response], token: str | None = TOKEN, **kw: Any) -> Client:
     settings = Settings(attentive_api_token=token, attentive_base_url="https://api.attentive.test/", **kw)
-    return AttentiveClient(settings, transport=httpx.MockTransport(handler))
+    return Client(AttentiveRest(settings, transport=httpx.MockTransport(handler)), settings.accounts[DEFAULT])
 
 
 def answer(status: int, text: str = "", **headers: str) -> Outcome:
@@ -192,3 +205,50 @@ def test_token_never_in_error_text() -> None:
         assert outcome.error is not None
         assert TOKEN not in str(outcome.error) and TOKEN not in repr(outcome.error)
         assert TOKEN not in outcome.error.detail
+
+
+def test_each_account_s_calls_carry_that_account_s_token() -> None:
+    settings = Settings(
+        attentive_api_token=TOKEN,
+        attentive_base_url="https://api.attentive.test/",
+        attentive_accounts='{"brand-a": {"token": "tok-brand-a"}, "brand-b": {"token": "tok-brand-b"}}',
+    )
+    seen: list[str] = []
+    destination = AttentiveRest(
+        settings,
+        transport=httpx.MockTransport(lambda r: seen.append(r.headers["authorization"]) or httpx.Response(200)),
+    )
+    for name in ("brand-a", DEFAULT, "brand-b", "brand-a"):
+        assert destination.deliver(job(), settings.accounts[name]).error is None
+    assert seen == ["Bearer tok-brand-a", f"Bearer {TOKEN}", "Bearer tok-brand-b", "Bearer tok-brand-a"]
+
+
+def test_an_account_without_a_token_is_unauthorized_naming_where_to_set_it() -> None:
+    settings = Settings(attentive_accounts='{"brand-a": {}}')
+    calls: list[httpx.Request] = []
+    destination = AttentiveRest(
+        settings, transport=httpx.MockTransport(lambda r: calls.append(r) or httpx.Response(200))
+    )
+    outcome = destination.deliver(job(), settings.accounts["brand-a"])
+    assert isinstance(outcome.error, Unauthorized)
+    assert str(outcome.error) == "ATTENTIVE_ACCOUNTS brand-a.token is not set"
+    assert calls == []
+
+
+def test_each_account_and_endpoint_has_its_own_rate_bucket() -> None:
+    settings = Settings(
+        attentive_api_token=TOKEN,
+        attentive_accounts='{"brand-a": {"token": "tok-brand-a", "rate_limit": 300}}',
+    )
+    rest = AttentiveRest(settings)
+    default, brand_a = settings.accounts[DEFAULT], settings.accounts["brand-a"]
+    buckets = {
+        (name, kind): rest.bucket(job(kind), settings.accounts[name])
+        for name in (DEFAULT, "brand-a")
+        for kind in ("custom_event", "identity")
+    }
+    assert len({(b.tag, b.lane) for b in buckets.values()}) == 4
+    assert buckets[(DEFAULT, "custom_event")].rate == 150
+    assert buckets[("brand-a", "custom_event")].rate == 300
+    assert buckets[("brand-a", "identity")].rate == 10, "Attentive's published identity limit still holds"
+    assert "tok" not in buckets[("brand-a", "identity")].tag and default != brand_a

@@ -1,0 +1,51 @@
+"""Where jobs go: one module per destination, each with its rules, client, rate limits and
+outcome classification. The delivery path (`worker.delivery`) is the same for all of them.
+
+    kind                  destination            module
+    custom_event          Attentive REST         attentive_rest   (or attentive_graphql when
+                                                                   ATTENTIVE_CUSTOM_EVENTS_API=graphql)
+    custom_attributes,
+    product_view,
+    add_to_cart,
+    purchase, identity    Attentive REST         attentive_rest
+
+`Destinations` builds each client once per worker process (with an optional injected httpx
+transport for tests) and picks the one for a job. `account_of` finds the job's credentials.
+"""
+
+from __future__ import annotations
+
+import httpx
+from pydantic import BaseModel
+
+from producers import accounts
+from producers.accounts import Account
+from producers.errors import InvalidJob, Problem
+from producers.settings import Settings
+from worker.destinations.attentive_rest import AttentiveRest
+from worker.destinations.base import Bucket, Destination, Outcome
+
+__all__ = ["Bucket", "Destination", "Destinations", "Outcome", "account_of"]
+
+
+def account_of(job: BaseModel, settings: Settings) -> Account:
+    """The account that delivers ``job``; `InvalidJob` naming ``account`` if it is unknown here."""
+    name = getattr(job, "account", None) or accounts.DEFAULT
+    found = settings.accounts.get(name)
+    if found is None:
+        raise InvalidJob([Problem("account", "is not an account in ATTENTIVE_ACCOUNTS")])
+    return found
+
+
+class Destinations:
+    """Every destination's client for one worker process. Thread-safe."""
+
+    def __init__(self, settings: Settings, transport: httpx.BaseTransport | None = None) -> None:
+        self.settings = settings
+        self.attentive_rest = AttentiveRest(settings, transport)
+
+    def for_job(self, job: BaseModel) -> Destination:
+        return self.attentive_rest
+
+    def close(self) -> None:
+        self.attentive_rest.close()

@@ -1,0 +1,139 @@
+"""What every destination shares: the `Outcome` of one call, the `Bucket` it is rate-limited
+in, and the HTTP plumbing (one pooled httpx client per destination, an injectable transport).
+
+A destination turns a valid job and its account into one HTTP call and an `Outcome`. It never
+raises for an HTTP status or a network failure: those become the outcome's `DeliveryError`,
+which the retry policy (`worker.policy`) turns into a decision. Retry, freshness, dead-letters,
+leases and counters know nothing of destinations.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import httpx
+from pydantic import BaseModel, SecretStr
+
+from producers.accounts import Account
+from producers.errors import DeliveryError, NetworkError
+
+VERSION = "0.1.0"
+USER_AGENT = f"attentive-relay/{VERSION} (+queue-backed delivery worker; httpx/{httpx.__version__})"
+MAX_BODY_KEPT = 2000
+"""How much of a response body an outcome keeps for the dead-letter entry."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one call produced. ``error`` is None exactly when the destination accepted the job."""
+
+    status: int | None
+    error: DeliveryError | None
+    elapsed_s: float
+    ratelimit_limit: int | None = None
+    ratelimit_remaining: int | None = None
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One rate limit: requests per second for one credential (``tag``, a hash) and one endpoint."""
+
+    tag: str
+    lane: str
+    rate: float
+
+
+class Destination(Protocol):
+    """One API the relay delivers to. One instance per worker process; thread-safe."""
+
+    name: str
+
+    def endpoint(self, job: BaseModel) -> str:
+        """Where the job goes (a path, for logs and metrics; never holds personal data)."""
+        ...
+
+    def bucket(self, job: BaseModel, account: Account) -> Bucket:
+        """The rate limit this call counts against."""
+        ...
+
+    def deliver(self, job: BaseModel, account: Account) -> Outcome:
+        """Make the call. Never raises for HTTP statuses or network failures."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def credential_tag(*parts: SecretStr | str | None) -> str:
+    """A short hash naming a credential in Redis keys, never the credential itself."""
+    text = "\x00".join(p.get_secret_value() if isinstance(p, SecretStr) else (p or "") for p in parts)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def http_client(base_url: str, timeout_s: float, transport: httpx.BaseTransport | None) -> httpx.Client:
+    """The pooled client a destination sends through (no auth: each call carries its account's)."""
+    return httpx.Client(
+        base_url=base_url.rstrip("/"),
+        headers={"User-Agent": USER_AGENT, "Content-Type": "application/json", "Accept": "application/json"},
+        timeout=httpx.Timeout(timeout_s),
+        transport=transport,
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        follow_redirects=False,
+    )
+
+
+def post(
+    http: httpx.Client,
+    path: str,
+    content: bytes,
+    classify: Callable[[httpx.Response], DeliveryError | None],
+    **kwargs: Any,
+) -> Outcome:
+    """POST and classify the answer; a timeout or a connection failure is a `NetworkError`."""
+    started = time.monotonic()
+    try:
+        response = http.post(path, content=content, **kwargs)
+    except httpx.TimeoutException as exc:
+        return Outcome(None, NetworkError(f"timeout ({type(exc).__name__})"), time.monotonic() - started)
+    except httpx.TransportError as exc:
+        return Outcome(None, NetworkError(f"connection failed ({type(exc).__name__})"), time.monotonic() - started)
+    return Outcome(
+        status=response.status_code,
+        error=classify(response),
+        elapsed_s=time.monotonic() - started,
+        ratelimit_limit=int_header(response.headers, "x-ratelimit-limit"),
+        ratelimit_remaining=int_header(response.headers, "x-ratelimit-remaining"),
+    )
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)  # RFC 9110 says an integer; some servers send decimals
+    except ValueError:
+        pass
+    else:
+        return seconds if 0 <= seconds < 1e9 else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def int_header(headers: httpx.Headers, name: str) -> int | None:
+    raw = headers.get(name)
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None
