@@ -106,7 +106,7 @@ class Producer:
             pipe.execute()
         return duplicates
 
-    def enqueue_segment(self, message: Any) -> list[str]:
+    def enqueue_segment(self, message: Any, account: str | None = None) -> list[str]:
         """Map one Segment message (track, page, identify) to jobs and queue them together.
 
         Returns the job ids: none for a message that is skipped (no identifier, or a type with no
@@ -114,23 +114,26 @@ class Producer:
         makes an identity call and a custom-attributes call. Raises `InvalidJob` naming the field
         when the message cannot make a valid Attentive call; nothing is queued then.
         """
-        prepared = self.prepare_segment(message)
+        prepared = self.prepare_segment(message, account)
         if isinstance(prepared, segment.Skip):
             self.push([], {prepared.reason: 1})
             return []
         self.push(prepared)
         return [job_id for job_id, _, _ in prepared]
 
-    def prepare_segment(self, message: Any) -> list[tuple[str, str, str]] | segment.Skip:
+    def prepare_segment(self, message: Any, account: str | None = None) -> list[tuple[str, str, str]] | segment.Skip:
         """Map and validate one Segment message: every job it makes, or why it is skipped.
 
-        All or nothing: raises `InvalidJob` if any of its jobs is invalid (an identify makes two),
-        and nothing else whatever ``message`` holds.
+        ``account`` names the account its jobs are delivered for (the collector's write key
+        picks it); None: the default account. All or nothing: raises `InvalidJob` if any of its
+        jobs is invalid (an identify makes two), and nothing else whatever ``message`` holds.
         """
         with _refusing_failures("mapping a Segment message"):
             mapped = segment.to_jobs(message, rename_keys=self.settings.attentive_segment_rename_keys)
         if isinstance(mapped, segment.Skip):
             return mapped
+        if account is not None:
+            mapped = [{**job, "account": account} for job in mapped]
         now = datetime.now(UTC)
         return [self.prepare(job, now) for job in mapped]
 
