@@ -5,9 +5,13 @@ The mapping follows the published Attentive integration kit:
 - A message is sent only if it carries ``traits.email``, ``traits.phone`` or ``userId``
   (traits are read from ``context.traits`` and then ``traits``, which wins). Otherwise it is
   skipped: `to_jobs` returns a `Skip` with the reason, never raises.
-- ``user``: phone <- traits.phone, email <- traits.email, clientUserId <- userId (never an
-  email or a phone number: a userId that looks like one is left out), customIdentifiers <-
-  ``[{"name": "username", "value": traits.username}]`` when username is a non-empty string.
+- ``user``: phone <- traits.phone, email <- traits.email, clientUserId <- userId as a string,
+  customIdentifiers <- ``[{"name": "username", "value": traits.username}]`` when username is
+  a non-empty string. A userId that is an email, or a valid phone number (7 or more digits,
+  spaces, ``+ ( ) . -`` that `rules.normalize_phone` accepts, read in ``region``), is left out of
+  clientUserId and not used as the phone either: the phone comes from traits only. Any other
+  digit run, such as a Shopify customer id (``7182391234567``, string or number), is the
+  clientUserId.
 - ``occurredAt`` <- the first of timestamp, originalTimestamp, sentAt, as RFC 3339 UTC;
   ``externalEventId`` <- messageId (custom events).
 
@@ -15,7 +19,8 @@ The mapping follows the published Attentive integration kit:
 |---|---|
 | identify | identity (when its rules are met) + custom_attributes from the remaining traits |
 | track "Product Viewed" / "Product Added" | product_view / add_to_cart with one item |
-| track "Order Completed" | purchase: items from properties.products, orderId <- order_id |
+| track "Order Completed" | purchase: items from properties.products, orderId <- order_id (string or integer) |
+| "Order Completed" without order_id | purchase, no orderId: optional in Attentive's v1 OpenAPI PurchaseRequest |
 | page | custom_event, type "page", properties path, referrer, search, title, url (and name) |
 | track "Checkout Started", "Order Updated/Refunded/Cancelled", "Cart Viewed" | custom_event, listed properties |
 | any other track | custom_event, type <- event, properties passed through |
@@ -24,6 +29,14 @@ Items: productId <- product_id (falling back to id, then sku); productVariantId 
 (falling back to the productId); name; productImage <- image_url; productUrl <- url;
 quantity as an integer; price <- ``[{"value": price, "currency": currency}]`` with decimals
 kept and the currency upper-cased (the item's, else the event's, else USD).
+
+price and quantity may be JSON numbers or plain decimal strings, as Segment sources often send
+them (``"19.99"``, ``" 19 "``, ``"2"``): surrounding whitespace is stripped and an optional
+sign, ASCII digits and an optional fraction are read as an integer or a float; exponents,
+hex, NaN/Infinity, thousands separators and ``".5"`` / ``"19."`` are refused, naming the field.
+A price must not be negative; a quantity must be whole (``2.0`` and ``"2.0"`` are 2, ``"2.5"``
+is refused). Values beyond ±(2^53 − 1) are refused, as JSON numbers that large are. Other
+properties (revenue, value, total in the listed track events) pass through as sent.
 
 Property names with characters Attentive forbids are refused, naming the key; with
 ``rename_keys`` each such character becomes ``_`` instead (at every nesting level).
@@ -38,6 +51,7 @@ from typing import Any
 
 from producers import jsonvalues, rules
 from producers.errors import InvalidJob, Problem
+from producers.settings import Settings
 
 CHECKOUT_KEYS = (
     "affiliation",
@@ -74,6 +88,12 @@ PAGE_KEYS = ("path", "referrer", "search", "title", "url", "name")
 ECOMMERCE = {"Product Viewed": "product_view", "Product Added": "add_to_cart"}
 IDENTIFYING_TRAITS = frozenset({"phone", "email", "username"})
 _LOOKS_LIKE_PHONE = re.compile(r"^\+?[\d\s().-]{7,}$")
+#: Where a phone number written without +country is read (the settings' default region).
+DEFAULT_REGION: str = Settings.model_fields["attentive_default_region"].default
+#: A plain decimal as Segment sources write numbers in strings: sign, ASCII digits, fraction.
+_DECIMAL = re.compile(r"([+-]?)([0-9]+)(?:\.([0-9]+))?")
+NOT_A_NUMBER = "must be a number or a decimal string"
+OUT_OF_RANGE = f"must be a number between -{jsonvalues.MAX_NUMBER} and {jsonvalues.MAX_NUMBER}"
 
 
 @dataclass(frozen=True)
@@ -97,14 +117,24 @@ def _traits(message: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _client_user_id(user_id: Any) -> str | None:
+def _is_phone(value: str, region: str) -> bool:
+    if not _LOOKS_LIKE_PHONE.match(value):
+        return False
+    try:
+        rules.normalize_phone(value, region)
+    except ValueError:
+        return False
+    return True
+
+
+def _client_user_id(user_id: Any, region: str) -> str | None:
     value = _str(user_id) or (str(user_id) if isinstance(user_id, int) and not isinstance(user_id, bool) else None)
-    if value is None or "@" in value or _LOOKS_LIKE_PHONE.match(value):
-        return None  # an email or phone number is never a clientUserId
+    if value is None or "@" in value or _is_phone(value, region):
+        return None  # an email or a valid phone number is never a clientUserId
     return value
 
 
-def user_of(message: dict[str, Any]) -> dict[str, Any]:
+def user_of(message: dict[str, Any], *, region: str = DEFAULT_REGION) -> dict[str, Any]:
     traits = _traits(message)
     user: dict[str, Any] = {}
     if _str(traits.get("phone")):
@@ -112,7 +142,7 @@ def user_of(message: dict[str, Any]) -> dict[str, Any]:
     if _str(traits.get("email")):
         user["email"] = traits["email"]
     external: dict[str, Any] = {}
-    client_user_id = _client_user_id(message.get("userId"))
+    client_user_id = _client_user_id(message.get("userId"), region)
     if client_user_id:
         external["clientUserId"] = client_user_id
     if _str(traits.get("username")):
@@ -162,6 +192,34 @@ def _properties(message: dict[str, Any]) -> dict[str, Any]:
     return props
 
 
+def _number(value: Any) -> int | float | str:
+    """A JSON number or a plain decimal string as an int or a float, or the rule it breaks."""
+    if isinstance(value, str):
+        match = _DECIMAL.fullmatch(value.strip())
+        if not match:
+            return NOT_A_NUMBER
+        sign, whole, fraction = match.groups()
+        whole = whole.lstrip("0") or "0"
+        if len(whole) > len(str(jsonvalues.MAX_NUMBER)):  # before int(), which refuses 4,300 digits
+            return OUT_OF_RANGE
+        value = float(f"{sign}{whole}.{fraction}") if fraction else int(sign + whole)
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        return NOT_A_NUMBER
+    return OUT_OF_RANGE if abs(value) > jsonvalues.MAX_NUMBER else value
+
+
+def _price(value: Any) -> int | float | str:
+    price = _number(value)
+    return "must not be negative" if not isinstance(price, str) and price < 0 else price
+
+
+def _quantity(value: Any) -> int | str:
+    quantity = _number(value)
+    if quantity == NOT_A_NUMBER or (isinstance(quantity, float) and not quantity.is_integer()):
+        return "must be a whole number"
+    return quantity if isinstance(quantity, str) else int(quantity)
+
+
 def _item(product: Any, path: str, event_currency: Any) -> dict[str, Any]:
     if not isinstance(product, dict):
         raise InvalidJob([Problem(path, "must be an object")])
@@ -169,16 +227,14 @@ def _item(product: Any, path: str, event_currency: Any) -> dict[str, Any]:
     problems = []
     if product_id is None:
         problems.append(Problem(f"{path}.product_id", "is required (or id, or sku)"))
-    price = product.get("price")
+    price = None if product.get("price") is None else _price(product["price"])
     if price is None:
         problems.append(Problem(f"{path}.price", "is required"))
-    elif isinstance(price, bool) or not isinstance(price, int | float):
-        problems.append(Problem(f"{path}.price", "must be a number"))
-    quantity = product.get("quantity")
-    if quantity is not None and (
-        isinstance(quantity, bool) or not isinstance(quantity, int | float) or quantity != int(quantity)
-    ):
-        problems.append(Problem(f"{path}.quantity", "must be a whole number"))
+    elif isinstance(price, str):
+        problems.append(Problem(f"{path}.price", price))
+    quantity = None if product.get("quantity") is None else _quantity(product["quantity"])
+    if isinstance(quantity, str):
+        problems.append(Problem(f"{path}.quantity", quantity))
     if problems:
         raise InvalidJob(problems)
     currency = product.get("currency") or event_currency or "USD"
@@ -191,7 +247,7 @@ def _item(product: Any, path: str, event_currency: Any) -> dict[str, Any]:
         if _str(product.get(source)):
             item[target] = product[source]
     if quantity is not None:
-        item["quantity"] = int(quantity)
+        item["quantity"] = quantity
     return item
 
 
@@ -234,8 +290,11 @@ def _track(message: dict[str, Any], user: dict[str, Any], when: str | None, rena
             "user": user,
             "items": [_item(p, f"properties.products[{i}]", props.get("currency")) for i, p in enumerate(products)],
         }
-        if props.get("order_id") not in (None, ""):
-            job["orderId"] = str(props["order_id"])
+        order_id = props.get("order_id")
+        if isinstance(order_id, bool) or not isinstance(order_id, str | int | None):
+            raise InvalidJob([Problem("properties.order_id", "must be a string or an integer")])
+        if _str(order_id) or isinstance(order_id, int):
+            job["orderId"] = str(order_id)  # absent or blank: a purchase without orderId
     else:
         if event in SELECTED_KEYS:
             props = _uppercase_currency({k: props[k] for k in SELECTED_KEYS[event] if k in props})
@@ -261,14 +320,15 @@ def _identify(message: dict[str, Any], user: dict[str, Any]) -> list[dict[str, A
     return jobs
 
 
-def to_jobs(message: Any, *, rename_keys: bool = False) -> list[dict[str, Any]] | Skip:
+def to_jobs(message: Any, *, rename_keys: bool = False, region: str = DEFAULT_REGION) -> list[dict[str, Any]] | Skip:
     """The Attentive jobs one Segment message stands for, or why it is skipped.
 
     Raises `InvalidJob` naming the Segment field when the message cannot make a valid call,
     and nothing else whatever the message holds: values JSON cannot carry (NaN, Infinity,
     numbers beyond ±(2^53 − 1), lone surrogates, hostile nesting) anywhere in the message are
     refused first, by their paths (`producers.jsonvalues`). The jobs still go through the
-    usual validation when enqueued.
+    usual validation when enqueued. ``region`` reads a userId written without +country when
+    deciding whether it is a phone number (pass the settings' ``attentive_default_region``).
     """
     if not isinstance(message, dict):
         raise InvalidJob([Problem("", "a Segment message must be a JSON object")])
@@ -278,7 +338,7 @@ def to_jobs(message: Any, *, rename_keys: bool = False) -> list[dict[str, Any]] 
     kind = message.get("type")
     if kind not in ("track", "page", "identify"):
         return Skip("unsupported_type")
-    user = user_of(message)
+    user = user_of(message, region=region)
     if not user:
         return Skip("no_identifier")
     if kind == "identify":

@@ -67,6 +67,38 @@ def test_identifiers_come_from_traits_and_context_traits_and_never_put_email_in_
     assert segment.user_of({"userId": 42}) == {"externalIdentifiers": {"clientUserId": "42"}}
 
 
+@pytest.mark.parametrize("user_id", ["7182391234567", 7182391234567, "1234567", " 5749385674893 ", "020 7946 0958"])
+def test_a_numeric_user_id_that_is_no_valid_phone_number_is_the_client_user_id(user_id):
+    """Shopify customer ids are long digit runs; only a valid phone number (in the region) is left out."""
+    assert segment.user_of({"userId": user_id}) == {"externalIdentifiers": {"clientUserId": str(user_id)}}
+
+
+@pytest.mark.parametrize(
+    ("user_id", "region"),
+    [
+        ("4155552671", "US"),
+        (14155552671, "US"),
+        ("+1 (415) 555-2671", "US"),
+        ("020 7946 0958", "GB"),
+        ("+447911123456", "US"),
+    ],
+)
+def test_a_user_id_that_is_a_valid_phone_number_is_never_the_client_user_id(user_id, region):
+    assert segment.user_of({"userId": user_id}, region=region) == {}
+    assert segment.to_jobs({"type": "track", "event": "X", "userId": user_id}, region=region) == segment.Skip(
+        "no_identifier"
+    )
+
+
+def test_identify_with_a_numeric_shopify_user_id_makes_the_identity_call(deliver):
+    msg = message("identify", userId=7182391234567, context={"traits": {"email": EMAIL}}, traits={"plan": "gold"})
+    user = {"email": EMAIL, "externalIdentifiers": {"clientUserId": "7182391234567"}}
+    assert deliver(msg) == [
+        ("/v1/identity-resolution/user-identifiers", {"email": EMAIL, "clientUserId": "7182391234567"}),
+        ("/v1/attributes/custom", {"user": user, "properties": {"plan": "gold"}}),
+    ]
+
+
 def test_occurred_at_is_the_first_of_timestamp_original_timestamp_sent_at_in_utc():
     assert segment.occurred_at({"originalTimestamp": "2026-11-23T10:00:00+02:00", "sentAt": "x"}) == (
         "2026-11-23T08:00:00Z"
@@ -156,6 +188,25 @@ def test_order_completed_becomes_a_purchase_with_every_product(deliver):
     ]
 
 
+def test_order_completed_without_order_id_is_a_purchase_without_order_id(deliver):
+    """Attentive's purchase schema requires items and user only (see the module docstring)."""
+    assert deliver(message("track", event="Order Completed", properties={"products": [PRODUCT]})) == [
+        ("/v1/events/ecommerce/purchase", {"user": USER, "items": [ITEM], "occurredAt": STAMP})
+    ]
+    blank = message("track", event="Order Completed", properties={"order_id": "  ", "products": [PRODUCT]})
+    assert "orderId" not in segment.to_jobs(blank)[0]
+
+
+@pytest.mark.parametrize("order_id", [{"id": 1}, ["o-1"], True, 10.5])
+def test_an_order_id_that_is_no_string_or_integer_is_refused(order_id):
+    msg = message("track", event="Order Completed", properties={"order_id": order_id, "products": [PRODUCT]})
+    with pytest.raises(InvalidJob) as caught:
+        segment.to_jobs(msg)
+    assert [(p.field, p.rule) for p in caught.value.problems] == [
+        ("properties.order_id", "must be a string or an integer")
+    ]
+
+
 def test_item_fallbacks_and_refusals_name_the_segment_field(producer):
     assert (
         segment.to_jobs(message("track", event="Product Viewed", properties={"id": "i-1", "price": 1}))[0]["items"][0][
@@ -173,6 +224,66 @@ def test_item_fallbacks_and_refusals_name_the_segment_field(producer):
     }
     with pytest.raises(InvalidJob, match=r"properties\.products"):
         producer.enqueue_segment(message("track", event="Order Completed", properties={}))
+
+
+def test_prices_and_quantities_sent_as_decimal_strings_are_numbers(deliver):
+    """Segment sources often send numbers as strings; RudderStack and Segment's destinations read them."""
+    props = {**PRODUCT, "price": " 19.99 ", "quantity": "2"}
+    second = {"sku": "s-2", "price": "5", "quantity": "3.0"}
+    order = message("track", event="Order Completed", properties={"order_id": 1001, "products": [props, second]})
+    item = {"productId": "s-2", "productVariantId": "s-2", "price": [{"value": 5, "currency": "USD"}], "quantity": 3}
+    assert deliver(order) == [
+        (
+            "/v1/events/ecommerce/purchase",
+            {"user": USER, "items": [ITEM, item], "occurredAt": STAMP, "orderId": "1001"},
+        )
+    ]
+    jobs = segment.to_jobs(message("track", event="Product Added", properties={"id": "i", "price": "+0019"}))
+    assert jobs[0]["items"][0]["price"] == [{"value": 19, "currency": "USD"}]
+    assert isinstance(jobs[0]["items"][0]["price"][0]["value"], int)
+
+
+NOT_A_NUMBER = "must be a number or a decimal string"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "rule"),
+    [
+        ("price", "1e3", NOT_A_NUMBER),
+        ("price", "0x10", NOT_A_NUMBER),
+        ("price", "NaN", NOT_A_NUMBER),
+        ("price", "Infinity", NOT_A_NUMBER),
+        ("price", "1,299.00", NOT_A_NUMBER),
+        ("price", "$19.99", NOT_A_NUMBER),
+        ("price", "19.", NOT_A_NUMBER),
+        ("price", ".5", NOT_A_NUMBER),
+        ("price", "1 9", NOT_A_NUMBER),
+        ("price", "", NOT_A_NUMBER),
+        ("price", "\u0661\u0669", NOT_A_NUMBER),  # Arabic-Indic digits: int() reads them, Segment does not
+        ("price", [19], NOT_A_NUMBER),
+        ("price", True, NOT_A_NUMBER),
+        ("price", "9" * 16, "must be a number between"),
+        ("price", "9" * 5000 + ".5", "must be a number between"),
+        ("price", "0" * 5000 + "1", None),
+        ("price", "-1", "must not be negative"),
+        ("price", -0.01, "must not be negative"),
+        ("quantity", "2.5", "must be a whole number"),
+        ("quantity", "two", "must be a whole number"),
+        ("quantity", "1e2", "must be a whole number"),
+        ("quantity", "9" * 5000, "must be a number between"),
+    ],
+)
+def test_number_fields_refuse_anything_but_a_number_or_a_plain_decimal_string(field, value, rule):
+    product = {"product_id": "p", "price": 1, field: value}
+    msg = message("track", event="Order Completed", properties={"products": [product]})
+    if rule is None:
+        assert segment.to_jobs(msg)[0]["items"][0][field] == [{"value": 1, "currency": "USD"}]
+        return
+    with pytest.raises(InvalidJob) as caught:
+        segment.to_jobs(msg)
+    [problem] = caught.value.problems
+    assert problem.field == f"properties.products[0].{field}"
+    assert problem.rule.startswith(rule)
 
 
 def test_page_becomes_a_custom_event(deliver):
