@@ -172,9 +172,10 @@ def add_job(
         pipe.sadd(person_key, job_id)
         pipe.pexpire(person_key, person_ttl_ms)
     message = celery_message(job_id, ticket, queue, str(record.get("kind", "")))
-    kind = str(record.get("kind", ""))
-    if order and kind in ordering.USER_KINDS | {"identity"}:
-        job = json.loads(str(record["job"]))
+    kind, text = str(record.get("kind", "")), str(record["job"])
+    # Cheap test first: a job can need a link only if it names external identifiers at all.
+    if order and (kind == "identity" or (kind in ordering.USER_KINDS and '"externalIdentifiers"' in text)):
+        job = json.loads(text)
         for external_id in ordering.links(job):
             pipe.set(ordering.marker(erasure_key, account, external_id), job_id, px=settings.job_retention_ms)
         needed = [ordering.marker(erasure_key, account, i) for i in ordering.needs(job)]
