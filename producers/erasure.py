@@ -7,9 +7,9 @@ id is added to one set per person it mentions (`producers.keys.person`), named b
 ``ATTENTIVE_ERASURE_KEY`` or, when unset, a random key created once in Redis: without the key
 a set's name does not reveal whose it is, even for a value as guessable as a phone number.
 
-What counts as mentioning a person: the ``phone`` fields (a user's, an identity call's; always
-E.164 by then) and every email address anywhere in the job, properties included. A phone
-number written inside free text is not found.
+What counts as mentioning a person: the ``phone`` fields (a user's, an identity call's) and
+Yotpo's ``phone_number`` (always E.164 by then), and every email address anywhere in the job,
+properties included. A phone number written inside free text is not found.
 
 `erase` deletes, in one Lua script (so it works while workers run), the job records (in any
 state: queued, scheduled, in flight), their index entries and the dead letters of every job in
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from producers.settings import Settings
 
-_PHONE_FIELD = re.compile(r'"phone":"(\+[0-9]{4,20})"')
+_PHONE_FIELD = re.compile(r'"phone(?:_number)?":"(\+[0-9]{4,20})"')
 _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+")
 
 _ERASE = """

@@ -276,11 +276,15 @@ class Identity(_Job):
         return self
 
 
+# Yotpo's kind lives in its own module, which builds on the models above.
+from producers.yotpo import YotpoCustomEvent  # noqa: E402
+
 Job = Annotated[
-    CustomEvent | CustomAttributes | ProductView | AddToCart | Purchase | Identity,
+    CustomEvent | CustomAttributes | ProductView | AddToCart | Purchase | Identity | YotpoCustomEvent,
     Field(discriminator="kind"),
 ]
-KINDS: tuple[str, ...] = tuple(EVENT_PATHS)
+KINDS: tuple[str, ...] = (*EVENT_PATHS, "yotpo_custom_event")
+"""Every job kind: Attentive's (`EVENT_PATHS`), then Yotpo's (`producers.yotpo`)."""
 
 
 def attentive_body(job: BaseModel) -> dict[str, Any]:

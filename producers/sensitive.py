@@ -5,9 +5,10 @@ CCPA/CPRA define them) in events or attributes. On by default (``ATTENTIVE_SENSI
 `scan_job` refuses a job when any string it carries looks like such data: the event
 ``type``, every property and attribute name and value at every depth, every item field,
 ``orderId``, ``salesChannel``, ``externalEventId``, the email, ``clientUserId``,
-``shopifyId``, ``klaviyoId`` and custom identifiers' names and values. Only the phone (parsed
-and normalized as a phone number), ``kind``, ``occurredAt``, prices and quantities are
-skipped. What counts (see `producers.sensitive_kinds`):
+``shopifyId``, ``klaviyoId`` and custom identifiers' names and values. Only the phone and
+Yotpo's ``phone_number`` (parsed and normalized as phone numbers), ``kind``, ``occurredAt``,
+prices and quantities are skipped (Yotpo's ``event_id`` is a UUID value, not a string).
+What counts (see `producers.sensitive_kinds`):
 
 - ``payment_card``: 13 to 19 digits, grouped or not by space runs, dots or dashes, in a card
   network's range and length, passing Luhn. In Attentive's own ids (``orderId``,
@@ -52,7 +53,7 @@ from producers.sensitive_kinds import (
 __all__ = ["card_network", "compile_patterns", "kind_of", "luhn_ok", "scan", "scan_job"]
 
 _FORBID = "which Attentive's terms forbid"
-_SKIP = frozenset({"kind", "occurredAt", "phone", "price", "quantity"})
+_SKIP = frozenset({"kind", "occurredAt", "phone", "phone_number", "price", "quantity"})
 _ID_FIELDS = frozenset({"orderId", "productId", "productVariantId", "externalEventId"})
 _DIGIT = re.compile(r"\d")
 # Segment's messageId (our custom events' externalEventId) is a UUID; its dash-separated digit

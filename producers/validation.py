@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from producers import freshness, jsonvalues, rules, sensitive
+from producers import freshness, jsonvalues, rules, sensitive, yotpo
 from producers.errors import InvalidJob, Problem
-from producers.jobs import Job
+from producers.jobs import KINDS, Job
 from producers.settings import Settings
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Job)
@@ -38,21 +38,8 @@ def problems_of(err: ValidationError) -> list[Problem]:
         loc = tuple(e["loc"])
         if e["type"] == "too_short" and any(f[: len(loc)] == loc and len(f) > len(loc) for f in failed):
             continue  # an array whose members failed: the members' own problems say it
-        if e["type"] in _KIND_ERRORS and len(loc) == 0:
-            problems.append(
-                Problem(
-                    "kind",
-                    "must be one of custom_event, custom_attributes, product_view, add_to_cart, purchase, identity",
-                )
-            )
-            continue
-        if e["type"] == "union_tag_invalid":
-            problems.append(
-                Problem(
-                    "kind",
-                    "must be one of custom_event, custom_attributes, product_view, add_to_cart, purchase, identity",
-                )
-            )
+        if (e["type"] in _KIND_ERRORS and len(loc) == 0) or e["type"] == "union_tag_invalid":
+            problems.append(Problem("kind", _KIND_RULE))
             continue
         if loc and isinstance(loc[0], str) and loc[0] in _TAGS:
             loc = loc[1:]
@@ -70,7 +57,8 @@ _PLAIN = {
     "model_type": "must be an object",
     "string_type": "must be a string",
 }
-_TAGS = {"custom_event", "custom_attributes", "product_view", "add_to_cart", "purchase", "identity"}
+_TAGS = frozenset(KINDS)
+_KIND_RULE = "must be one of " + ", ".join(KINDS)
 
 
 def _decode(data: Any) -> Any:
@@ -100,8 +88,9 @@ def parse_job(data: Any, settings: Settings, now: datetime, *, at_enqueue: bool)
 
     At enqueue (``at_enqueue=True``) an event without ``occurredAt`` gets ``now`` and one
     without ``externalEventId`` gets a UUID, and an event already past the freshness window
-    is refused. At delivery nothing is stamped and staleness is left to the freshness check,
-    which dead-letters as ``stale`` rather than ``invalid``.
+    is refused. A ``yotpo_custom_event`` gets ``occurred_at`` and ``event_id`` the same way
+    (`producers.yotpo.stamp`); it has no freshness window. At delivery nothing is stamped and
+    staleness is left to the freshness check, which dead-letters as ``stale`` rather than ``invalid``.
 
     Raises `InvalidJob` with every problem found, and nothing else whatever ``data`` holds.
     Values JSON cannot carry (NaN, Infinity, numbers beyond ±(2^53 − 1), lone surrogates,
@@ -119,6 +108,8 @@ def parse_job(data: Any, settings: Settings, now: datetime, *, at_enqueue: bool)
             raw["occurredAt"] = now.isoformat()
         if kind == "custom_event" and _missing(raw.get("externalEventId")):
             raw["externalEventId"] = str(uuid.uuid4())
+    elif at_enqueue and kind == yotpo.KIND:
+        raw = yotpo.stamp(raw, now)
     try:
         job = _ADAPTER.validate_python(raw, context={"region": settings.attentive_default_region})
     except ValidationError as err:

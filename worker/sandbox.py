@@ -1,5 +1,9 @@
 """A local stand-in for Attentive's REST API, for development, the tests, the demo and benchmarks.
 
+It also plays Attentive's GraphQL API (`worker.sandbox_graphql`, ``POST /v1/graphql``) and
+Yotpo's custom-event endpoint (`worker.sandbox_yotpo`), on the same server: point
+ATTENTIVE_BASE_URL and YOTPO_BASE_URL at it.
+
 It checks the Bearer token, validates bodies with the same rules the producers apply (400
 with the problems listed), enforces per-endpoint-per-token limits with 429s and
 ``x-ratelimit-limit`` / ``x-ratelimit-remaining`` headers (a fixed one-second window, as
@@ -8,12 +12,17 @@ freshness window are answered 200 and recorded as ``dropped_stale``, as Attentiv
 
 Control endpoints (the sandbox only listens where you tell it, 127.0.0.1 by default):
 
-    GET  /__sandbox/requests   every request seen: path, status, body, time (bodies hold
-                               personal data: needs the sandbox's Bearer token when it has one)
+    GET  /__sandbox/requests   every request seen: path, status, body, time and ``token_tag``,
+                               the credential it carried as `credential_tag` (a short hash,
+                               never the token) (bodies hold personal data: needs the
+                               sandbox's Bearer token when it has one)
     GET  /__sandbox/stats      counts by path and status
     POST /__sandbox/faults     {"status": 503, "times": 2, "type": "Order Shipped",
                                 "retry_after": 1, "delay_ms": 0, "path": "/v1/events/custom"}
-    POST /__sandbox/config     {"rate": 150, "fail_rate": 0.1, "latency_ms": 100}
+                               GraphQL errors inside a 200: {"graphql_code": "BAD_USER_INPUT",
+                                "message": "...", "path": "/v1/graphql"}
+    POST /__sandbox/config     {"rate": 150, "fail_rate": 0.1, "latency_ms": 100,
+                                "yotpo_rate": 5, "yotpo_stores": {"STORE_ID": "TOKEN"}}
     POST /__sandbox/reset      forget requests, faults and rate windows
 """
 
@@ -37,6 +46,8 @@ from producers.jobs import EVENT_PATHS
 from producers.rules import normalize_phone
 from producers.settings import Settings
 from producers.validation import parse_job
+from worker import sandbox_graphql, sandbox_yotpo
+from worker.destinations.base import credential_tag
 from worker.httpserver import BackgroundHTTPServer
 
 log = logging.getLogger("attentive_relay.sandbox")
@@ -48,15 +59,28 @@ MAX_BODY = 1024 * 1024
 
 @dataclass
 class Fault:
-    status: int
+    status: int = 200
     times: int = 1
     type: str | None = None
     path: str | None = None
     retry_after: float | None = None
     delay_ms: int = 0
+    graphql_code: str | None = None
+    """On ``/v1/graphql``: answer this code as a GraphQL error inside a 200 (``status`` unused)."""
+    message: str | None = None
 
     def matches(self, path: str, body: dict[str, Any]) -> bool:
         return (self.path is None or self.path == path) and (self.type is None or body.get("type") == self.type)
+
+    def answer(self, headers: dict[str, str]) -> tuple[int, Any, dict[str, str], str]:
+        """(status, payload, headers, note): what the faulty endpoint answers."""
+        time.sleep(self.delay_ms / 1000)
+        if self.retry_after is not None:
+            headers["Retry-After"] = f"{self.retry_after:g}"
+        if self.graphql_code is not None:
+            message = self.message or f"injected {self.graphql_code}"
+            return 200, sandbox_graphql.error(self.graphql_code, message), headers, "fault"
+        return self.status, {"status": self.status, "error": "injected"}, headers, "fault"
 
 
 @dataclass
@@ -69,12 +93,17 @@ class SandboxState:
     faults: list[Fault] = field(default_factory=list)
     windows: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     attributes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    yotpo_rate: int = 5
+    yotpo_stores: dict[str, str] = field(default_factory=dict)
+    """Yotpo store id -> access token; empty: every store takes any token."""
+    yotpo_events: dict[tuple[str, str], Any] = field(default_factory=dict)
+    """The last body received per (store id, event_id)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
     settings: Settings = field(default_factory=Settings)
 
-    def take(self, token: str, path: str) -> tuple[bool, int, int]:
+    def take(self, token: str, path: str, limit: int | None = None) -> tuple[bool, int, int]:
         """Count one request in the current second: (allowed, limit, remaining)."""
-        limit = SPECIAL_LIMITS.get(path, self.rate)
+        limit = limit or SPECIAL_LIMITS.get(path, self.rate)
         second = int(time.time())
         with self.lock:
             start, used = self.windows.get((token, path), (second, 0))
@@ -122,12 +151,20 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return self.rfile.read(length) if length else b""
 
-    def _token(self) -> str | None:
+    def _bearer(self) -> str | None:
+        """The Bearer token presented, right or wrong."""
         auth = self.headers.get("Authorization", "")
-        if not auth.startswith("Bearer ") or not auth[7:].strip():
-            return None
-        token = auth[7:].strip()
-        return token if self.state.token is None or token == self.state.token else None
+        return auth[7:].strip() or None if auth.startswith("Bearer ") else None
+
+    def _token(self) -> str | None:
+        """The Bearer token when it is the one the sandbox accepts."""
+        token = self._bearer()
+        return token if token is None or self.state.token is None or token == self.state.token else None
+
+    def _yotpo_token(self, query: str) -> str | None:
+        params = parse_qs(query)
+        found = self.headers.get("X-Yotpo-Token") or (params.get("access_token") or params.get("utoken") or [""])[0]
+        return found.strip() or None
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
@@ -167,8 +204,8 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path.startswith("/__sandbox/"):
             return self._control(url.path, raw)
         s = self.state
-        token = self._token()
-        kind = KIND_BY_PATH.get(url.path)
+        store = sandbox_yotpo.store_of(url.path)
+        presented = self._yotpo_token(url.query) if store is not None else self._bearer()
         # Recorded on arrival, so a request whose sender dies before the answer is still seen.
         record = {
             "path": url.path,
@@ -176,10 +213,16 @@ class _Handler(BaseHTTPRequestHandler):
             "note": "in progress",
             "at": time.time(),
             "body": _json_or_none(raw),
+            "token_tag": credential_tag(presented) if presented else None,
         }
         with s.lock:
             s.requests.append(record)
-        status, payload, headers, note = self._answer(token, kind, url.path, raw)
+        if store is not None:
+            status, payload, headers, note = sandbox_yotpo.answer(s, store, presented, record["body"])
+        elif url.path == sandbox_graphql.PATH:
+            status, payload, headers, note = sandbox_graphql.answer(s, self._token(), record["body"])
+        else:
+            status, payload, headers, note = self._answer(self._token(), KIND_BY_PATH.get(url.path), url.path, raw)
         with s.lock:
             record.update(status=status, note=note, done=time.time())
         self._send(status, payload, headers)
@@ -204,10 +247,7 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(s.latency_ms / 1000)
         fault = s.fault_for(path, body)
         if fault is not None:
-            time.sleep(fault.delay_ms / 1000)
-            if fault.retry_after is not None:
-                headers["Retry-After"] = f"{fault.retry_after:g}"
-            return fault.status, {"status": fault.status, "error": "injected"}, headers, "fault"
+            return fault.answer(headers)
         if s.fail_rate and random.random() < s.fail_rate:
             return 503, {"status": 503, "error": "Service Unavailable"}, headers, "random failure"
         now = datetime.now(UTC)
@@ -236,6 +276,7 @@ class _Handler(BaseHTTPRequestHandler):
                 s.faults.clear()
                 s.windows.clear()
                 s.attributes.clear()
+                s.yotpo_events.clear()
             elif path == "/__sandbox/faults":
                 try:
                     s.faults.append(Fault(**body))
@@ -245,6 +286,8 @@ class _Handler(BaseHTTPRequestHandler):
                 s.rate = int(body.get("rate", s.rate))
                 s.fail_rate = float(body.get("fail_rate", s.fail_rate))
                 s.latency_ms = int(body.get("latency_ms", s.latency_ms))
+                s.yotpo_rate = int(body.get("yotpo_rate", s.yotpo_rate))
+                s.yotpo_stores = dict(body.get("yotpo_stores", s.yotpo_stores))
             else:
                 return self._send(404, {"message": "unknown control endpoint"})
         return self._send(200, {"ok": True})
@@ -269,6 +312,9 @@ class Sandbox(BackgroundHTTPServer):
         rate: int = 150,
         fail_rate: float = 0.0,
         latency_ms: int = 0,
+        yotpo_stores: dict[str, str] | None = None,
     ) -> None:
-        self.state = SandboxState(token=token, rate=rate, fail_rate=fail_rate, latency_ms=latency_ms)
+        self.state = SandboxState(
+            token=token, rate=rate, fail_rate=fail_rate, latency_ms=latency_ms, yotpo_stores=dict(yotpo_stores or {})
+        )
         super().__init__(host, port, _Handler, state=self.state)

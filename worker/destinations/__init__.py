@@ -2,12 +2,14 @@
 outcome classification. The delivery path (`worker.delivery`) is the same for all of them.
 
     kind                  destination            module
-    custom_event          Attentive REST         attentive_rest   (or attentive_graphql when
-                                                                   ATTENTIVE_CUSTOM_EVENTS_API=graphql)
+    custom_event          Attentive REST         attentive_rest   (or Attentive GraphQL,
+                                                 attentive_graphql, when
+                                                 ATTENTIVE_CUSTOM_EVENTS_API=graphql)
     custom_attributes,
     product_view,
     add_to_cart,
     purchase, identity    Attentive REST         attentive_rest
+    yotpo_custom_event    Yotpo SMS & Email      yotpo
 
 `Destinations` builds each client once per worker process (with an optional injected httpx
 transport for tests) and picks the one for a job. `account_of` finds the job's credentials.
@@ -22,8 +24,10 @@ from producers import accounts
 from producers.accounts import Account
 from producers.errors import InvalidJob, Problem
 from producers.settings import Settings
+from worker.destinations.attentive_graphql import AttentiveGraphQL
 from worker.destinations.attentive_rest import AttentiveRest
 from worker.destinations.base import Bucket, Destination, Outcome
+from worker.destinations.yotpo import Yotpo
 
 __all__ = ["Bucket", "Destination", "Destinations", "Outcome", "account_of"]
 
@@ -43,9 +47,17 @@ class Destinations:
     def __init__(self, settings: Settings, transport: httpx.BaseTransport | None = None) -> None:
         self.settings = settings
         self.attentive_rest = AttentiveRest(settings, transport)
+        self.attentive_graphql = AttentiveGraphQL(settings, transport)
+        self.yotpo = Yotpo(settings, transport)
 
     def for_job(self, job: BaseModel) -> Destination:
+        kind = getattr(job, "kind", None)
+        if kind == "yotpo_custom_event":
+            return self.yotpo
+        if kind == "custom_event" and self.settings.attentive_custom_events_api == "graphql":
+            return self.attentive_graphql
         return self.attentive_rest
 
     def close(self) -> None:
-        self.attentive_rest.close()
+        for destination in (self.attentive_rest, self.attentive_graphql, self.yotpo):
+            destination.close()
