@@ -301,7 +301,7 @@ class Bench:
         for start in range(0, n, 1000):
             producer.enqueue_many(job(i) for i in range(start, start + 1000))
         after = self.client.info("memory")["used_memory"]
-        assert stats(self.client, "attentive")["queued"] == n
+        assert stats(self.client, producer.settings)["queued"] == n
         self.client.flushdb()
         return {"backlog_jobs": n, "redis_bytes_per_job": round((after - before) / n)}
 

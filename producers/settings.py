@@ -156,9 +156,19 @@ class Settings(BaseSettings):
     """Segment property names with characters Attentive forbids: refused (default), or renamed
     with each such character replaced by ``_``."""
 
+    attentive_segment_to_yotpo: bool = False
+    """Also make a Yotpo custom event (``yotpo_custom_event``) of every Segment track message
+    (see `producers.segment_yotpo`), for the account's Yotpo store. Off by default."""
+
+    yotpo_source: str = Field("attentive_relay", max_length=255, pattern=r"^[a-z0-9]+(_[a-z0-9]+)*$")
+    """The ``source`` of the Yotpo events the Segment fan-out makes (snake_case)."""
+
     collector_write_keys: SecretStr = SecretStr("")
-    """Comma-separated Segment write keys the collector accepts; any other key gets 401. A
-    secret: reprs and tracebacks show ``**********``."""
+    """Comma-separated Segment write keys the collector accepts; any other key gets 401. Each is
+    ``KEY`` (the default account's) or ``KEY:ACCOUNT`` (its messages' jobs are for that account
+    of ``ATTENTIVE_ACCOUNTS``); a key cannot contain ``:`` (HTTP Basic auth, which Segment's
+    libraries send the key in, ends the user at the first ``:``). A secret: reprs and
+    tracebacks show ``**********``."""
 
     collector_allowed_origins: str = ""
     """Comma-separated browser origins (``https://shop.example``) the collector accepts
@@ -193,10 +203,25 @@ class Settings(BaseSettings):
         return tuple(self.queue_for(name) for name in self.accounts)
 
     @property
-    def write_keys(self) -> tuple[SecretStr, ...]:
-        """The collector's write keys, each a `SecretStr`, without blanks or duplicates."""
-        raw = self.collector_write_keys.get_secret_value().split(",")
-        return tuple(SecretStr(k) for k in dict.fromkeys(k.strip() for k in raw) if k)
+    def write_keys(self) -> tuple[tuple[SecretStr, str], ...]:
+        """The collector's write keys, each a `SecretStr` with the name of its account
+        (`producers.accounts.DEFAULT` for a key without ``:ACCOUNT``), without blanks or
+        duplicates. Raises ``ValueError`` (naming the entry's position or the account, never a
+        key) for an entry that does not fit ``KEY[:ACCOUNT]`` or a key given two accounts."""
+        found: dict[str, str] = {}
+        for position, entry in enumerate(self.collector_write_keys.get_secret_value().split(","), 1):
+            if not entry.strip():
+                continue
+            key, _, account = (part.strip() for part in entry.partition(":"))
+            account = account if ":" in entry else accounts_.DEFAULT
+            where = f"COLLECTOR_WRITE_KEYS entry {position}"
+            if not key or ":" in account:
+                raise ValueError(f"{where}: must be KEY or KEY:ACCOUNT (a key cannot contain ':')")
+            if not accounts_.NAME.match(account):
+                raise ValueError(f"{where}: the account must be an account name")
+            if found.setdefault(key, account) != account:
+                raise ValueError(f"{where}: the same key is given accounts {found[key]} and {account}")
+        return tuple((SecretStr(key), account) for key, account in found.items())
 
     @property
     def allowed_origins(self) -> frozenset[str]:

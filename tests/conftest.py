@@ -120,9 +120,9 @@ def start_worker(tmp_path: Path, settings: Settings) -> Iterator[Callable[..., W
         worker.kill_all()
 
 
-def finished(client: redis.Redis, queue: str = "attentive") -> int:
+def finished(client: redis.Redis, settings: Settings) -> int:
     """Jobs that have ended, as delivered or dead-lettered (`worker.counters.stats`)."""
-    s = stats(client, queue)
+    s = stats(client, settings)
     return s["delivered"] + sum(s["dead_letter"].values())
 
 

@@ -126,7 +126,7 @@ def test_a_worker_rides_through_a_redis_restart_under_load(tmp_path, sandbox, ac
         worker.start()
         producing.start()
         deadline = time.monotonic() + 20
-        while finished(client) < 10 and time.monotonic() < deadline:
+        while finished(client, settings) < 10 and time.monotonic() < deadline:
             time.sleep(0.05)
         broker_up.clear()
         time.sleep(0.15)  # let an enqueue in progress finish
@@ -138,7 +138,7 @@ def test_a_worker_rides_through_a_redis_restart_under_load(tmp_path, sandbox, ac
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline and worker.proc.poll() is None:
             try:
-                if not producing.is_alive() and finished(client) >= len(ids):
+                if not producing.is_alive() and finished(client, settings) >= len(ids):
                     break
             except redis.ConnectionError:
                 pass
@@ -147,7 +147,7 @@ def test_a_worker_rides_through_a_redis_restart_under_load(tmp_path, sandbox, ac
         assert worker.proc.poll() is None, f"the worker exited ({worker.proc.returncode}): see {worker.log_path}"
         assert "Unrecoverable error" not in log
         assert "Connection to broker lost" in log, "the restart was noticed"
-        s = stats(client, "attentive")
+        s = stats(client, settings)
         assert len(ids) == 60 and s["enqueued"] == len(ids)
         assert s["delivered"] + sum(s["dead_letter"].values()) == len(ids), "exactly one outcome per job"
         assert not any(client.exists(keys.job(job_id)) for job_id in ids)

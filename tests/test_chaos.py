@@ -125,7 +125,7 @@ def run_chaos(tmp_path: Path, server: RedisServer, sandbox: Sandbox) -> dict:
                 supervisor.kill_one()
                 next_kill = time.monotonic() + random.uniform(*KILL_EVERY)
             if not producer.is_alive():
-                done = finished(client)
+                done = finished(client, settings)
                 if done >= JOBS:
                     break
                 if not restarted_redis and done >= JOBS * 0.4:
@@ -140,7 +140,7 @@ def run_chaos(tmp_path: Path, server: RedisServer, sandbox: Sandbox) -> dict:
     finally:
         supervisor.kill_all()
 
-    s = stats(client, "attentive")
+    s = stats(client, settings)
     dead = {reason: n for reason, n in s["dead_letter"].items() if n}
     event_ids: dict[int | str, set[str | None]] = defaultdict(set)
     accepted: dict[int | str, int] = defaultdict(int)

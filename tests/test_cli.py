@@ -11,9 +11,11 @@ from pathlib import Path
 import httpx
 from pydantic import SecretStr
 
+from producers import keys
+from producers.producer import Producer
 from producers.queue import ticket_for
 
-from conftest import TOKEN, add_fault, delivery_for, sandbox_requests
+from conftest import TOKEN, add_fault, delivery_for, make_settings, sandbox_requests
 
 GOOD = {"kind": "custom_event", "type": "Order Shipped", "user": {"phone": "(415) 555-2671"}}
 
@@ -56,6 +58,48 @@ def test_stats_json_has_the_contract_keys(settings, producer):
     assert data["enqueued"] == 1 and data["queued"] == 1 and data["dead_letter"]["rejected"] == 0
 
 
+ACCOUNTS = json.dumps({"brand-a": {"token": TOKEN}, "brand-b": {"token": TOKEN}})
+
+
+def test_stats_break_counters_down_by_account(settings, redis_client, sandbox):
+    settings = make_settings(settings.redis_url.get_secret_value(), sandbox.url, attentive_accounts=ACCOUNTS)
+    producer = Producer(settings, redis_client)
+    delivery = delivery_for(settings, redis_client)
+    a1, a2, b = (producer.enqueue({**GOOD, "account": n}) for n in ("brand-a", "brand-a", "brand-b"))
+    producer.enqueue(GOOD)
+    assert delivery.run(a1, ticket_for(a1, 0)) == "delivered"
+    add_fault(sandbox, status=400, times=1)
+    assert delivery.run(a2, ticket_for(a2, 0)) == "dead:rejected"
+    add_fault(sandbox, status=503, times=1)
+    assert delivery.run(b, ticket_for(b, 0)).startswith("retry")
+    redis_client.hset(keys.account_stats("gone-brand"), "delivered", 7)  # an account no longer in the settings
+    redis_client.zadd(keys.WAITING, {"some-job": 1})
+    data = json.loads(relay(["stats", "--json"], settings, ATTENTIVE_ACCOUNTS=ACCOUNTS).stdout)
+    accounts = data["accounts"]
+    assert list(accounts) == ["default", "brand-a", "brand-b", "gone-brand"]
+    assert accounts["default"] == {
+        "delivered": 0,
+        "dead_letter": accounts["default"]["dead_letter"],
+        "queued": 1,
+        "scheduled": 0,
+    }
+    assert accounts["brand-a"]["delivered"] == 1 and accounts["brand-a"]["dead_letter"]["rejected"] == 1
+    assert accounts["brand-a"]["queued"] == 2, "messages run by hand stay on the queue"
+    assert accounts["brand-b"]["scheduled"] == 1 and accounts["brand-b"]["queued"] == 1
+    assert set(accounts["brand-b"]["dead_letter"]) >= {"rejected", "stale"}
+    assert sum(accounts["brand-b"]["dead_letter"].values()) == 0
+    assert accounts["gone-brand"] == {
+        "delivered": 7,
+        "dead_letter": accounts["gone-brand"]["dead_letter"],
+        "queued": 0,
+        "scheduled": 0,
+    }
+    assert data["queued"] == 4 and data["scheduled"] == 1 and data["waiting"] == 1
+    assert data["delivered"] == 1 and data["dead_letter"]["rejected"] == 1
+    human = relay(["stats"], settings, ATTENTIVE_ACCOUNTS=ACCOUNTS)
+    assert human.returncode == 0 and "brand-b" in human.stdout and "rejected 1" in human.stdout
+
+
 def test_dlq_list_show_replay_purge(settings, producer, redis_client, sandbox):
     add_fault(sandbox, status=400, times=2)
     delivery = delivery_for(settings, redis_client)
@@ -80,6 +124,32 @@ def test_dlq_list_show_replay_purge(settings, producer, redis_client, sandbox):
     assert json.loads(relay(["dlq", "list", "--json"], settings).stdout) == []
 
 
+def test_dlq_account_option_narrows_list_and_replay(settings, redis_client, sandbox):
+    settings = make_settings(settings.redis_url.get_secret_value(), sandbox.url, attentive_accounts=ACCOUNTS)
+    producer, delivery = Producer(settings, redis_client), delivery_for(settings, redis_client)
+    ids = {}
+    for name in ("brand-a", "brand-b", "default"):
+        add_fault(sandbox, status=400, times=1)
+        ids[name] = producer.enqueue({**GOOD, "account": name} if name != "default" else GOOD)
+        assert delivery.run(ids[name], ticket_for(ids[name], 0)) == "dead:rejected"
+    redis_client.delete(*settings.queues)
+    env = {"ATTENTIVE_ACCOUNTS": ACCOUNTS}
+    listed = json.loads(relay(["dlq", "list", "--account", "brand-a", "--json"], settings, **env).stdout)
+    assert [(e["job_id"], e["account"]) for e in listed] == [(ids["brand-a"], "brand-a")]
+    default = json.loads(
+        relay(["dlq", "list", "--json", "--account", "default", "--reason", "rejected"], settings, **env).stdout
+    )
+    assert [e["job_id"] for e in default] == [ids["default"]]
+    replayed = relay(
+        ["dlq", "replay", "--all", "--account", "brand-b", "--reason", "rejected", "--json"], settings, **env
+    )
+    assert json.loads(replayed.stdout) == {"replayed": 1, "stale": 0, "missing": 0}
+    assert redis_client.llen("attentive.brand-b") == 1
+    assert redis_client.llen("attentive.brand-a") == redis_client.llen("attentive") == 0
+    left = json.loads(relay(["dlq", "list", "--json"], settings, **env).stdout)
+    assert sorted(e["job_id"] for e in left) == sorted([ids["brand-a"], ids["default"]])
+
+
 def test_unreachable_redis_is_a_clear_error(settings):
     result = relay(["stats"], settings.model_copy(update={"redis_url": SecretStr("redis://127.0.0.1:9/0")}))
     assert result.returncode == 3 and "cannot reach Redis" in result.stderr
@@ -102,6 +172,24 @@ def test_check_fails_clearly_on_a_refused_token_or_a_missing_redis(settings):
     assert no_redis.returncode == 1 and json.loads(no_redis.stdout)["redis"].startswith("unreachable")
     no_token = relay(["check"], settings, ATTENTIVE_BASE_URL=settings.attentive_base_url)
     assert no_token.returncode == 1 and "ATTENTIVE_API_TOKEN is not set" in no_token.stderr
+
+
+def test_check_reports_every_accounts_token(settings):
+    accounts = json.dumps({"brand-a": {"token": TOKEN}, "brand-b": {"token": "wrong-token"}, "brand-c": {}})
+    result = relay(["check", "--json"], settings, **attentive_env(settings), ATTENTIVE_ACCOUNTS=accounts)
+    assert result.returncode == 1 and json.loads(result.stdout) == {
+        "ok": False,
+        "redis": "ok",
+        "attentive": "ok",
+        "attentive:brand-a": "ok",
+        "attentive:brand-b": "token refused (401)",
+        "attentive:brand-c": "ATTENTIVE_ACCOUNTS brand-c.token is not set",
+    }
+    human = relay(["check"], settings, **attentive_env(settings), ATTENTIVE_ACCOUNTS=accounts)
+    assert "attentive:brand-b: token refused (401)" in human.stderr and "attentive:brand-a: ok" in human.stdout
+    assert "wrong-token" not in result.stdout + result.stderr + human.stdout + human.stderr
+    healthy = relay(["check", "--json"], settings, **attentive_env(settings), ATTENTIVE_ACCOUNTS=ACCOUNTS)
+    assert healthy.returncode == 0 and json.loads(healthy.stdout)["attentive:brand-b"] == "ok"
 
 
 def test_attributes_reads_what_attentive_holds_for_a_phone(settings, producer, redis_client, sandbox):

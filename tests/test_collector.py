@@ -20,12 +20,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import SecretStr
 from segment.analytics import Client
 
 from producers import keys
 from producers.producer import Producer
 from producers.settings import Settings
-from worker.collector import Collector
+from worker.collector import Collector, CollectorApp
 from worker.collector_policy import FailureLimiter, WriteKeys, key_fingerprint
 from worker.counters import stats
 from worker.processes import free_port
@@ -64,7 +65,7 @@ def test_segment_library_calls_arrive_at_attentive_as_the_right_calls(
     client.track("u-1", "Coupon Entered", {"coupon": "SAVE"}, context={"traits": TRAITS})
     assert errors == []
     start_worker(settings_=collector_settings)
-    wait_for(lambda: stats(redis_client, "attentive")["delivered"] == 5, 30, "the five Attentive calls")
+    wait_for(lambda: stats(redis_client, collector_settings)["delivered"] == 5, 30, "the five Attentive calls")
     calls = {(r["path"], (r["body"] or {}).get("type")): r["body"] for r in sandbox_requests(sandbox)}
     user = {"phone": "+14155552671", "email": "jane@example.com", "externalIdentifiers": {"clientUserId": "u-1"}}
     view = calls[("/v1/events/ecommerce/product-view", None)]
@@ -205,9 +206,9 @@ BROWSER = "https://shop.example"
 PAGE = {"type": "page", "userId": "u-1", "name": "Home", "context": {"traits": TRAITS}}
 
 
-def queued_jobs(redis_client) -> list[dict]:
+def queued_jobs(redis_client, queue: str = "attentive") -> list[dict]:
     jobs = []
-    for message in redis_client.lrange("attentive", 0, -1):
+    for message in redis_client.lrange(queue, 0, -1):
         job_id = json.loads(json.loads(message)["body"])[0][0]
         jobs.append(json.loads(redis_client.hget(keys.job(job_id), "job")))
     return jobs
@@ -330,7 +331,7 @@ def test_a_retried_browser_request_is_the_same_events(browser_collector, redis_c
     jobs = queued_jobs(redis_client)
     assert sorted(j["kind"] for j in jobs) == ["custom_event", "product_view"]
     assert [j["externalEventId"] for j in jobs if j["kind"] == "custom_event"] == ["ajs-next-2"]
-    assert stats(redis_client, "attentive")["skipped"]["duplicate"] == 2
+    assert stats(redis_client, browser_collector.app.producer.settings)["skipped"]["duplicate"] == 2
     # the same message twice in one request is queued once too
     twice = {"batch": [{**PAGE, "messageId": "ajs-next-3"}] * 2, "writeKey": KEY}
     assert httpx.post(browser_collector.url + "/v1/batch", json=twice).json()["accepted"] == 1
@@ -358,6 +359,67 @@ def test_keys_are_compared_whole_and_kept_secret(collector_settings):
     assert keys_.accepts(KEY) and keys_.accepts("other-key")
     assert not any(keys_.accepts(k) for k in (None, "", KEY[:-1], KEY + "x", "\udcff", "wrïte"))
     assert KEY not in repr(collector_settings) and KEY not in str(collector_settings.write_keys)
+
+
+BRANDS = '{"brand-a": {}, "brand-b": {}}'
+
+
+def test_each_write_key_queues_its_messages_for_its_account(redis_server, redis_client, sandbox):
+    settings = make_settings(
+        redis_server.url,
+        sandbox.url,
+        attentive_accounts=BRANDS,
+        collector_write_keys=f"key-a:brand-a, key-b : brand-b,{KEY}",
+    )
+    message = {"type": "track", "userId": "u-1", "event": "Fine", "context": {"traits": TRAITS}}
+    with Collector(Producer(settings, redis_client), port=0) as c:
+        for key in ("key-a", "key-b", "key-b", KEY):
+            assert post(c, "/v1/track", message, key=key).json()["accepted"] == 1, key
+        suffixed = httpx.post(c.url + "/v1/track", json={**message, "writeKey": "key-a:brand-a"})
+        assert suffixed.status_code == 401, "KEY:ACCOUNT is not itself a key"
+    for queue, account, count in (("attentive.brand-a", "brand-a", 1), ("attentive.brand-b", "brand-b", 2)):
+        jobs = queued_jobs(redis_client, queue)
+        assert len(jobs) == count and all(j["account"] == account for j in jobs), queue
+    default = queued_jobs(redis_client)
+    assert len(default) == 1 and "account" not in default[0], "a bare key is the default account's, as before"
+    records = [redis_client.hget(k, "account") for k in redis_client.scan_iter(keys.job("*"))]
+    assert sorted(records) == [b"brand-a", b"brand-b", b"brand-b", b"default"]
+
+
+def test_write_keys_naming_unknown_accounts_or_misshapen_stop_start_up(redis_server):
+    def start(write_keys: str, accounts: str = BRANDS) -> str:
+        settings = make_settings(redis_server.url, attentive_accounts=accounts, collector_write_keys=write_keys)
+        with pytest.raises(ValueError) as caught:
+            CollectorApp(Producer(settings))
+        return str(caught.value)
+
+    unknown = start("sekrit-1:brand-a,sekrit-2:brand-z")
+    assert "brand-z" in unknown and "ATTENTIVE_ACCOUNTS" in unknown and "sekrit" not in unknown
+    for misshapen in ("sekrit:brand-a:x", ":brand-a", "sekrit:", "sekrit:bad name"):
+        said = start(f"fine,{misshapen}")
+        assert "COLLECTOR_WRITE_KEYS entry 2" in said and "sekrit" not in said, misshapen
+    twice = start("sekrit:brand-a,sekrit:brand-b")
+    assert "brand-a" in twice and "brand-b" in twice and "sekrit" not in twice
+    same = make_settings(redis_server.url, attentive_accounts=BRANDS, collector_write_keys="k:brand-a, k:brand-a")
+    assert [(k.get_secret_value(), a) for k, a in same.write_keys] == [("k", "brand-a")]
+
+
+def test_the_matched_key_yields_its_account_after_comparing_every_key(monkeypatch):
+    from worker import collector_policy
+
+    compared: list[bytes] = []
+    real = collector_policy.hmac.compare_digest
+
+    def counting(a: bytes, b: bytes) -> bool:
+        compared.append(b)
+        return real(a, b)
+
+    keys_ = WriteKeys([(SecretStr("k-1"), "brand-a"), (SecretStr("k-2"), "default"), (SecretStr("k-3"), "brand-b")])
+    monkeypatch.setattr(collector_policy.hmac, "compare_digest", counting)
+    assert keys_.account_of("k-1") == "brand-a" and keys_.account_of("k-2") == "default"
+    assert keys_.account_of("k-3") == "brand-b" and keys_.account_of("k-4") is None and keys_.account_of("") is None
+    assert compared == [b"k-1", b"k-2", b"k-3"] * 5, "no early exit"
+    assert keys_.accounts == {"brand-a", "brand-b", "default"}
 
 
 def test_a_gzip_bomb_is_refused_without_being_inflated_whole(collector, redis_client):

@@ -57,7 +57,7 @@ def test_a_worker_and_a_producer_work_through_sentinel(sentinel, sandbox, start_
     job_id = Producer(settings, None).enqueue(EVENT)
     assert client.exists(f"relay:job:{job_id}")
     start_worker(settings_=settings)
-    wait_for(lambda: stats(client, "attentive")["delivered"] == 1, 30, "delivery through sentinel")
+    wait_for(lambda: stats(client, settings)["delivered"] == 1, 30, "delivery through sentinel")
     assert [r["status"] for r in sandbox_requests(sandbox)] == [200]
     assert KindLimiter(client, settings).reserve("custom_event") == 0
 
@@ -124,7 +124,7 @@ def test_a_worker_can_keep_its_limiter_on_a_cluster(cluster, redis_server, redis
     KindLimiter(connect(cluster), settings).back_off("custom_event", 3.0)
     held_at = time.time()
     Producer(settings, redis_client).enqueue_many([EVENT] * 5)
-    wait_for(lambda: stats(redis_client, "attentive")["delivered"] == 5, 30, "deliveries")
+    wait_for(lambda: stats(redis_client, settings)["delivered"] == 5, 30, "deliveries")
     first = min(r["at"] for r in sandbox_requests(sandbox))
     assert first - held_at > 2.5, "the worker's limiter must be the cluster's bucket"
     assert not redis_client.keys("relay:rate:*")

@@ -92,3 +92,20 @@ def test_producer_enqueue_many_queues_valid_and_returns_errors(producer: Produce
     assert isinstance(results[0], str) and isinstance(results[2], str)
     assert "type: is required" in str(results[1]) and "user: is required" in str(results[1])
     assert redis_client.llen("attentive") == 2 and redis_client.hget(keys.STATS, "enqueued") == b"2"
+
+
+def test_list_and_replay_filter_by_account(redis_server, redis_client, sandbox):
+    settings = make_settings(redis_server.url, sandbox.url, attentive_accounts='{"brand-a": {"token": "test-token"}}')
+    producer = Producer(settings, redis_client)
+    theirs = dead_letter_one(settings, producer, redis_client, sandbox, 400, {**EVENT, "account": "brand-a"})
+    ours = dead_letter_one(settings, producer, redis_client, sandbox, 400)
+    unauthorized = dead_letter_one(settings, producer, redis_client, sandbox, 401, {**EVENT, "account": "brand-a"})
+    store = DeadLetters(redis_client, settings)
+    assert [e["job_id"] for e in store.list(account="brand-a")] == [unauthorized, theirs]
+    assert [e["job_id"] for e in store.list(account="default")] == [ours], "a job naming no account is the default's"
+    assert store.ids("rejected", account="brand-a") == [theirs]
+    assert store.list(account="nobody") == []
+    redis_client.delete("attentive", "attentive.brand-a")
+    assert store.replay(store.ids("rejected", account="brand-a"))["replayed"] == [theirs]
+    assert redis_client.llen("attentive.brand-a") == 1 and redis_client.llen("attentive") == 0
+    assert redis_client.hget(keys.job(theirs), "account") == b"brand-a"

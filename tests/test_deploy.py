@@ -13,6 +13,7 @@ pyproject.toml.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shlex
 import tomllib
@@ -52,7 +53,7 @@ REDIS = "redis"
 REDIS_PORT = 6379
 # The secrets each role reads, and no others.
 ROLE_SECRETS = {
-    WORKER: {"REDIS_URL", "ATTENTIVE_API_TOKEN", "SENTRY_DSN"},
+    WORKER: {"REDIS_URL", "ATTENTIVE_API_TOKEN", "ATTENTIVE_ACCOUNTS", "SENTRY_DSN"},
     FLOWER: {"REDIS_URL", "FLOWER_BASIC_AUTH"},
     COLLECTOR: {"REDIS_URL", "COLLECTOR_WRITE_KEYS"},
 }
@@ -351,9 +352,15 @@ def _scaled_object() -> dict[str, Any]:
     return _obj("ScaledObject", WORKER)
 
 
+def _redis_triggers() -> list[dict[str, str]]:
+    return [t["metadata"] for t in _scaled_object()["spec"]["triggers"] if t["type"] == "redis"]
+
+
 def _redis_trigger() -> dict[str, str]:
-    (trigger,) = [t for t in _scaled_object()["spec"]["triggers"] if t["type"] == "redis"]
-    return trigger["metadata"]
+    """The trigger on the default account's queue."""
+    queue = _configmap().get("ATTENTIVE_QUEUE", Settings.model_fields["attentive_queue"].default)
+    (trigger,) = [t for t in _redis_triggers() if t["listName"] == queue]
+    return trigger
 
 
 def test_scaledobject_matches_schema() -> None:
@@ -372,10 +379,47 @@ def test_scaledobject_scales_the_worker_on_its_queue() -> None:
     queue = _configmap().get("ATTENTIVE_QUEUE", Settings.model_fields["attentive_queue"].default)
     assert queue == "attentive"
     assert _redis_trigger()["listName"] == queue
-    assert _option(_container(worker)["command"], "-Q", "--queues") == queue
+    # The worker consumes every account's queue, from the settings: no -Q to keep in step.
+    assert not {"-Q", "--queues"} & {a.split("=")[0] for a in _container(worker)["command"]}
     # The workers' promoters put due retries back on the list: with zero workers the list never
     # grows and nothing would ever scale the pool up again.
     assert so["spec"]["minReplicaCount"] >= 1
+
+
+def test_scaledobject_has_a_trigger_for_each_accounts_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One redis trigger per account queue of the ConfigMap's ATTENTIVE_ACCOUNTS (KEDA takes the
+    largest), each on the same Redis, and no trigger on a queue no account has."""
+    for name in SETTINGS_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in _configmap().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("REDIS_URL", _redis_url())
+    settings = Settings()
+    triggers = _redis_triggers()
+    assert sorted(t["listName"] for t in triggers) == sorted(settings.queues)
+    assert len({(t["address"], t.get("databaseIndex", "0"), t["listLength"]) for t in triggers}) == 1
+    text = (K8S / "worker-scaledobject.yaml").read_text(encoding="utf-8")
+    assert "ONE TRIGGER PER ACCOUNT" in text and "MAX across triggers" in text
+
+
+def test_accounts_tokens_reach_only_workers_and_names_reach_every_role() -> None:
+    """ATTENTIVE_ACCOUNTS holds tokens: a Secret key the worker alone reads; the ConfigMap's copy
+    names the accounts without tokens, for the collector's write keys and the producers."""
+    assert json.loads(_configmap()["ATTENTIVE_ACCOUNTS"]) is not None
+    assert all(not spec.get("token") for spec in json.loads(_configmap()["ATTENTIVE_ACCOUNTS"]).values())
+    assert "ATTENTIVE_ACCOUNTS" in _secret()
+    for name in (FLOWER, COLLECTOR):
+        assert "ATTENTIVE_ACCOUNTS" not in _secret_keys_read(_container(_obj("Deployment", name))), name
+    env = {e["name"]: e for e in _container(_obj("Deployment", WORKER))["env"]}
+    assert env["ATTENTIVE_ACCOUNTS"]["valueFrom"]["secretKeyRef"] == {"name": SECRETS, "key": "ATTENTIVE_ACCOUNTS"}
+
+
+def test_procfile_and_compose_workers_consume_every_accounts_queue() -> None:
+    [worker] = [line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("worker:")]
+    assert " -Q" not in worker and "--queues" not in worker
+    compose = _compose()["services"]["worker"]
+    assert "-Q" not in compose["command"]
+    assert "${ATTENTIVE_ACCOUNTS" in compose["environment"]["ATTENTIVE_ACCOUNTS"]
 
 
 def test_scaledobject_watches_the_redis_of_redis_url() -> None:
@@ -499,6 +543,7 @@ def test_secret_holds_placeholders_only() -> None:
     assert set(secret["stringData"]) == {
         "REDIS_URL",
         "ATTENTIVE_API_TOKEN",
+        "ATTENTIVE_ACCOUNTS",
         "FLOWER_BASIC_AUTH",
         "COLLECTOR_WRITE_KEYS",
         "SENTRY_DSN",

@@ -93,7 +93,7 @@ def test_an_expired_job_is_counted_not_lost_silently(settings, producer: Produce
     far = int(time.time() * 1000) + 10**9
     store.promote(far)
     store.reconcile(far)
-    s = stats(redis_client, "attentive")
+    s = stats(redis_client, settings)
     assert s["expired"] == 2
     assert s["enqueued"] == s["delivered"] + sum(s["dead_letter"].values()) + s["erased"] + s["expired"]
 
@@ -137,7 +137,7 @@ def test_erase_leaves_no_redis_value_holding_the_address(redis_server, redis_cli
     assert not store.delivered(running, int(time.time() * 1000)), "the delivery in flight records nothing"
     assert not redis_client.exists(keys.job(in_flight)), "and does not bring the record back"
     assert redis_client.hget(keys.job(kept), "state") == b"queued", "another person's job is untouched"
-    s = stats(redis_client, "attentive")
+    s = stats(redis_client, settings)
     assert s["erased"] == 3 and s["queued_overdue"] == 0 and s["scheduled"] == 0 and s["in_flight"] == 0
     assert queued not in {m.decode() for m in redis_client.zrange(keys.QUEUED, 0, -1)}
     again = erase_cli(settings, "--email", EMAIL)

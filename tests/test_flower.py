@@ -94,7 +94,7 @@ def test_flower_sees_job_ids_and_no_personal_data(flower, producer: Producer, re
         ),
         producer.enqueue({"kind": "custom_attributes", "user": user, "properties": {"note": SECRET_VALUE}}),
     ]
-    wait_for(lambda: stats(redis_client, "attentive")["delivered"] == 2, 60, "both jobs to be delivered")
+    wait_for(lambda: stats(redis_client, producer.settings)["delivered"] == 2, 60, "both jobs to be delivered")
     sent = str(sandbox_requests(sandbox))
     assert all(value in sent for value in (PHONE, EMAIL, SECRET_VALUE)), "the personal data did go through the worker"
 

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
 import httpx
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import CollectorRegistry
 
+from producers.producer import Producer
 from producers.queue import ticket_for
+from worker.metrics import RelayCollector
 from worker.processes import free_port
 
-from conftest import add_fault, delivery_for, wait_for
+from conftest import TOKEN, add_fault, delivery_for, make_settings, wait_for
+
+EVENT = {"kind": "custom_event", "type": "M", "user": {"email": "a@example.com"}}
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:
@@ -62,3 +69,28 @@ def _get(url: str) -> str | None:
         return httpx.get(url, timeout=2).text
     except httpx.HTTPError:
         return None
+
+
+def test_metrics_break_the_backlog_and_outcomes_down_by_account(redis_server, redis_client, sandbox):
+    accounts = json.dumps({"brand-a": {"token": TOKEN}})
+    settings = make_settings(redis_server.url, sandbox.url, attentive_accounts=accounts)
+    producer = Producer(settings, redis_client)
+    delivery = delivery_for(settings, redis_client)
+    a1, a2 = (producer.enqueue({**EVENT, "account": "brand-a"}) for _ in range(2))
+    producer.enqueue(EVENT)
+    assert delivery.run(a1, ticket_for(a1, 0)) == "delivered"
+    add_fault(sandbox, status=400, times=1)
+    assert delivery.run(a2, ticket_for(a2, 0)) == "dead:rejected"
+    registry = CollectorRegistry()
+    registry.register(RelayCollector(redis_client, settings))
+    got = samples(generate_latest(registry).decode())
+    assert got[("attentive_relay_account_queue_depth", (("account", "brand-a"),))] == 2
+    assert got[("attentive_relay_account_queue_depth", (("account", "default"),))] == 1
+    assert got[("attentive_relay_account_scheduled", (("account", "brand-a"),))] == 0
+    assert got[("attentive_relay_account_delivered_total", (("account", "brand-a"),))] == 1
+    assert got[("attentive_relay_account_delivered_total", (("account", "default"),))] == 0
+    assert got[("attentive_relay_account_dead_lettered_total", (("account", "brand-a"), ("reason", "rejected")))] == 1
+    assert got[("attentive_relay_account_dead_lettered_total", (("account", "default"), ("reason", "rejected")))] == 0
+    assert got[("attentive_relay_queue_depth", ())] == 3, "the unlabelled series stay, over every account"
+    assert got[("attentive_relay_delivered_total", ())] == 1
+    assert got[("attentive_relay_waiting", ())] == 0

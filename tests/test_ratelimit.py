@@ -68,7 +68,7 @@ def test_workers_share_one_limit_and_never_draw_a_429(redis_server, redis_client
     )
     for n in range(4):
         start_worker(f"w{n}", concurrency=1, settings_=settings)
-    wait_for(lambda: stats(redis_client, "attentive")["delivered"] == 200, 60, "all deliveries", 0.25)
+    wait_for(lambda: stats(redis_client, settings)["delivered"] == 200, 60, "all deliveries", 0.25)
     requests = sandbox_requests(sandbox)
     assert [r["status"] for r in requests].count(429) == 0
     per_second: dict[int, int] = {}
@@ -85,7 +85,7 @@ def test_a_backlogged_endpoint_does_not_hold_up_the_others(redis_server, redis_c
     producer.enqueue_many([{"kind": "identity", "clientUserId": f"c{i}", **user} for i in range(100)])
     producer.enqueue_many([{"kind": "custom_event", "type": f"E{i}", "user": user} for i in range(300)])
     start_worker(concurrency=2, settings_=settings)
-    wait_for(lambda: stats(redis_client, "attentive")["delivered"] >= 360, 60, "the events and some identities")
+    wait_for(lambda: stats(redis_client, settings)["delivered"] >= 360, 60, "the events and some identities")
     requests = sandbox_requests(sandbox)
     identity = sorted(r["at"] for r in requests if r["path"].startswith("/v1/identity"))
     events = sorted(r["at"] for r in requests if r["path"] == "/v1/events/custom")
@@ -93,7 +93,7 @@ def test_a_backlogged_endpoint_does_not_hold_up_the_others(redis_server, redis_c
     assert len(events) == 300
     assert events[-1] < identity[50], "custom events must not wait behind the identity backlog"
     assert [r["status"] for r in requests].count(429) == 0
-    assert stats(redis_client, "attentive")["deferred"] > 0
+    assert stats(redis_client, settings)["deferred"] > 0
 
 
 def test_a_429_pushes_back_the_whole_bucket(redis_server, redis_client, sandbox):
@@ -118,7 +118,7 @@ def test_workers_back_off_together_after_a_429(redis_server, redis_client, sandb
     Producer(settings, redis_client).enqueue_many(
         [{"kind": "custom_event", "type": f"T{i}", "user": {"email": "a@example.com"}} for i in range(30)]
     )
-    wait_for(lambda: stats(redis_client, "attentive")["delivered"] == 30, 60, "all deliveries", 0.25)
+    wait_for(lambda: stats(redis_client, settings)["delivered"] == 30, 60, "all deliveries", 0.25)
     requests = sorted(sandbox_requests(sandbox), key=lambda r: r["at"])
     [throttled] = [r for r in requests if r["status"] == 429]
     quiet = [r for r in requests if throttled["done"] + 0.5 < r["at"] < throttled["done"] + 1.8]

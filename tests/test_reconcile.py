@@ -122,12 +122,12 @@ def test_one_pass_at_a_time_across_promoters(producer: Producer, redis_client):
 def test_stats_report_jobs_queued_past_the_threshold(producer: Producer, redis_client):
     old, new = producer.enqueue(EVENT), producer.enqueue(EVENT)
     redis_client.zadd(keys.QUEUED, {old: 1000})  # queued long ago
-    s = stats(redis_client, "attentive", overdue_after_ms=ORPHAN_MS)
+    s = stats(redis_client, producer.settings, overdue_after_ms=ORPHAN_MS)
     assert s["queued_overdue"] == 1
     assert s["oldest_queued_s"] > 1_000_000
     assert s["reconciled"] == 0
     store_for(redis_client).claim(old, ticket_for(old, 0), 2000)
-    s = stats(redis_client, "attentive", overdue_after_ms=ORPHAN_MS)
+    s = stats(redis_client, producer.settings, overdue_after_ms=ORPHAN_MS)
     assert s["queued_overdue"] == 0 and s["oldest_queued_s"] < 60
     assert redis_client.zscore(keys.QUEUED, new) is not None
 
@@ -140,9 +140,9 @@ def test_a_real_worker_delivers_jobs_whose_messages_were_lost_exactly_once(
     ids = [producer.enqueue({**EVENT, "type": f"Orphan {i}"}) for i in range(10)]
     redis_client.delete("attentive")  # every message lost; only the job records remain
     start_worker(settings_=settings)
-    wait_for(lambda: stats(redis_client, "attentive")["delivered"] == 10, 60, "the orphans to be delivered")
+    wait_for(lambda: stats(redis_client, settings)["delivered"] == 10, 60, "the orphans to be delivered")
     sent = [r["body"] for r in sandbox_requests(sandbox) if r["status"] == 200]
     assert sorted(b["type"] for b in sent) == sorted(f"Orphan {i}" for i in range(10))
-    s = stats(redis_client, "attentive", overdue_after_ms=2000)
+    s = stats(redis_client, settings, overdue_after_ms=2000)
     assert s["reconciled"] == 10 and s["queued_overdue"] == 0 and s["queued"] == 0
     assert not any(redis_client.exists(keys.job(i)) for i in ids)

@@ -106,7 +106,7 @@ def test_worker_reports_a_crash_and_one_warning_per_cause_and_leaks_nothing(
             redis_client.hset(keys.job(job_id), "history", "{corrupt")
     dsn = f"http://publickey@127.0.0.1:{ingest.server.server_address[1]}/1"
     start_worker(concurrency=1, settings_=settings, SENTRY_DSN=dsn)
-    wait_for(lambda: sum(stats(redis_client, "attentive")["dead_letter"].values()) == 6, 60, "six dead letters")
+    wait_for(lambda: sum(stats(redis_client, settings)["dead_letter"].values()) == 6, 60, "six dead letters")
     wait_for(lambda: len(events(ingest)) >= 3, 30, "three Sentry events")
     time.sleep(2)  # anything else that was going to arrive
     found = events(ingest)

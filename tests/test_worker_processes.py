@@ -74,9 +74,9 @@ def test_every_outcome_through_a_real_worker(redis_server, redis_client, sandbox
     redis_client.hset(keys.job("poison-job"), "history", "{not json")
     total = len(ids) + 3
     worker = start_worker(settings_=settings)
-    wait_for(lambda: finished(redis_client) >= total, 90, "every job to finish")
+    wait_for(lambda: finished(redis_client, settings) >= total, 90, "every job to finish")
     time.sleep(1)
-    s = stats(redis_client, "attentive")
+    s = stats(redis_client, settings)
     assert s["delivered"] == 4  # plain, flaky after a 503, attributes, identity
     assert {k: v for k, v in s["dead_letter"].items() if v} == {
         "rejected": 1,
@@ -117,7 +117,7 @@ def test_pool_process_killed_mid_delivery_loses_nothing(settings, producer, redi
     first = _wait_for_arrival(sandbox, "Slow Event")
     for pid in worker.child_pids():
         os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: stats(redis_client, "attentive")["delivered"] == 1, 60, "delivery after the kill")
+    wait_for(lambda: stats(redis_client, settings)["delivered"] == 1, 60, "delivery after the kill")
     sent = requests_for(sandbox, "Slow Event")
     assert len(sent) == 2 and sent[1]["status"] == 200
     assert sent[0]["body"]["externalEventId"] == sent[1]["body"]["externalEventId"] == first["body"]["externalEventId"]
@@ -137,7 +137,7 @@ def test_a_job_that_kills_its_worker_every_time_ends_as_worker_lost(redis_server
     entry = json.loads(redis_client.get(keys.dead(job_id)))
     assert entry["reason"] == "worker_lost"
     assert len(requests_for(sandbox, "Deadly Event")) == 2, "no third attempt"
-    s = stats(redis_client, "attentive")
+    s = stats(redis_client, settings)
     assert s["delivered"] == 0 and s["dead_letter"]["worker_lost"] == 1 and s["in_flight"] == 0
 
 
@@ -153,7 +153,7 @@ def test_whole_worker_killed_mid_delivery_is_recovered_by_another_worker(
     doomed.kill_all()
     killed_at = time.monotonic()
     start_worker("rescuer", settings_=settings)
-    wait_for(lambda: stats(redis_client, "attentive")["delivered"] == 1, 120, "the rescuer to deliver")
+    wait_for(lambda: stats(redis_client, settings)["delivered"] == 1, 120, "the rescuer to deliver")
     assert time.monotonic() - killed_at < 120
     # kombu keeps no copy of the dead worker's message (ack_emulation is off): nothing restores
     # it later, and the lease alone brought the job back.
@@ -164,7 +164,7 @@ def test_whole_worker_killed_mid_delivery_is_recovered_by_another_worker(
     sent = requests_for(sandbox, "Slow Event")
     assert len(sent) == 2
     assert len({r["body"]["externalEventId"] for r in sent}) == 1
-    s = stats(redis_client, "attentive")
+    s = stats(redis_client, settings)
     assert s["delivered"] == 1 and sum(s["dead_letter"].values()) == 0 and s["queued"] == 0
     assert not redis_client.exists(keys.job(job_id))
 
@@ -181,10 +181,10 @@ def test_a_delayed_retry_survives_a_worker_crash_and_runs_once(redis_server, red
     assert redis_client.llen("attentive") == 0
     doomed.kill_all()
     start_worker("rescuer", settings_=settings)
-    wait_for(lambda: stats(redis_client, "attentive")["delivered"] == 1, later + 40, "the retry")
+    wait_for(lambda: stats(redis_client, settings)["delivered"] == 1, later + 40, "the retry")
     time.sleep(3)
     assert [r["status"] for r in requests_for(sandbox, "Later Event")] == [429, 200]
-    s = stats(redis_client, "attentive")
+    s = stats(redis_client, settings)
     assert s["retries"] == 1 and s["scheduled"] == 0 and s["queued"] == 0
 
 
@@ -194,7 +194,7 @@ def test_flower_sees_ids_not_personal_data(settings, producer, redis_client, san
     raw = redis_client.lrange("attentive", 0, -1)[0].decode()
     assert job_id in raw and PHONE not in raw and "value-123" not in raw
     start_worker()
-    wait_for(lambda: stats(redis_client, "attentive")["delivered"] == 1, 30, "delivery")
+    wait_for(lambda: stats(redis_client, settings)["delivered"] == 1, 30, "delivery")
     assert sandbox_requests(sandbox)[0]["body"]["user"]["phone"] == PHONE
 
 
@@ -208,7 +208,7 @@ def test_a_redis_restart_loses_nothing(tmp_path, sandbox, start_worker):
         httpx.post(f"{sandbox.url}/__sandbox/config", json={"latency_ms": 40}).raise_for_status()
         worker = start_worker(settings_=settings)
         ids = [producer.enqueue(event(f"Restart Event {i}")) for i in range(40)]
-        wait_for(lambda: stats(client, "attentive")["delivered"] >= 5, 30, "the first deliveries")
+        wait_for(lambda: stats(client, settings)["delivered"] >= 5, 30, "the first deliveries")
         server.stop()
         time.sleep(2)
         server.start()
@@ -217,11 +217,11 @@ def test_a_redis_restart_loses_nothing(tmp_path, sandbox, start_worker):
             # No supervisor: the same worker must ride through the loss (kombu's teardown crash is
             # guarded, see worker.kombu_closed_channel_guard and test_broker_connection_loss.py).
             assert worker.proc.poll() is None, f"the worker exited: see {worker.log_path}"
-            return finished(client) >= len(ids)
+            return finished(client, settings) >= len(ids)
 
         wait_for(progress, 120, "every job to finish after the restart", 0.5)
         assert "Unrecoverable error" not in worker.log_path.read_text(errors="replace")
-        s = stats(client, "attentive")
+        s = stats(client, settings)
         assert s["delivered"] == len(ids) and sum(s["dead_letter"].values()) == 0
         accepted = {r["body"]["type"] for r in sandbox_requests(sandbox) if r["status"] == 200}
         assert accepted == {f"Restart Event {i}" for i in range(40)}
@@ -244,10 +244,10 @@ def test_sigterm_drains_the_attempt_in_flight_and_leaves_the_queue_intact(
     waiting = [producer.enqueue(event(f"Waiting {i}")) for i in range(3)]
     worker.proc.send_signal(signal.SIGTERM)
     worker.proc.wait(30)
-    s = stats(redis_client, "attentive")
+    s = stats(redis_client, settings)
     assert s["delivered"] == 1, "the attempt in flight finished before the worker exited"
     assert s["in_flight"] == 0 and s["queued"] == len(waiting), "the waiting jobs are still queued"
     assert redis_client.hlen("unacked") == 0
     start_worker("next", settings_=settings)
-    wait_for(lambda: stats(redis_client, "attentive")["delivered"] == 4, 30, "the rest")
+    wait_for(lambda: stats(redis_client, settings)["delivered"] == 4, 30, "the rest")
     assert len(requests_for(sandbox, "Draining")) == 1

@@ -43,6 +43,9 @@ BATCH = 500
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Only entries with this reason.")]
+AccountOpt = Annotated[
+    str | None, typer.Option("--account", help=f"Only the jobs of this account ('{DEFAULT}': the default one).")
+]
 
 
 def _settings() -> Settings:
@@ -198,7 +201,7 @@ def stats(as_json: JsonFlag = False) -> None:
     from worker.counters import stats as read_stats
 
     settings = _settings()
-    data = read_stats(_client(settings), settings.attentive_queue, int(settings.attentive_orphan_s * 1000))
+    data = read_stats(_client(settings), settings)
     if as_json:
         print(json.dumps(data))
         return
@@ -207,9 +210,22 @@ def stats(as_json: JsonFlag = False) -> None:
         if key == "dead_letter":
             for reason, count in value.items():
                 table.add_row(f"dead_letter.{reason}", str(count))
-        else:
+        elif key != "accounts":
             table.add_row(key, str(value))
     out.print(table)
+    accounts = Table("account", "delivered", "dead_letter", "queued", "scheduled", title="by account")
+    for name, counts in data["accounts"].items():
+        dead = counts["dead_letter"]
+        by_reason = ", ".join(f"{reason} {count}" for reason, count in dead.items() if count)
+        total = sum(dead.values())
+        accounts.add_row(
+            name,
+            str(counts["delivered"]),
+            f"{total} ({by_reason})" if total else "0",
+            str(counts["queued"]),
+            str(counts["scheduled"]),
+        )
+    out.print(accounts)
 
 
 def _dead_letters() -> Any:
@@ -219,22 +235,26 @@ def _dead_letters() -> Any:
     return DeadLetters(_client(settings), settings)
 
 
-def _select(store: Any, ids: list[str], all_: bool, reason: str | None) -> list[str]:
+def _select(store: Any, ids: list[str], all_: bool, reason: str | None, account: str | None = None) -> list[str]:
+    """The job ids given, or with ``--all`` every entry's, narrowed by ``--reason`` and ``--account``."""
     if ids and all_:
         raise typer.BadParameter("give job ids or --all, not both")
     if not ids and not all_:
         raise typer.BadParameter("give job ids or --all")
-    return ids if ids else store.ids(reason)
+    return ids if ids else store.ids(reason, None, account)
 
 
 @dlq.command("list")
-def dlq_list(reason: ReasonOpt = None, limit: int = 100, as_json: JsonFlag = False) -> None:
+def dlq_list(reason: ReasonOpt = None, account: AccountOpt = None, limit: int = 100, as_json: JsonFlag = False) -> None:
     """Dead-lettered jobs, newest first (without their personal data)."""
-    entries = _dead_letters().list(reason, limit)
+    from worker.deadletter import account_of_entry
+
+    entries = _dead_letters().list(reason, limit, account)
     rows = [
         {k: e.get(k) for k in ("job_id", "reason", "status", "detail", "first_seen", "last_seen")}
         | {
             "kind": e["job"].get("kind") if isinstance(e["job"], dict) else None,
+            "account": account_of_entry(e),
             "attempts": len([a for a in e.get("attempts", []) if "attempt" in a]),
         }
         for e in entries
@@ -242,11 +262,12 @@ def dlq_list(reason: ReasonOpt = None, limit: int = 100, as_json: JsonFlag = Fal
     if as_json:
         print(json.dumps(rows))
         return
-    table = Table("job_id", "kind", "reason", "status", "attempts", "last_seen", "detail")
+    table = Table("job_id", "kind", "account", "reason", "status", "attempts", "last_seen", "detail")
     for r in rows:
         table.add_row(
             r["job_id"],
             str(r["kind"]),
+            r["account"],
             r["reason"],
             str(r["status"] or ""),
             str(r["attempts"]),
@@ -271,11 +292,12 @@ def dlq_replay(
     ids: Annotated[list[str] | None, typer.Argument()] = None,
     all_: Annotated[bool, typer.Option("--all")] = False,
     reason: ReasonOpt = None,
+    account: AccountOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Queue dead-lettered jobs again with a fresh attempt count."""
     store = _dead_letters()
-    result = store.replay(_select(store, ids or [], all_, reason))
+    result = store.replay(_select(store, ids or [], all_, reason, account))
     if as_json:
         print(json.dumps({k: len(v) for k, v in result.items()}))
     else:
@@ -291,11 +313,12 @@ def dlq_purge(
     ids: Annotated[list[str] | None, typer.Argument()] = None,
     all_: Annotated[bool, typer.Option("--all")] = False,
     reason: ReasonOpt = None,
+    account: AccountOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Delete dead-letter entries for good."""
     store = _dead_letters()
-    purged = store.purge(_select(store, ids or [], all_, reason))
+    purged = store.purge(_select(store, ids or [], all_, reason, account))
     if as_json:
         print(json.dumps({"purged": purged}))
     else:
@@ -310,7 +333,11 @@ def _attentive(settings: Settings) -> Any:
 
 @cli.command()
 def check(as_json: JsonFlag = False) -> None:
-    """Readiness: exit 0 when Redis answers and Attentive accepts the token (GET /v1/me)."""
+    """Readiness: exit 0 when Redis answers and Attentive accepts every account's token (GET /v1/me).
+
+    Keys: ``redis``, ``attentive`` (the default account) and ``attentive:NAME`` for each other
+    account of ATTENTIVE_ACCOUNTS.
+    """
     import httpx
 
     settings = _settings()
@@ -320,16 +347,19 @@ def check(as_json: JsonFlag = False) -> None:
         result["redis"] = "ok"
     except redis.RedisError as exc:
         result["redis"] = f"unreachable ({type(exc).__name__})"
-    if settings.attentive_api_token is None:
-        result["attentive"] = "ATTENTIVE_API_TOKEN is not set"
-    else:
+    destination = _attentive(settings)
+    for name, account in settings.accounts.items():
+        key = "attentive" if name == DEFAULT else f"attentive:{name}"
+        if account.token is None or not account.token.get_secret_value():
+            result[key] = f"{account.token_setting} is not set"
+            continue
         try:
-            status = _attentive(settings).whoami(settings.accounts[DEFAULT])
-            result["attentive"] = {200: "ok", 401: "token refused (401)", 403: "token refused (403)"}.get(
+            status = destination.whoami(account)
+            result[key] = {200: "ok", 401: "token refused (401)", 403: "token refused (403)"}.get(
                 status, f"unexpected HTTP {status}"
             )
         except httpx.HTTPError as exc:
-            result["attentive"] = f"unreachable ({type(exc).__name__})"
+            result[key] = f"unreachable ({type(exc).__name__})"
     healthy = all(v == "ok" for v in result.values())
     if as_json:
         print(json.dumps({"ok": healthy, **result}))
@@ -362,7 +392,9 @@ def attributes(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     try:
-        response = _attentive(settings).request("GET", "/v1/attributes/custom", params=query)
+        token = settings.attentive_api_token.get_secret_value() if settings.attentive_api_token else ""
+        auth = {"Authorization": f"Bearer {token}"}
+        response = _attentive(settings).http.get("/v1/attributes/custom", params=query, headers=auth)
     except httpx.HTTPError as exc:
         err.print(f"cannot reach Attentive ({type(exc).__name__})")
         raise typer.Exit(1) from None
@@ -447,9 +479,7 @@ def metrics(
 
     settings = _settings()
     registry = CollectorRegistry()
-    registry.register(
-        RelayCollector(_client(settings), settings.attentive_queue, int(settings.attentive_orphan_s * 1000))
-    )
+    registry.register(RelayCollector(_client(settings), settings))
     start_http_server(port, addr=host, registry=registry)
     out.print(f"metrics on http://{host}:{port}/metrics")
     with contextlib.suppress(KeyboardInterrupt):

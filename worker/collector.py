@@ -9,7 +9,9 @@ reads request bodies.
 
 The write key comes as the HTTP Basic user (as Segment's libraries send it) or as
 ``writeKey`` in the body (as analytics.js sends it), and must be one of
-``COLLECTOR_WRITE_KEYS``; anything else is 401 and logged as a hash of the key. After
+``COLLECTOR_WRITE_KEYS``; anything else is 401 and logged as a hash of the key. The key picks
+the account its messages' jobs are for (``KEY:ACCOUNT``; a bare ``KEY`` is the default
+account's), so each brand's site sends with its own key and its jobs go to its own queue. After
 `FailureLimiter.limit` refused keys from one address, that address gets 429 for a while.
 
 A request with an ``Origin`` header (a browser) is 403, with nothing queued, unless the origin
@@ -38,7 +40,7 @@ from typing import Any, Self
 import anyio
 import redis
 
-from producers import jsonvalues, keys, segment
+from producers import accounts, jsonvalues, keys, segment
 from producers.errors import InvalidJob, Problem
 from producers.producer import Producer
 from worker.asgi import Receive, Scope, Send, lifespan, respond
@@ -73,6 +75,9 @@ class CollectorApp:
         self.keys = WriteKeys(producer.settings.write_keys)
         if not len(self.keys):
             raise ValueError("COLLECTOR_WRITE_KEYS is empty: the collector would refuse every request")
+        unknown = sorted(self.keys.accounts - producer.settings.accounts.keys())
+        if unknown:
+            raise ValueError(f"COLLECTOR_WRITE_KEYS names account(s) not in ATTENTIVE_ACCOUNTS: {', '.join(unknown)}")
         self.cors = Cors(producer.settings.allowed_origins)
         self.limiter = limiter or FailureLimiter()
         self._limiter_lock = threading.Lock()
@@ -139,7 +144,8 @@ class CollectorApp:
         if not isinstance(body, dict):
             return 400, {"success": False, "message": "body must be a JSON object"}
         key = presented_key(headers, body)
-        if not self.keys.accepts(key):
+        account = self.keys.account_of(key)
+        if account is None:
             with self._limiter_lock:
                 blocked = self.limiter.failed(address)
             log.warning(
@@ -156,9 +162,11 @@ class CollectorApp:
                 return 400, {"success": False, "message": "batch must be an array"}
         else:
             messages = [{**body, "type": body.get("type", default_type)}]
-        return self._accept(messages, body.get("sentAt"))
+        return self._accept(messages, body.get("sentAt"), account)
 
-    def _accept(self, messages: list[Any], sent_at: Any) -> Answer:
+    def _accept(self, messages: list[Any], sent_at: Any, account: str) -> Answer:
+        """Queue the valid ``messages`` as jobs of ``account`` (the write key's)."""
+        named = None if account == accounts.DEFAULT else account  # default-account jobs name none, as before
         prepared: list[tuple[str, str, str]] = []
         problems: list[dict[str, Any]] = []
         skipped: dict[str, int] = {}
@@ -169,7 +177,7 @@ class CollectorApp:
                     raise InvalidJob([Problem("", f"a message must be at most {MAX_MESSAGE} bytes")])
                 if isinstance(message, dict) and sent_at and "sentAt" not in message:
                     message = {**message, "sentAt": sent_at}
-                jobs = self.producer.prepare_segment(message)
+                jobs = self.producer.prepare_segment(message, named)
                 if isinstance(jobs, segment.Skip):
                     skipped[jobs.reason] = skipped.get(jobs.reason, 0) + 1
                     continue

@@ -4,7 +4,8 @@ Kept apart from the HTTP code so each rule can be read (and tested) on its own:
 
 - `WriteKeys` compares a presented key with every configured key in constant time
   (``hmac.compare_digest``, no early exit), so response timing says nothing about how much of
-  a key was right. A refused key is logged as a short SHA-256 prefix, never as itself.
+  a key was right, and yields the matched key's account. A refused key is logged as a short
+  SHA-256 prefix, never as itself.
 - `FailureLimiter` counts refused keys per client address; after ``limit`` failures within
   ``window_s`` the address is answered 429 for ``block_s`` seconds, whatever it sends.
 - `Cors` decides browser requests: a request with an ``Origin`` header is refused unless the
@@ -39,22 +40,34 @@ def key_fingerprint(key: str) -> str:
 
 
 class WriteKeys:
-    """The configured write keys. ``accepts(key)`` takes the same time whichever key matches."""
+    """The configured write keys and their accounts (`producers.settings.Settings.write_keys`).
+    ``account_of(key)`` takes the same time whichever key matches."""
 
-    def __init__(self, keys: Iterable[SecretStr]) -> None:
-        self._keys = tuple(k.get_secret_value().encode() for k in keys)
+    def __init__(self, keys: Iterable[tuple[SecretStr, str]]) -> None:
+        self._keys = tuple((k.get_secret_value().encode(), account) for k, account in keys)
 
     def __len__(self) -> int:
         return len(self._keys)
 
-    def accepts(self, key: str | None) -> bool:
-        """True if ``key`` is one of the write keys. Never raises, whatever ``key`` holds."""
+    @property
+    def accounts(self) -> frozenset[str]:
+        """The accounts the keys name."""
+        return frozenset(account for _, account in self._keys)
+
+    def account_of(self, key: str | None) -> str | None:
+        """The account of ``key`` if it is one of the write keys, else None. Never raises,
+        whatever ``key`` holds."""
         presented = (key or "").encode("utf-8", "surrogatepass")
-        found = False
-        for known in self._keys:
-            # every key is compared, so the time does not tell which one matched
-            found |= hmac.compare_digest(presented, known)
-        return found and bool(presented)
+        matched = None
+        for known, account in self._keys:
+            # every key is compared, with no early exit, so the time does not tell which one matched
+            same = hmac.compare_digest(presented, known)
+            matched = account if same else matched
+        return matched if presented else None
+
+    def accepts(self, key: str | None) -> bool:
+        """True if ``key`` is one of the write keys."""
+        return self.account_of(key) is not None
 
 
 def presented_key(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | None:

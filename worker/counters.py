@@ -5,6 +5,14 @@ as dead-lettered under its reason, as erased (`attentive-relay erase` deleted it
 ended) or as expired (its record outlived ``ATTENTIVE_JOB_RETENTION_HOURS``); ``retries``
 counts scheduled retries. So at rest
 ``enqueued + replayed == delivered + sum(dead_letter.values()) + erased + expired``.
+
+``accounts`` breaks delivered, dead letters, queue depth and scheduled jobs down by account
+(`producers.accounts`). Its cost is bounded: every account's queue is one LLEN; the retry
+schedule is read in chunks of `CHUNK` ids (one pipelined HMGET of each job's ``account`` per
+chunk), at most `SCHEDULE_SCAN_LIMIT` ids, the soonest due first; past that, per-account
+``scheduled`` counts only those (the top-level ``scheduled`` is always exact). Accounts that
+are no longer in the settings are found from their counters (``relay:stats:NAME``, one
+SCAN of at most `KEYSPACE_SCAN_LIMIT` keys) and from the scheduled jobs read.
 """
 
 from __future__ import annotations
@@ -14,39 +22,112 @@ from typing import Any
 
 import redis
 
-from producers import keys
+from producers import accounts, keys
 from producers.errors import REASONS
+from producers.settings import Settings
+
+CHUNK = 1000
+"""Scheduled job ids read per pipelined round trip."""
+SCHEDULE_SCAN_LIMIT = 100_000
+"""At most this many scheduled jobs are attributed to their accounts per call."""
+KEYSPACE_SCAN_LIMIT = 200_000
+"""At most this many keys are looked at (SCAN) to find the counters of accounts not in the settings."""
 
 
-def stats(client: redis.Redis, queue: str, overdue_after_ms: int = 60_000) -> dict[str, Any]:
+def _dead_letter(counts: dict[str, int]) -> dict[str, int]:
+    """The ``dead:<reason>`` counters of a stats hash, every known reason present."""
+    dead = {reason: counts.get(f"dead:{reason}", 0) for reason in REASONS}
+    dead.update({k[5:]: v for k, v in counts.items() if k.startswith("dead:") and k[5:] not in dead})
+    return dead
+
+
+def _decoded(raw: dict[bytes, bytes]) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in raw.items()}
+
+
+def _scheduled_by_account(client: redis.Redis) -> dict[str, int]:
+    """Scheduled jobs by the account their record names (records gone meanwhile are left out)."""
+    counts: dict[str, int] = {}
+    for start in range(0, SCHEDULE_SCAN_LIMIT, CHUNK):
+        ids = client.zrange(keys.SCHEDULE, start, min(start + CHUNK, SCHEDULE_SCAN_LIMIT) - 1)
+        if not ids:
+            break
+        pipe = client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(keys.job(job_id.decode()), "state", "account")
+        for state, account in pipe.execute():
+            if state is None:
+                continue
+            name = account.decode() if account else accounts.DEFAULT
+            counts[name] = counts.get(name, 0) + 1
+        if len(ids) < CHUNK:
+            break
+    return counts
+
+
+def _counted_accounts(client: redis.Redis) -> list[str]:
+    """Names of the accounts that have a counters hash (``relay:stats:NAME``), from a bounded SCAN."""
+    prefix = keys.account_stats("")
+    found: set[str] = set()
+    cursor, looked = 0, 0
+    while True:
+        cursor, batch = client.scan(cursor, match=prefix + "*", count=CHUNK)
+        looked += CHUNK
+        found.update(k.decode()[len(prefix) :] for k in batch)
+        if cursor == 0 or looked >= KEYSPACE_SCAN_LIMIT:
+            break
+    return sorted(n for n in found if accounts.NAME.match(n))
+
+
+def stats(client: redis.Redis, settings: Settings, overdue_after_ms: int | None = None) -> dict[str, Any]:
     """Counters and current depths, as `attentive-relay stats --json` prints them.
 
+    ``settings`` gives the accounts and their queues. ``queued`` is the length of every
+    account's queue together; ``accounts`` holds each account's ``delivered``,
+    ``dead_letter`` (by reason), ``queued`` and ``scheduled`` (see the module's note on cost):
+    every account in the settings, and any other one found in Redis.
+
     ``queued_overdue`` counts jobs that have said ``queued`` for longer than
-    ``overdue_after_ms`` (``ATTENTIVE_ORPHAN_S``); ``oldest_queued_s`` is the longest such
-    wait. Both stay near 0 on a healthy relay that keeps up; a value that grows means a backlog
-    or jobs the reconciler cannot bring back.
+    ``overdue_after_ms`` (default ``ATTENTIVE_ORPHAN_S``); ``oldest_queued_s`` is the longest
+    such wait. Both stay near 0 on a healthy relay that keeps up; a value that grows means a
+    backlog or jobs the reconciler cannot bring back.
     """
+    if overdue_after_ms is None:
+        overdue_after_ms = int(settings.attentive_orphan_s * 1000)
+    scheduled_by = _scheduled_by_account(client)
+    names = list(dict.fromkeys([*settings.accounts, *_counted_accounts(client), *sorted(scheduled_by)]))
     now_ms = int(time.time() * 1000)
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.STATS)
-    pipe.llen(queue)
     pipe.zcard(keys.SCHEDULE)
     pipe.zcard(keys.LEASES)
     pipe.zcard(keys.DEAD_INDEX)
     pipe.zcount(keys.QUEUED, "-inf", now_ms - overdue_after_ms)
     pipe.zrange(keys.QUEUED, 0, 0, withscores=True)
-    raw, queued, scheduled, in_flight, dead_stored, overdue, oldest = pipe.execute()
-    counts = {k.decode(): int(v) for k, v in raw.items()}
-    dead = {reason: counts.get(f"dead:{reason}", 0) for reason in REASONS}
-    dead.update({k[5:]: v for k, v in counts.items() if k.startswith("dead:") and k[5:] not in dead})
+    pipe.zcard(keys.WAITING)
+    for name in names:
+        pipe.hgetall(keys.account_stats(name))
+        pipe.llen(settings.queue_for(name))
+    raw, scheduled, in_flight, dead_stored, overdue, oldest, waiting, *per_account = pipe.execute()
+    counts = _decoded(raw)
+    by_account: dict[str, dict[str, Any]] = {}
+    for i, name in enumerate(names):
+        account_counts, depth = _decoded(per_account[2 * i]), per_account[2 * i + 1]
+        by_account[name] = {
+            "delivered": account_counts.get("delivered", 0),
+            "dead_letter": _dead_letter(account_counts),
+            "queued": depth,
+            "scheduled": scheduled_by.get(name, 0),
+        }
     return {
         "enqueued": counts.get("enqueued", 0),
         "delivered": counts.get("delivered", 0),
         "retries": counts.get("retries", 0),
-        "dead_letter": dead,
-        "queued": queued,
+        "dead_letter": _dead_letter(counts),
+        "queued": sum(a["queued"] for a in by_account.values()),
         "scheduled": scheduled,
         "in_flight": in_flight,
+        "waiting": waiting,
         "replayed": counts.get("replayed", 0),
         "deferred": counts.get("deferred", 0),
         "skipped": {k[8:]: v for k, v in counts.items() if k.startswith("skipped:")},
@@ -56,4 +137,5 @@ def stats(client: redis.Redis, queue: str, overdue_after_ms: int = 60_000) -> di
         "reconciled": counts.get("reconciled", 0),
         "erased": counts.get("erased", 0),
         "expired": counts.get("expired", 0),
+        "accounts": by_account,
     }

@@ -6,7 +6,8 @@ seen times. `producers.keys.DEAD_INDEX` orders them by when they died. Entries e
 ``ATTENTIVE_DLQ_RETENTION_DAYS`` because they hold personal data; the index drops
 expired ids lazily.
 
-Replay puts a job back on the queue with a fresh attempt count and a new ticket, in one
+``list`` and ``ids`` filter by reason and by account (the job's ``account`` field).
+Replay puts a job back on its account's queue with a fresh attempt count and a new ticket, in one
 transaction with removing the entry (WATCHed, so two operators replaying at once queue it
 once). The worker validates it again: a stale event stays refused unless it is fresh again.
 """
@@ -21,9 +22,21 @@ from typing import Any
 
 import redis
 
-from producers import erasure, freshness, keys
+from producers import accounts, erasure, freshness, keys
 from producers.queue import add_job, job_record
 from producers.settings import Settings
+
+
+def account_of_entry(entry: dict[str, Any]) -> str:
+    """The account of a dead-lettered job: its ``account`` field, `producers.accounts.DEFAULT` if none."""
+    job = entry.get("job")
+    if isinstance(job, str):
+        try:
+            job = json.loads(job)
+        except ValueError:
+            job = None
+    account = job.get("account") if isinstance(job, dict) else None
+    return account if isinstance(account, str) and account else accounts.DEFAULT
 
 
 class DeadLetters:
@@ -31,12 +44,12 @@ class DeadLetters:
         self.client = client
         self.settings = settings
 
-    def ids(self, reason: str | None = None, limit: int | None = None) -> list[str]:
-        """Newest first; with ``reason``, only those entries."""
+    def ids(self, reason: str | None = None, limit: int | None = None, account: str | None = None) -> list[str]:
+        """Newest first; with ``reason`` and/or ``account``, only those entries."""
         ids = [i.decode() for i in self.client.zrevrange(keys.DEAD_INDEX, 0, -1)]
-        if reason is None:
+        if reason is None and account is None:
             return ids[:limit] if limit else ids
-        return [e["job_id"] for e in self.entries(ids) if e["reason"] == reason][:limit]
+        return [e["job_id"] for e in self.list(reason, limit, account, ids)]
 
     def entries(self, ids: Iterable[str]) -> list[dict[str, Any]]:
         """Entries for ``ids`` that still exist; expired ones are dropped from the index."""
@@ -49,8 +62,20 @@ class DeadLetters:
             self.client.zrem(keys.DEAD_INDEX, *expired)
         return [json.loads(raw) for raw in raws if raw is not None]
 
-    def list(self, reason: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        return [e for e in self.entries(self.ids()) if reason is None or e["reason"] == reason][:limit]
+    def list(
+        self,
+        reason: str | None = None,
+        limit: int | None = None,
+        account: str | None = None,
+        ids: Iterable[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Entries newest first; with ``reason``, only those; with ``account``, only the jobs of
+        that account (a job naming none is the default account's)."""
+        return [
+            e
+            for e in self.entries(self.ids() if ids is None else ids)
+            if (reason is None or e["reason"] == reason) and (account is None or account_of_entry(e) == account)
+        ][:limit]
 
     def show(self, job_id: str) -> dict[str, Any] | None:
         found = self.entries([job_id])
@@ -91,6 +116,8 @@ class DeadLetters:
                     return "stale"
                 now_ms = int(time.time() * 1000)
                 record = job_record(text, str(job.get("kind", "")), now_ms, round_=int(entry.get("round", 0)) + 1)
+                # the entry's job may be re-serialized (spaces after ':'), which account_of does not read
+                record["account"] = account_of_entry(entry)
                 record["history"] = json.dumps([*entry.get("attempts", []), {"at": now.isoformat(), "replayed": True}])
                 pipe.multi()
                 pipe.delete(key)

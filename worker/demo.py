@@ -104,7 +104,7 @@ def run_demo(n: int, timeout: float, out: Console) -> int:
             ).start()
             out.print(f"Worker started (log: {worker.log_path})")
             producer = Producer(settings)
-            before = stats(producer.client, QUEUE)
+            before = stats(producer.client, settings)
             for job in INVALID_SAMPLES:
                 try:
                     producer.enqueue(job)
@@ -113,8 +113,8 @@ def run_demo(n: int, timeout: float, out: Console) -> int:
             results = producer.enqueue_many(sample_jobs(n, random.Random(7)))
             total = sum(isinstance(r, str) for r in results)
             out.print(f"Enqueued {total} jobs")
-            done = _progress(producer, QUEUE, before, total, timeout, out)
-            after = stats(producer.client, QUEUE)
+            done = _progress(producer, before, total, timeout, out)
+            after = stats(producer.client, settings)
             _summary(before, after, out)
             for entry in DeadLetters(producer.client, settings).list(limit=5):
                 out.print(f"dead letter {entry['job_id']}: {entry['reason']} ({entry['detail']})", highlight=False)
@@ -134,14 +134,14 @@ def _finished(now: dict[str, Any], before: dict[str, Any]) -> int:
     )
 
 
-def _progress(producer: Producer, queue: str, before: dict[str, Any], total: int, timeout: float, out: Console) -> bool:
+def _progress(producer: Producer, before: dict[str, Any], total: int, timeout: float, out: Console) -> bool:
     deadline = time.monotonic() + timeout
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), console=out
     ) as progress:
         task = progress.add_task("delivering", total=total)
         while time.monotonic() < deadline:
-            now = stats(producer.client, queue)
+            now = stats(producer.client, producer.settings)
             finished = _finished(now, before)
             progress.update(
                 task,

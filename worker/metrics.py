@@ -19,6 +19,15 @@ metrics endpoints can run, and they agree. All metrics are prefixed ``attentive_
     erased_total            counter  jobs deleted by `attentive-relay erase` before they ended
     expired_total           counter  jobs whose record expired before they ended
     skipped_total           counter  Segment messages skipped, by reason
+    waiting                 gauge    jobs waiting for an identity job
+
+The same by account (`producers.accounts`), labelled ``account`` (``default`` for the account
+of ATTENTIVE_API_TOKEN), under their own names so that summing them never counts a job twice:
+
+    account_queue_depth         gauge    jobs waiting in the account's Celery queue
+    account_scheduled           gauge    the account's jobs in the retry schedule
+    account_delivered_total     counter  the account's jobs Attentive accepted
+    account_dead_lettered_total counter  the account's jobs dead-lettered, by reason
 """
 
 from __future__ import annotations
@@ -29,19 +38,19 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from producers.settings import Settings
 from worker.counters import stats
 
 PREFIX = "attentive_relay_"
 
 
 class RelayCollector(Collector):
-    def __init__(self, client: Any, queue: str, overdue_after_ms: int) -> None:
+    def __init__(self, client: Any, settings: Settings) -> None:
         self.client = client
-        self.queue = queue
-        self.overdue_after_ms = overdue_after_ms
+        self.settings = settings
 
     def collect(self) -> Iterator[Metric]:
-        s = stats(self.client, self.queue, self.overdue_after_ms)
+        s = stats(self.client, self.settings)
         for name, key, doc in (
             ("queue_depth", "queued", "Jobs waiting in the Celery queue."),
             ("scheduled", "scheduled", "Retries and rate-limited jobs waiting for their time."),
@@ -49,6 +58,7 @@ class RelayCollector(Collector):
             ("dead_letter_stored", "dead_letter_stored", "Dead-letter entries kept."),
             ("queued_overdue", "queued_overdue", "Jobs queued longer than ATTENTIVE_ORPHAN_S."),
             ("oldest_queued_seconds", "oldest_queued_s", "How long the oldest queued job has waited."),
+            ("waiting", "waiting", "Jobs waiting for an identity job."),
         ):
             yield GaugeMetricFamily(PREFIX + name, doc, value=s[key])
         for name, key, doc in (
@@ -70,3 +80,26 @@ class RelayCollector(Collector):
         for reason, count in s["skipped"].items():
             skipped.add_metric([reason], count)
         yield skipped
+        yield from _by_account(s["accounts"])
+
+
+def _by_account(accounts: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+    depth = GaugeMetricFamily(
+        PREFIX + "account_queue_depth", "Jobs waiting in the account's queue.", labels=["account"]
+    )
+    scheduled = GaugeMetricFamily(
+        PREFIX + "account_scheduled", "The account's jobs waiting in the retry schedule.", labels=["account"]
+    )
+    delivered = CounterMetricFamily(
+        PREFIX + "account_delivered", "The account's jobs Attentive accepted.", labels=["account"]
+    )
+    dead = CounterMetricFamily(
+        PREFIX + "account_dead_lettered", "The account's jobs dead-lettered, by reason.", labels=["account", "reason"]
+    )
+    for name, counts in accounts.items():
+        depth.add_metric([name], counts["queued"])
+        scheduled.add_metric([name], counts["scheduled"])
+        delivered.add_metric([name], counts["delivered"])
+        for reason, count in counts["dead_letter"].items():
+            dead.add_metric([name, reason], count)
+    yield from (depth, scheduled, delivered, dead)
