@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from producers import erasure, keys, segment
+from producers import erasure, keys, segment, segment_yotpo
 from producers.errors import InvalidJob, Problem
 from producers.queue import new_job_id, push_jobs
 from producers.settings import Settings, load_settings
@@ -125,11 +125,17 @@ class Producer:
         """Map and validate one Segment message: every job it makes, or why it is skipped.
 
         ``account`` names the account its jobs are delivered for (the collector's write key
-        picks it); None: the default account. All or nothing: raises `InvalidJob` if any of its
-        jobs is invalid (an identify makes two), and nothing else whatever ``message`` holds.
+        picks it); None: the default account. With ATTENTIVE_SEGMENT_TO_YOTPO a track message also
+        makes a Yotpo job (`producers.segment_yotpo`). All or nothing: raises `InvalidJob` if any
+        of its jobs is invalid (an identify makes two), and nothing else whatever ``message`` holds.
         """
         with _refusing_failures("mapping a Segment message"):
             mapped = segment.to_jobs(message, rename_keys=self.settings.attentive_segment_rename_keys)
+            if self.settings.attentive_segment_to_yotpo and not isinstance(mapped, segment.Skip):
+                also = segment_yotpo.to_job(
+                    message, source=self.settings.yotpo_source, region=self.settings.attentive_default_region
+                )
+                mapped = mapped if also is None else [*mapped, also]
         if isinstance(mapped, segment.Skip):
             return mapped
         if account is not None:

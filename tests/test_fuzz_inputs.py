@@ -221,6 +221,8 @@ items = st.lists(
     min_size=1,
     max_size=3,
 )
+snake_names = st.from_regex(r"\A[a-z0-9]{1,8}(_[a-z0-9]{1,8}){0,3}\Z")
+yotpo_properties = st.dictionaries(safe_names, safe_scalars, max_size=5)
 valid_jobs = st.one_of(
     st.fixed_dictionaries(
         {"kind": st.just("custom_event"), "type": event_types, "user": users},
@@ -238,6 +240,19 @@ valid_jobs = st.one_of(
         optional={"occurredAt": recent()},
     ),
     st.fixed_dictionaries({"kind": st.just("identity"), "clientUserId": ident, "email": emails}),
+    st.fixed_dictionaries(
+        {
+            "kind": st.just("yotpo_custom_event"),
+            "source": snake_names,
+            "type": snake_names,
+            "customer": st.one_of(
+                st.fixed_dictionaries({"external_id": ident}, optional={"phone_number": phones, "email": emails}),
+                st.fixed_dictionaries({"phone_number": phones}),
+                st.fixed_dictionaries({"email": emails}, optional={"properties": yotpo_properties}),
+            ),
+        },
+        optional={"properties": yotpo_properties, "occurred_at": recent(), "event_id": st.uuids().map(str)},
+    ),
 )
 
 

@@ -4,6 +4,8 @@ deliveries to the sandbox's Yotpo stand-in, one store per account."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,6 +14,7 @@ import httpx
 import pytest
 from test_delivery import dead_entry, run_until_done
 
+from producers import segment_yotpo
 from producers.accounts import DEFAULT
 from producers.erasure import mentions
 from producers.errors import InvalidJob, RateLimited, Rejected, ServerError, Unauthorized
@@ -22,7 +25,7 @@ from worker.destinations import Destinations
 from worker.destinations.base import credential_tag
 from worker.destinations.yotpo import PATH, Yotpo, classify
 
-from conftest import add_fault, delivery_for, make_settings, sandbox_requests
+from conftest import TOKEN, add_fault, delivery_for, make_settings, sandbox_requests
 
 NOW = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
 EVENT_ID = "0b9c8a2e-5f1d-4c3b-9a7e-2d4f6b8c0e1a"
@@ -34,7 +37,7 @@ JOB: dict[str, Any] = {
     "properties": {"carrier": "UPS", "weight_kg": 1.5},
 }
 STORES = {"store-a": "ytok-a", "store-b": "ytok-b"}
-BRAND_B = json.dumps({"brand-b": {"token": "att-b", "yotpo_store_id": "store-b", "yotpo_access_token": "ytok-b"}})
+BRAND_B = json.dumps({"brand-b": {"token": TOKEN, "yotpo_store_id": "store-b", "yotpo_access_token": "ytok-b"}})
 
 
 def parse(job: dict[str, Any], settings: Settings | None = None, at_enqueue: bool = True) -> Any:
@@ -317,3 +320,127 @@ def test_the_stand_in_checks_store_token_body_and_rate(sandbox) -> None:
     tags = {r["token_tag"] for r in sandbox_requests(sandbox)}
     assert tags == {credential_tag("ytok-a"), credential_tag("ytok-b"), None}
     assert "ytok-a" not in json.dumps(sandbox_requests(sandbox))
+
+
+# ---------------------------------------------------------------- the Segment fan-out
+
+WHEN = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+TRACK: dict[str, Any] = {
+    "type": "track",
+    "event": "Order Shipped",
+    "userId": "u-42",
+    "messageId": "msg-1",
+    "timestamp": WHEN,
+    "context": {"traits": {"phone": "(415) 555-2671", "email": "jane@example.com"}},
+    "properties": {"carrier": "UPS", "box": {"size": "L", "dims": [30, 20]}, "gift note": "hi", "coupon": None},
+}
+
+
+def fan_out(message: dict[str, Any], **kw: Any) -> list[dict[str, Any]]:
+    settings = Settings(attentive_segment_to_yotpo=True, **kw)
+    prepared = Producer(settings, client=None).prepare_segment(message)
+    assert isinstance(prepared, list)
+    return [json.loads(job) for _, _, job in prepared]
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        ("Order Shipped", "order_shipped"),
+        ("checkoutStep 2", "checkout_step_2"),
+        ("  Crème brûlée -- ordered!  ", "creme_brulee_ordered"),
+        ("already_snake", "already_snake"),
+        ("APIKeyCreated", "apikey_created"),
+        ("x" * 300, "x" * 255),
+        ("🎉", ""),
+    ],
+)
+def test_snake_case(event: str, expected: str) -> None:
+    assert segment_yotpo.snake_case(event) == expected
+
+
+def test_flatten_keeps_primitives_only() -> None:
+    assert segment_yotpo.flatten(TRACK["properties"]) == {
+        "carrier": "UPS",
+        "box_size": "L",
+        "box_dims_0": 30,
+        "box_dims_1": 20,
+        "gift_note": "hi",
+    }
+
+
+def test_the_fan_out_is_off_by_default() -> None:
+    prepared = Producer(Settings(), client=None).prepare_segment(TRACK)
+    assert [kind for _, kind, _ in prepared] == ["custom_event"]  # type: ignore[union-attr]
+
+
+def test_a_track_also_makes_a_yotpo_event() -> None:
+    attentive, yotpo = fan_out(TRACK)
+    assert attentive["kind"] == "custom_event" and attentive["type"] == "Order Shipped"
+    assert yotpo == {
+        "kind": "yotpo_custom_event",
+        "source": "attentive_relay",
+        "type": "order_shipped",
+        "occurred_at": WHEN,
+        "event_id": str(uuid.uuid5(segment_yotpo.NAMESPACE, "msg-1")),
+        "customer": {"external_id": "u-42", "phone_number": "+14155552671", "email": "jane@example.com"},
+        "properties": {"carrier": "UPS", "box_size": "L", "box_dims_0": 30, "box_dims_1": 20, "gift_note": "hi"},
+    }
+    assert fan_out(TRACK)[1]["event_id"] == yotpo["event_id"], "a resent message overwrites its event"
+    assert fan_out(TRACK, yotpo_source="my_shop")[1]["source"] == "my_shop"
+
+
+@pytest.mark.parametrize(
+    ("traits", "customer"),
+    [
+        ({"phone": "+14155552671", "email": "jane@example.com"}, {"phone_number": "+14155552671"}),
+        ({"email": "jane@example.com"}, {"email": "jane@example.com"}),
+    ],
+)
+def test_without_a_user_id_exactly_one_identifier_the_phone_preferred(traits, customer) -> None:
+    message = {k: v for k, v in TRACK.items() if k != "userId"} | {"context": {"traits": traits}}
+    assert fan_out(message)[-1]["customer"] == customer
+
+
+def test_pages_identifies_and_product_tracks() -> None:
+    page = {"type": "page", "userId": "u-1", "name": "Home"}
+    identify = {"type": "identify", "userId": "u-1", "traits": {"email": "jane@example.com", "plan": "gold"}}
+    assert [j["kind"] for j in fan_out(page)] == ["custom_event"]
+    assert "yotpo_custom_event" not in [j["kind"] for j in fan_out(identify)]
+    viewed = {
+        "type": "track",
+        "userId": "u-1",
+        "event": "Product Viewed",
+        "properties": {"product_id": "p-1", "price": 5},
+    }
+    assert [j["kind"] for j in fan_out(viewed)] == ["product_view", "yotpo_custom_event"]
+    assert fan_out(viewed)[1]["type"] == "product_viewed" and uuid.UUID(fan_out(viewed)[1]["event_id"])
+
+
+def test_an_event_with_nothing_to_snake_case_refuses_the_message() -> None:
+    with pytest.raises(InvalidJob) as caught:
+        fan_out({**TRACK, "event": "🎉"})
+    assert [str(p) for p in caught.value.problems] == ["event: has no letter or digit to make a Yotpo event type from"]
+
+
+def test_the_fan_out_is_delivered_to_both(ysettings, redis_client, sandbox) -> None:
+    settings = ysettings.model_copy(update={"attentive_segment_to_yotpo": True})
+    producer = Producer(settings, redis_client)
+    ids = producer.enqueue_segment(TRACK) + producer.enqueue_segment(TRACK, account="brand-b")
+    delivery = delivery_for(settings, redis_client)
+    assert [run_until_done(delivery, redis_client, i) for i in ids] == [["delivered"]] * 4
+    seen = sorted((r["path"], r["token_tag"]) for r in sandbox_requests(sandbox))
+    assert seen == sorted(
+        [
+            ("/v1/events/custom", credential_tag(TOKEN)),
+            ("/v1/events/custom", credential_tag(TOKEN)),
+            ("/core/v3/stores/store-a/custom_events", credential_tag("ytok-a")),
+            ("/core/v3/stores/store-b/custom_events", credential_tag("ytok-b")),
+        ]
+    )
+
+
+@pytest.mark.parametrize("module", ["producers.yotpo", "producers.segment_yotpo", "worker.destinations.yotpo"])
+def test_each_module_imports_first_in_a_fresh_interpreter(module: str) -> None:
+    # producers.jobs imports producers.yotpo midway (to register the kind): no import order may break that.
+    subprocess.run([sys.executable, "-c", f"import {module}"], check=True, timeout=60)
