@@ -11,6 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
+from worker.destinations.attentive_graphql import MUTATION
+from worker.destinations.base import credential_tag
+from worker.destinations.yotpo import PATH
 from worker.sandbox import MAX_BODY, Sandbox
 
 from conftest import TOKEN, add_fault, sandbox_requests
@@ -216,3 +219,35 @@ def test_oversized_body_413(sandbox: Sandbox) -> None:
     finally:
         conn.close()
     assert sandbox_requests(sandbox) == []
+
+
+def test_each_request_records_a_tag_of_its_credential_never_the_credential(sandbox: Sandbox) -> None:
+    httpx.post(f"{sandbox.url}{CUSTOM}", json=event(), headers=AUTH)
+    httpx.post(f"{sandbox.url}{CUSTOM}", json=event(), headers={"Authorization": "Bearer wrong-token"})
+    httpx.post(f"{sandbox.url}{CUSTOM}", json=event())
+    recorded = sandbox_requests(sandbox)
+    assert [r["token_tag"] for r in recorded] == [credential_tag(TOKEN), credential_tag("wrong-token"), None]
+    assert [r["status"] for r in recorded] == [200, 401, 401]
+    assert TOKEN not in str(recorded) and "wrong-token" not in str(recorded)
+
+
+def test_graphql_and_yotpo_are_played_by_the_same_server(sandbox: Sandbox, api: httpx.Client) -> None:
+    add_fault(sandbox, graphql_code="THROTTLED", path="/v1/graphql")
+    variables = {"input": {"type": "Order Shipped", "user": {"phone": PHONE}}}
+    throttled = api.post("/v1/graphql", json={"query": MUTATION, "variables": variables})
+    assert (throttled.status_code, throttled.json()["errors"][0]["extensions"]["code"]) == (200, "THROTTLED")
+    assert api.post("/v1/graphql", json={"query": MUTATION, "variables": variables}).json()["data"]
+    yotpo = {
+        "source": "shop",
+        "type": "order_shipped",
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "event_id": str(uuid.uuid4()),
+        "customer": {"email": EMAIL},
+    }
+    assert httpx.post(
+        f"{sandbox.url}{PATH.format(store_id='s-1')}", json=yotpo, headers={"X-Yotpo-Token": "t"}
+    ).is_success
+    assert httpx.get(f"{sandbox.url}/__sandbox/stats").json() == {
+        "/v1/graphql 200": 2,
+        "/core/v3/stores/s-1/custom_events 200": 1,
+    }
