@@ -50,7 +50,7 @@ def problems_of(err: ValidationError) -> list[Problem]:
 
 
 _PLAIN = {
-    "extra_forbidden": "is not a field Attentive accepts here",
+    "extra_forbidden": "is not a field the destination accepts here",
     "tuple_type": "must be an array",
     "missing": "is required",
     "dict_type": "must be an object",
