@@ -114,12 +114,11 @@ def strict_loads(text: str) -> Any:
 
 
 def queued_jobs(client: redis.Redis) -> list[tuple[str, dict[str, Any]]]:
-    """(job id, job) for every message on the queue, read back from the job record."""
-    jobs = []
-    for message in client.lrange("attentive", 0, -1):
-        job_id = json.loads(json.loads(message)["body"])[0][0]
-        jobs.append((job_id, strict_loads(client.hget(keys.job(job_id), "job").decode())))
-    return jobs
+    """(job id, job) for every job queued, read back from its record: each message on the
+    queue, then each job waiting for an identity job (it gets a message when that job ends)."""
+    ids = [json.loads(json.loads(message)["body"])[0][0] for message in client.lrange("attentive", 0, -1)]
+    ids += [job_id.decode() for job_id in client.zrange(keys.WAITING, 0, -1)]
+    return [(job_id, strict_loads(client.hget(keys.job(job_id), "job").decode())) for job_id in ids]
 
 
 # ---------------------------------------------------------------- strategies
