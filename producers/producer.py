@@ -130,7 +130,11 @@ class Producer:
         of its jobs is invalid (an identify makes two), and nothing else whatever ``message`` holds.
         """
         with _refusing_failures("mapping a Segment message"):
-            mapped = segment.to_jobs(message, rename_keys=self.settings.attentive_segment_rename_keys)
+            mapped = segment.to_jobs(
+                message,
+                rename_keys=self.settings.attentive_segment_rename_keys,
+                region=self.settings.attentive_default_region,
+            )
             if self.settings.attentive_segment_to_yotpo and not isinstance(mapped, segment.Skip):
                 also = segment_yotpo.to_job(
                     message, source=self.settings.yotpo_source, region=self.settings.attentive_default_region

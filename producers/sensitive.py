@@ -14,7 +14,9 @@ What counts (see `producers.sensitive_kinds`):
   network's range and length, passing Luhn. In Attentive's own ids (``orderId``,
   ``productId``, ``productVariantId``, ``externalEventId``, also as property names in any
   case style) a bare digit run or a UUID is the id itself and is not taken for a card; a
-  grouped card number there still is.
+  grouped card number there still is. In customer ids (``clientUserId``, ``shopifyId``,
+  ``klaviyoId``, Yotpo's ``external_id``) a bare run of at most 14 digits is an id (Shopify's
+  are 13); longer runs that pass as cards are refused.
 - ``us_ssn``: 123-45-6789, 123.45.6789 or 123 45 6789 in the ranges the SSA issues
   (unformatted nine-digit numbers are too often order numbers to refuse by value);
 - an operator pattern from ``ATTENTIVE_SENSITIVE_PATTERNS`` (name -> regex), by its name;
@@ -55,6 +57,11 @@ __all__ = ["card_network", "compile_patterns", "kind_of", "luhn_ok", "scan", "sc
 _FORBID = "which Attentive's terms forbid"
 _SKIP = frozenset({"kind", "occurredAt", "phone", "phone_number", "price", "quantity"})
 _ID_FIELDS = frozenset({"orderId", "productId", "productVariantId", "externalEventId"})
+# Customer ids: Shopify's are bare 13-digit runs, and about 1 in 10 of those that start with 4
+# pass Luhn in Visa's range (13-digit Visa numbers are no longer issued). Runs of 15 digits
+# and more (American Express, and the 16-digit cards everyone carries) are still refused there.
+_CUSTOMER_ID_FIELDS = frozenset({"clientUserId", "shopifyId", "klaviyoId", "external_id"})
+_CUSTOMER_ID_DIGITS = 14
 _DIGIT = re.compile(r"\d")
 # Segment's messageId (our custom events' externalEventId) is a UUID; its dash-separated digit
 # groups can line up as a printed card number (about 1 in 2,500), so a UUID in an id is an id.
@@ -92,7 +99,9 @@ def _model(model: BaseModel, path: str, patterns: Patterns, problems: list[Probl
         if field == "properties" and isinstance(value, Mapping):
             _properties(value, where, patterns, problems)
         elif isinstance(value, str):
-            identifier = field in _ID_FIELDS
+            identifier = field in _ID_FIELDS or (
+                field in _CUSTOMER_ID_FIELDS and value.isdigit() and len(value) <= _CUSTOMER_ID_DIGITS
+            )
             if not (identifier and _UUID.fullmatch(value)):
                 _value(value, where, patterns, problems, identifier)
         elif isinstance(value, BaseModel):

@@ -51,3 +51,14 @@ def test_enqueue_accepts_json_text_and_models(producer: Producer, redis_client):
     second = producer.enqueue(json.dumps({"kind": "identity", "clientUserId": "c1", "email": "a@example.com"}))
     assert json.loads(redis_client.hget(keys.job(first), "job"))["properties"] == {"vip": True}
     assert redis_client.hget(keys.job(second), "kind") == b"identity"
+
+
+@pytest.mark.parametrize(("region", "client_user_id"), [("GB", None), ("US", "07911123456")])
+def test_segment_user_ids_are_read_as_phone_numbers_in_the_default_region(redis_server, region, client_user_id):
+    from conftest import make_settings
+
+    producer = Producer(make_settings(redis_server.url, attentive_default_region=region))
+    message = {"type": "track", "event": "Signed Up", "userId": "07911123456", "traits": {"email": "a@example.com"}}
+    [(_, _, job_json)] = producer.prepare_segment(message)
+    external = json.loads(job_json)["user"].get("externalIdentifiers", {})
+    assert external.get("clientUserId") == client_user_id

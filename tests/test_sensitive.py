@@ -356,3 +356,27 @@ def test_uuid_external_event_ids_are_never_taken_for_card_numbers():
     }
     with pytest.raises(InvalidJob, match="externalEventId"):
         parse_job(card, Settings(), now, at_enqueue=True)
+
+
+# ------------------------------------------------ issue 10: numeric customer ids from Segment
+
+
+@pytest.mark.parametrize("customer_id", ["4222222222222", "4182391234566"])
+def test_a_shopify_style_customer_id_is_an_id_even_when_it_passes_luhn_as_a_visa_number(customer_id):
+    assert card_network(customer_id) == "visa" and luhn_ok(customer_id), "the premise: it reads as a card"
+    assert _refused({"kind": "identity", "clientUserId": customer_id, "email": "a@example.com"}) == []
+    assert _refused(_event(user={"externalIdentifiers": {"clientUserId": customer_id}})) == []
+    assert _refused({"kind": "identity", "shopifyId": customer_id, "clientUserId": "u1"}) == []
+
+
+def test_a_segment_identify_with_a_luhn_passing_shopify_user_id_is_queued(redis_server, redis_client):
+    from producers.producer import Producer
+
+    from conftest import make_settings
+
+    message = {"type": "identify", "userId": 4222222222222, "traits": {"email": "a@example.com", "plan": "gold"}}
+    assert len(Producer(make_settings(redis_server.url), redis_client).enqueue_segment(message)) == 2
+
+
+def test_a_sixteen_digit_card_number_is_still_refused_as_a_customer_id():
+    assert _refused({"kind": "identity", "clientUserId": CARD, "email": "a@example.com"}) == ["clientUserId"]
