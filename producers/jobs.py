@@ -276,15 +276,8 @@ class Identity(_Job):
         return self
 
 
-# Yotpo's kind lives in its own module, which builds on the models above.
-from producers.yotpo import YotpoCustomEvent  # noqa: E402
-
-Job = Annotated[
-    CustomEvent | CustomAttributes | ProductView | AddToCart | Purchase | Identity | YotpoCustomEvent,
-    Field(discriminator="kind"),
-]
-KINDS: tuple[str, ...] = (*EVENT_PATHS, "yotpo_custom_event")
-"""Every job kind: Attentive's (`EVENT_PATHS`), then Yotpo's (`producers.yotpo`)."""
+AttentiveJob = CustomEvent | CustomAttributes | ProductView | AddToCart | Purchase | Identity
+"""Every Attentive job model; `producers.validation.Job` adds the other destinations' kinds."""
 
 
 def attentive_body(job: BaseModel) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from typing import Any
 
 from producers import segment
 from producers.errors import InvalidJob, Problem
+from producers.yotpo import KIND, MAX_NAME
 
 NAMESPACE = uuid.UUID("5b0c6d1e-3f4a-5b6c-8d7e-9f0a1b2c3d4e")
 """The uuid5 namespace of event ids derived from Segment messageIds (fixed: changing it would
@@ -47,8 +48,6 @@ _OTHER = re.compile(r"[^a-z0-9]+")
 
 def snake_case(name: str) -> str:
     """``name`` as Yotpo's snake_case (see the list above); '' when nothing is left."""
-    from producers.yotpo import MAX_NAME  # see `_kind`
-
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     return _OTHER.sub("_", _CAMEL.sub("_", ascii_name).lower()).strip("_")[:MAX_NAME].rstrip("_")
 
@@ -69,14 +68,6 @@ def flatten(value: Any, prefix: str = "", out: dict[str, Any] | None = None) -> 
         if name:
             flatten(child, f"{prefix}_{name}" if prefix else name, out)
     return out
-
-
-def _kind() -> str:
-    # producers.yotpo is imported on use: producers.jobs imports it midway to register the
-    # kind, so it must never be the first of the two to load (this module loads before jobs).
-    from producers.yotpo import KIND
-
-    return KIND
 
 
 def event_id(message_id: Any) -> str | None:
@@ -115,7 +106,7 @@ def to_job(message: Any, *, source: str, region: str) -> dict[str, Any] | None:
     type_ = snake_case(event) if isinstance(event, str) else ""
     if not type_:
         raise InvalidJob([Problem("event", "has no letter or digit to make a Yotpo event type from")])
-    job: dict[str, Any] = {"kind": _kind(), "source": source, "type": type_, "customer": customer}
+    job: dict[str, Any] = {"kind": KIND, "source": source, "type": type_, "customer": customer}
     when = segment.occurred_at(message)
     if when:
         job["occurred_at"] = when

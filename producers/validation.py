@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from producers import freshness, jsonvalues, rules, sensitive, yotpo
 from producers.errors import InvalidJob, Problem
-from producers.jobs import KINDS, Job
+from producers.jobs import EVENT_PATHS, AttentiveJob
 from producers.settings import Settings
+from producers.yotpo import KIND as YOTPO_KIND
+from producers.yotpo import YotpoCustomEvent
 
+Job = Annotated[AttentiveJob | YotpoCustomEvent, Field(discriminator="kind")]
+"""Any job, told apart by its ``kind``."""
+KINDS: tuple[str, ...] = (*EVENT_PATHS, YOTPO_KIND)
+"""Every job kind: Attentive's (`producers.jobs.EVENT_PATHS`), then Yotpo's (`producers.yotpo`)."""
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Job)
 _KIND_ERRORS = {"union_tag_not_found", "union_tag_invalid", "model_attributes_type"}
 

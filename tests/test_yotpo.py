@@ -442,5 +442,5 @@ def test_the_fan_out_is_delivered_to_both(ysettings, redis_client, sandbox) -> N
 
 @pytest.mark.parametrize("module", ["producers.yotpo", "producers.segment_yotpo", "worker.destinations.yotpo"])
 def test_each_module_imports_first_in_a_fresh_interpreter(module: str) -> None:
-    # producers.jobs imports producers.yotpo midway (to register the kind): no import order may break that.
+    # The job models are split over producers.jobs and producers.yotpo: no import order may break them.
     subprocess.run([sys.executable, "-c", f"import {module}"], check=True, timeout=60)
