@@ -132,7 +132,7 @@ def test_with_real_workers_the_event_goes_after_an_identity_call_that_failed_twi
     event = producer.enqueue({**EVENT, "properties": {"order": "o-1"}})
     others = producer.enqueue_many([{**EVENT, "user": {"email": f"c{i}@example.com"}} for i in range(5)])
     start_worker(settings_=settings)
-    wait_for(lambda: finished(redis_client) == 7, 60, "every job to end")
+    wait_for(lambda: finished(redis_client, settings) == 7, 60, "every job to end")
 
     requests = sandbox_requests(sandbox)
     identity_calls = [r for r in requests if r["path"] == IDENTITY_PATH]
