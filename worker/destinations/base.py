@@ -1,5 +1,5 @@
 """What every destination shares: the `Outcome` of one call, the `Bucket` it is rate-limited
-in, and the HTTP plumbing (one pooled httpx client per destination, an injectable transport).
+in, and the HTTP plumbing (one client per destination, over an injectable transport).
 
 A destination turns a valid job and its account into one HTTP call and an `Outcome`. It never
 raises for an HTTP status or a network failure: those become the outcome's `DeliveryError`,
@@ -22,6 +22,7 @@ from pydantic import BaseModel, SecretStr
 
 from producers.accounts import Account
 from producers.errors import DeliveryError, NetworkError
+from worker.destinations.transport import Http
 
 VERSION = "0.1.0"
 USER_AGENT = f"attentive-relay/{VERSION} (+queue-backed delivery worker; httpx/{httpx.__version__})"
@@ -75,20 +76,15 @@ def credential_tag(*parts: SecretStr | str | None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def http_client(base_url: str, timeout_s: float, transport: httpx.BaseTransport | None) -> httpx.Client:
-    """The pooled client a destination sends through (no auth: each call carries its account's)."""
-    return httpx.Client(
-        base_url=base_url.rstrip("/"),
-        headers={"User-Agent": USER_AGENT, "Content-Type": "application/json", "Accept": "application/json"},
-        timeout=httpx.Timeout(timeout_s),
-        transport=transport,
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
-        follow_redirects=False,
-    )
+def http_client(base_url: str, timeout_s: float, transport: httpx.BaseTransport | None) -> Http:
+    """The client a destination sends through (no auth: each call carries its account's), over
+    `worker.destinations.transport.StdlibTransport` unless another transport is given."""
+    headers = {"User-Agent": USER_AGENT, "Content-Type": "application/json", "Accept": "application/json"}
+    return Http(base_url, headers, timeout_s, transport)
 
 
 def post(
-    http: httpx.Client,
+    http: Http,
     path: str,
     content: bytes,
     classify: Callable[[httpx.Response], DeliveryError | None],

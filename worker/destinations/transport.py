@@ -1,0 +1,141 @@
+"""How destinations speak HTTP: httpx's request and response types over a lean transport.
+
+`httpx.Client` cost about half of a delivery's worker CPU here (URL merging, cookie, auth and
+redirect hooks for every call, and httpcore's pool, whose request assignment walks every
+connection). A delivery needs none of that: `Http` builds an `httpx.Request` and hands it
+straight to a transport. The default, `StdlibTransport`, sends it with the standard library's
+``http.client`` over one persistent connection per sender thread and host. Any other
+``httpx.BaseTransport`` can be injected instead (tests pass ``httpx.MockTransport``), so the
+destinations build the same requests and read the same responses either way.
+
+Behaviour kept from the httpx client it replaces: the timeout applies to each connect, send
+and receive (``ATTENTIVE_TIMEOUT_S``); redirects are not followed; TLS certificates are
+verified (the default SSL context). Failures raise httpx's exceptions: `httpx.ConnectTimeout`
+or `httpx.ReadTimeout` for a timeout, `httpx.ConnectError` when no connection could be made (TLS refused included),
+`httpx.RemoteProtocolError` for a connection that broke mid-exchange; nothing else.
+"""
+
+from __future__ import annotations
+
+import http.client
+import select
+import socket
+import ssl
+import threading
+from typing import Any
+
+import httpx
+
+MAX_RESPONSE = 1024 * 1024
+"""Bytes of a response body read; the rest is dropped with the connection."""
+
+
+class StdlibTransport(httpx.BaseTransport):
+    """``http.client`` connections kept per thread and (scheme, host, port). Thread-safe."""
+
+    def __init__(self, timeout_s: float, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.timeout_s = timeout_s
+        self.ssl_context = ssl_context or ssl.create_default_context()
+        self._local = threading.local()
+        self._all: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def _connection(self, url: httpx.URL) -> http.client.HTTPConnection:
+        conns: dict[tuple[str, str, int | None], http.client.HTTPConnection] = self._local.__dict__.setdefault(
+            "conns", {}
+        )
+        key = (url.scheme, url.host, url.port)
+        conn = conns.get(key)
+        if conn is not None and conn.sock is not None and _closed_by_peer(conn.sock):
+            conn.close()  # the server ended an idle keep-alive connection: reconnect, never resend
+        if conn is None:
+            if url.scheme == "https":
+                conn = http.client.HTTPSConnection(url.host, url.port, timeout=self.timeout_s, context=self.ssl_context)
+            else:
+                conn = http.client.HTTPConnection(url.host, url.port, timeout=self.timeout_s)
+            conns[key] = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        conn = self._connection(request.url)
+        connected = conn.sock is not None
+        target = request.url.raw_path.decode("ascii")
+        try:
+            conn.request(request.method, target, body=request.read(), headers=dict(request.headers.multi_items()))
+            answer = conn.getresponse()
+            content = answer.read(MAX_RESPONSE)
+            if answer.will_close or not answer.isclosed():
+                conn.close()  # the server closes it, or a body too large was cut short
+        except TimeoutError as exc:
+            # A socket exists once the connection was made: the time ran out sending or waiting.
+            kind = httpx.ReadTimeout if connected or conn.sock is not None else httpx.ConnectTimeout
+            conn.close()
+            raise kind(f"timed out ({type(exc).__name__})", request=request) from None
+        except (ConnectionRefusedError, socket.gaierror, ssl.SSLError) as exc:
+            conn.close()
+            raise httpx.ConnectError(f"cannot connect ({type(exc).__name__})", request=request) from None
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise httpx.RemoteProtocolError(f"connection broke ({type(exc).__name__})", request=request) from None
+        return httpx.Response(answer.status, headers=answer.getheaders(), content=content, request=request)
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    # An idle keep-alive connection is readable only if the server closed it (or broke protocol).
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+class Http:
+    """A base URL, default headers and a transport: ``post`` and ``get`` return a read
+    `httpx.Response` or raise httpx's transport errors. Thread-safe."""
+
+    def __init__(
+        self, base_url: str, headers: dict[str, str], timeout_s: float, transport: httpx.BaseTransport | None = None
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.headers = headers
+        self.transport = transport or StdlibTransport(timeout_s)
+        self._timeout = httpx.Timeout(timeout_s).as_dict()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> httpx.Response:
+        request = httpx.Request(
+            method,
+            httpx.URL(self.base_url + path, params=params),
+            headers={**self.headers, **headers} if headers else self.headers,
+            content=content,
+            extensions={"timeout": self._timeout},
+        )
+        response = self.transport.handle_request(request)
+        response.read()
+        return response
+
+    def post(self, path: str, *, content: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+        return self.request("POST", path, content=content, headers=headers)
+
+    def get(
+        self, path: str, *, params: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
+        return self.request("GET", path, params=params, headers=headers)
+
+    def close(self) -> None:
+        self.transport.close()
