@@ -58,6 +58,12 @@ def waiters(job_id: str) -> str:
     return f"{PREFIX}waiters:{job_id}"
 
 
+def batch(batch_id: str) -> str:
+    """String holding a batch message (`producers.queue.batch_message`) while it waits in the
+    queue, for the reconciler to look for; the worker that takes it deletes it."""
+    return f"{PREFIX}batch:{batch_id}"
+
+
 def account_stats(account: str) -> str:
     """Hash of one account's counters (delivered, dead:<reason>); ``default`` for the default account."""
     return f"{PREFIX}stats:{account}"
@@ -86,3 +92,9 @@ def rate_bucket(token_tag: str, kind: str) -> str:
     The braces make it a Redis Cluster hash tag; the token is present only as a hash prefix.
     """
     return f"{PREFIX}rate:{{{token_tag}:{kind}}}"
+
+
+def rate_hold(token_tag: str, kind: str) -> str:
+    """String present while a bucket is held back after a 429 (`worker.ratelimit.RateLimiter.back_off`),
+    in the same Redis Cluster slot as its bucket."""
+    return f"{PREFIX}rate-hold:{{{token_tag}:{kind}}}"

@@ -21,6 +21,7 @@ import json
 import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
     from producers.settings import Settings
 
 TASK_NAME = "attentive.deliver"
+BATCH_TASK_NAME = "attentive.deliver_batch"
+MAX_BATCH = 32
+"""Most jobs one message carries (`batch_message`): Celery's cost per message is shared by
+them. Jobs queued together (``enqueue_many``, a collector batch) go in batches."""
 JOB_PLACEHOLDER = "@JOB@"
 TICKET_PLACEHOLDER = "@TICKET@"
 KIND_PLACEHOLDER = "@KIND@"
@@ -107,6 +112,36 @@ def celery_message(job_id: str, ticket: str, queue: str, kind: str = "") -> str:
     )
 
 
+def batch_message(batch_id: str, tickets: list[str], queue: str, kinds: list[str]) -> str:
+    """One Celery message for several jobs (`BATCH_TASK_NAME`): its task id is the batch id, its
+    argument the jobs' tickets. Flower shows the number of jobs and their kinds, nothing else."""
+    counts = Counter(kinds)
+    summary = ", ".join(f"{kind} x{n}" for kind, n in sorted(counts.items()))
+    message = json.loads(celery_message(batch_id, batch_id, queue))
+    message["body"] = json.dumps([[tickets], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+    headers = message["headers"]
+    headers["task"] = BATCH_TASK_NAME
+    headers["argsrepr"] = f"({len(tickets)} jobs: {summary})"
+    return json.dumps(message, separators=(",", ":"))
+
+
+def tickets_in(message: str | bytes) -> list[str]:
+    """The tickets a queued message carries: its task id, or a batch's list."""
+    parsed = json.loads(message)
+    if parsed["headers"]["task"] == BATCH_TASK_NAME:
+        return list(json.loads(parsed["body"])[0][0])
+    return [parsed["headers"]["id"]]
+
+
+def job_of(ticket: str) -> str:
+    """The job id a ticket (``<job_id>.<round>``) names."""
+    return ticket.rpartition(".")[0]
+
+
+def new_batch_id() -> str:
+    return "batch-" + uuid.uuid4().hex
+
+
 def message_template() -> str:
     """`celery_message` with placeholders, for the job store's Lua scripts to fill in."""
     return celery_message(JOB_PLACEHOLDER, TICKET_PLACEHOLDER, QUEUE_PLACEHOLDER, KIND_PLACEHOLDER)
@@ -149,7 +184,8 @@ def add_job(
     erasure_key: bytes,
     *,
     order: bool = False,
-) -> None:
+    push: bool = True,
+) -> tuple[str, str, str] | None:
     """Add to ``pipe`` the commands that store a job record (expiring after the job retention),
     index it as queued and by the people it mentions (`producers.erasure`), and queue its message
     on its account's queue.
@@ -158,6 +194,9 @@ def add_job(
     an identity job marks the ids it links, and a job that needs one of them waits while that
     identity job has not ended. The record's ``round`` picks the ticket; the caller executes
     the pipeline, so storing and queueing happen together or not at all.
+
+    Without ``push``, a job that does not wait for an identity job is indexed as queued but
+    its message is left to the caller, to send in a batch: returns its (queue, ticket, kind).
     """
     ticket = ticket_for(job_id, int(record["round"]))
     job_key = keys.job(job_id)
@@ -171,8 +210,8 @@ def add_job(
         person_key = erasure.person_key(erasure_key, person)
         pipe.sadd(person_key, job_id)
         pipe.pexpire(person_key, person_ttl_ms)
-    message = celery_message(job_id, ticket, queue, str(record.get("kind", "")))
     kind, text = str(record.get("kind", "")), str(record["job"])
+    message = celery_message(job_id, ticket, queue, kind)
     # Cheap test first: a job can need a link only if it names external identifiers at all.
     if order and (kind == "identity" or (kind in ordering.USER_KINDS and '"externalIdentifiers"' in text)):
         job = json.loads(text)
@@ -184,9 +223,39 @@ def add_job(
                 keys=[job_key, keys.QUEUED, keys.WAITING, *needed],
                 args=[job_id, now_ms, message, queue, keys.PREFIX, settings.job_retention_ms],
             )
-            return
+            return None
     pipe.zadd(keys.QUEUED, {job_id: now_ms})
+    if not push:
+        return queue, ticket, kind
     pipe.lpush(queue, message)
+    return None
+
+
+def _push_batches(
+    pipe: redis.client.Pipeline, settings: Settings, ready: list[tuple[str, str, str]], now_ms: int
+) -> None:
+    """Queue jobs whose records are in ``pipe`` (from `add_job` without ``push``): one message
+    per `MAX_BATCH` jobs of a queue, or a plain one-job message for a job alone on its queue.
+
+    Each job of a batch names it in its record (``batch``), and the batch's message is kept at
+    `producers.keys.batch` until a worker takes it, so the reconciler can find it in the queue.
+    """
+    by_queue: dict[str, list[tuple[str, str]]] = {}
+    for queue, ticket, kind in ready:
+        by_queue.setdefault(queue, []).append((ticket, kind))
+    for queue, members in by_queue.items():
+        for start in range(0, len(members), MAX_BATCH):
+            chunk = members[start : start + MAX_BATCH]
+            if len(chunk) == 1:
+                ticket, kind = chunk[0]
+                pipe.lpush(queue, celery_message(job_of(ticket), ticket, queue, kind))
+                continue
+            batch_id = new_batch_id()
+            message = batch_message(batch_id, [t for t, _ in chunk], queue, [k for _, k in chunk])
+            pipe.set(keys.batch(batch_id), message, px=settings.job_retention_ms)
+            for ticket, _ in chunk:
+                pipe.hset(keys.job(job_of(ticket)), "batch", batch_id)
+            pipe.lpush(queue, message)
 
 
 def push_jobs(
@@ -232,8 +301,13 @@ def _push(
     pipe: redis.client.Pipeline, settings: Settings, jobs: list[tuple[str, str, str]], erasure_key: bytes
 ) -> None:
     now_ms = int(time.time() * 1000)
+    ready = []
     for job_id, kind, data in jobs:
-        add_job(pipe, settings, job_id, job_record(data, kind, now_ms), now_ms, erasure_key, order=True)
+        record = job_record(data, kind, now_ms)
+        batched = add_job(pipe, settings, job_id, record, now_ms, erasure_key, order=True, push=False)
+        if batched is not None:
+            ready.append(batched)
+    _push_batches(pipe, settings, ready, now_ms)
     if jobs:
         pipe.hincrby(keys.STATS, "enqueued", len(jobs))
     if jobs or pipe.command_stack:

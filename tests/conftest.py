@@ -173,3 +173,10 @@ class KindLimiter:
 
     def back_off(self, kind: str, seconds: float) -> None:
         self.limiter.back_off(self.bucket(kind), seconds)
+
+
+def queued_count(client: redis.Redis, queue: str = "attentive") -> int:
+    """Jobs whose messages wait in ``queue`` (a batch message carries several)."""
+    from producers.queue import tickets_in
+
+    return sum(len(tickets_in(message)) for message in client.lrange(queue, 0, -1))

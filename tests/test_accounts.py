@@ -17,7 +17,7 @@ from producers.producer import Producer
 from producers.settings import Settings, load_settings
 from worker.sandbox import Sandbox
 
-from conftest import make_settings, sandbox_requests, wait_for
+from conftest import make_settings, queued_count, sandbox_requests, wait_for
 
 ACCOUNTS = {"brand-a": {"token": "tok-brand-a-1234", "rate_limit": 50}, "brand-b": {"token": "tok-brand-b-5678"}}
 EVENT = {"kind": "custom_event", "type": "Order Shipped", "user": {"email": "jane.doe@example.com"}}
@@ -87,7 +87,7 @@ def test_each_account_s_jobs_go_on_its_own_queue(redis_server, redis_client):
     a = producer.enqueue({**EVENT, "account": "brand-a"})
     default = producer.enqueue(EVENT)
     named_default = producer.enqueue({**EVENT, "account": "default"})
-    assert redis_client.llen("attentive.brand-a") == 1 and redis_client.llen("attentive") == 2
+    assert queued_count(redis_client, "attentive.brand-a") == 1 and queued_count(redis_client, "attentive") == 2
     assert redis_client.hget(keys.job(a), "account") == b"brand-a"
     assert redis_client.hget(keys.job(default), "account") == b"default"
     assert b'"account"' not in redis_client.hget(keys.job(named_default), "job"), "'default' is stored as no name"

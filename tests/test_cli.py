@@ -15,7 +15,7 @@ from producers import keys
 from producers.producer import Producer
 from producers.queue import ticket_for
 
-from conftest import TOKEN, add_fault, delivery_for, make_settings, sandbox_requests
+from conftest import TOKEN, add_fault, delivery_for, make_settings, queued_count, sandbox_requests
 
 GOOD = {"kind": "custom_event", "type": "Order Shipped", "user": {"phone": "(415) 555-2671"}}
 
@@ -42,7 +42,7 @@ def test_enqueue_ndjson_reports_invalid_lines_and_queues_the_rest(settings, redi
     assert json.loads(result.stdout) == {"enqueued": 2, "invalid": 2}
     assert "line 3: invalid job: not valid JSON" in result.stderr
     assert "line 4: invalid job: type: must not contain" in result.stderr
-    assert redis_client.llen("attentive") == 2
+    assert queued_count(redis_client, "attentive") == 2
 
 
 def test_enqueue_from_stdin_all_valid_exits_zero(settings, redis_client):
@@ -144,8 +144,8 @@ def test_dlq_account_option_narrows_list_and_replay(settings, redis_client, sand
         ["dlq", "replay", "--all", "--account", "brand-b", "--reason", "rejected", "--json"], settings, **env
     )
     assert json.loads(replayed.stdout) == {"replayed": 1, "stale": 0, "missing": 0}
-    assert redis_client.llen("attentive.brand-b") == 1
-    assert redis_client.llen("attentive.brand-a") == redis_client.llen("attentive") == 0
+    assert queued_count(redis_client, "attentive.brand-b") == 1
+    assert queued_count(redis_client, "attentive.brand-a") == queued_count(redis_client, "attentive") == 0
     left = json.loads(relay(["dlq", "list", "--json"], settings, **env).stdout)
     assert sorted(e["job_id"] for e in left) == sorted([ids["brand-a"], ids["default"]])
 
@@ -251,7 +251,7 @@ def test_enqueue_reads_every_line_whatever_a_bad_one_holds(settings, redis_clien
         "line 5: invalid job: properties.p: must be valid Unicode text (it holds a lone surrogate, e.g. from bytes "
         "that are not UTF-8)",
     ]
-    assert redis_client.llen("attentive") == 1
+    assert queued_count(redis_client, "attentive") == 1
 
 
 def test_enqueue_of_a_missing_or_unreadable_file_is_one_error_line_and_exit_2(settings, tmp_path: Path):
@@ -284,7 +284,7 @@ def test_segment_is_a_flag_and_options_go_in_any_order(settings, redis_client, t
         redis_client.flushdb()
         result = relay(args, settings, stdin=stdin)
         assert json.loads(result.stdout) == {"enqueued": 2, "invalid": 2, "skipped": 0}, args
-        assert result.returncode == 1 and redis_client.llen("attentive") == 2
+        assert result.returncode == 1 and queued_count(redis_client, "attentive") == 2
         assert [line.split(":")[0] for line in result.stderr.splitlines()] == ["line 2", "line 3"]
     readme_form = relay(["enqueue", "--segment", str(source)], settings)
     assert readme_form.stdout.strip() == "enqueued 2 jobs, invalid 2, skipped 0"

@@ -25,13 +25,14 @@ from segment.analytics import Client
 
 from producers import keys
 from producers.producer import Producer
+from producers.queue import job_of, tickets_in
 from producers.settings import Settings
 from worker.collector import Collector, CollectorApp
 from worker.collector_policy import FailureLimiter, WriteKeys, key_fingerprint
 from worker.counters import stats
 from worker.processes import free_port
 
-from conftest import make_settings, sandbox_requests, wait_for
+from conftest import make_settings, queued_count, sandbox_requests, wait_for
 
 KEY = "write-key-1"
 TRAITS = {"phone": "(415) 555-2671", "email": "jane@example.com"}
@@ -90,7 +91,7 @@ def test_unknown_write_keys_get_401_and_nothing_is_queued(collector, redis_clien
     assert httpx.post(collector.url + "/v1/track", json=body).status_code == 401
     assert post(collector, "/v1/track", {**body, "writeKey": KEY}, key="").status_code == 401
     assert httpx.post(collector.url + "/v1/track", json={**body, "writeKey": "other-key"}).status_code == 200
-    assert redis_client.llen("attentive") == 1
+    assert queued_count(redis_client, "attentive") == 1
 
 
 def test_bad_messages_get_400_with_problems_and_the_good_ones_are_kept(collector, redis_client):
@@ -106,7 +107,7 @@ def test_bad_messages_get_400_with_problems_and_the_good_ones_are_kept(collector
     body = response.json()
     assert body["accepted"] == 1 and body["skipped"] == 1
     assert body["problems"] == [{"index": 1, "field": "properties.products[0].price", "rule": "is required"}]
-    assert redis_client.llen("attentive") == 1
+    assert queued_count(redis_client, "attentive") == 1
 
 
 def test_size_limits_gzip_and_unknown_paths(collector, redis_client):
@@ -151,7 +152,7 @@ def test_cli_enqueues_segment_ndjson(settings, redis_client, tmp_path: Path):
     result = relay(["enqueue", "--segment", str(source), "--json"], settings)
     assert json.loads(result.stdout) == {"enqueued": 2, "invalid": 1, "skipped": 1}
     assert "line 3: invalid job: properties.products" in result.stderr
-    assert result.returncode == 1 and redis_client.llen("attentive") == 2
+    assert result.returncode == 1 and queued_count(redis_client, "attentive") == 2
 
 
 def test_a_message_is_queued_whole_or_not_at_all(collector, redis_client):
@@ -159,7 +160,7 @@ def test_a_message_is_queued_whole_or_not_at_all(collector, redis_client):
     identify = {"type": "identify", "userId": "u-1", "traits": {**TRAITS, "x" * 201: "too long a name"}}
     response = post(collector, "/v1/batch", {"batch": [identify]})
     assert response.status_code == 400 and response.json()["accepted"] == 0
-    assert redis_client.llen("attentive") == 0
+    assert queued_count(redis_client, "attentive") == 0
 
 
 def test_poison_messages_get_400_with_problems_and_the_good_ones_of_the_batch_are_queued(collector, redis_client):
@@ -179,7 +180,7 @@ def test_poison_messages_get_400_with_problems_and_the_good_ones_of_the_batch_ar
     response = httpx.post(collector.url + "/v1/batch", content=body, auth=(KEY, ""))
     assert response.status_code == 400
     answer = response.json()
-    assert answer["accepted"] == 2 and redis_client.llen("attentive") == 2
+    assert answer["accepted"] == 2 and queued_count(redis_client, "attentive") == 2
     assert [(p["index"], p["field"]) for p in answer["problems"]] == [
         (i, path) for i, (_, path) in enumerate(poison, 1)
     ]
@@ -197,7 +198,7 @@ def test_one_message_python_cannot_parse_does_not_make_the_batch_unreadable(coll
         (1, "properties.n"),
         (2, "properties.d"),
     ]
-    assert redis_client.llen("attentive") == 2
+    assert queued_count(redis_client, "attentive") == 2
 
 
 # ------------------------------------------------- a public endpoint: connections, framing, browsers, keys
@@ -207,11 +208,8 @@ PAGE = {"type": "page", "userId": "u-1", "name": "Home", "context": {"traits": T
 
 
 def queued_jobs(redis_client, queue: str = "attentive") -> list[dict]:
-    jobs = []
-    for message in redis_client.lrange(queue, 0, -1):
-        job_id = json.loads(json.loads(message)["body"])[0][0]
-        jobs.append(json.loads(redis_client.hget(keys.job(job_id), "job")))
-    return jobs
+    ids = [job_of(t) for message in redis_client.lrange(queue, 0, -1) for t in tickets_in(message)]
+    return [json.loads(redis_client.hget(keys.job(job_id), "job")) for job_id in ids]
 
 
 def raw_request(collector: Collector, data: bytes, timeout: float = 5.0) -> bytes:
@@ -262,7 +260,7 @@ def test_a_chunked_body_is_read_as_the_body_and_the_connection_stays_in_step(col
     assert answer.startswith(b"HTTP/1.1 200 ")
     assert b'{"success": true, "accepted": 1, "skipped": 0}' in answer
     assert answer.count(b"HTTP/1.1 ") == 2 and b"HTTP/1.1 404 " in answer  # the next request, in step
-    assert redis_client.llen("attentive") == 1
+    assert queued_count(redis_client, "attentive") == 1
     # a chunked body past the limit is refused as it streams
     big = httpx.post(collector.url + "/v1/batch", content=iter([b'{"batch": [' + b" " * 300_000] * 2), auth=(KEY, ""))
     assert big.status_code == 413
@@ -302,7 +300,7 @@ def test_a_post_from_a_foreign_origin_is_403_and_queues_nothing(browser_collecto
     for c, origin in ((browser_collector, "https://evil.example"), (collector, BROWSER)):
         response = httpx.post(c.url + "/v1/batch", content=json.dumps(body), headers={"Origin": origin})
         assert response.status_code == 403
-    assert redis_client.llen("attentive") == 0
+    assert queued_count(redis_client, "attentive") == 0
     # analytics.js posts text/plain with the key in the body (no preflight)
     ok = httpx.post(
         browser_collector.url + "/v1/batch",
@@ -310,7 +308,7 @@ def test_a_post_from_a_foreign_origin_is_403_and_queues_nothing(browser_collecto
         headers={"Origin": BROWSER, "Content-Type": "text/plain"},
     )
     assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == BROWSER
-    assert redis_client.llen("attentive") == 1
+    assert queued_count(redis_client, "attentive") == 1
 
 
 def test_a_retried_browser_request_is_the_same_events(browser_collector, redis_client):
@@ -348,7 +346,7 @@ def test_a_refused_key_is_logged_as_a_hash_and_repeated_failures_get_429(collect
         assert answers == [401, 401, 401]
         blocked = post(c, "/v1/track", body)  # even the right key, from a blocked address
         assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) > 0
-    assert redis_client.llen("attentive") == 0
+    assert queued_count(redis_client, "attentive") == 0
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert key_fingerprint("guess-0") in logged and "guess-0" not in logged
     assert "address blocked" in logged
@@ -441,7 +439,7 @@ def test_a_gzip_bomb_is_refused_without_being_inflated_whole(collector, redis_cl
         tracemalloc.stop()
     assert response.status_code == 413
     assert peak < 30 * 1024 * 1024, f"{peak} bytes allocated while refusing the bomb"
-    assert redis_client.llen("attentive") == 0
+    assert queued_count(redis_client, "attentive") == 0
 
 
 def test_collect_serves_from_several_processes_restarts_a_dead_one_and_stops_on_sigterm(redis_server, redis_client):
@@ -477,7 +475,7 @@ def test_collect_serves_from_several_processes_restarts_a_dead_one_and_stops_on_
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
-    assert redis_client.llen("attentive") == 1
+    assert queued_count(redis_client, "attentive") == 1
 
 
 def test_connections_past_the_cap_are_closed_at_once_and_the_held_ones_still_served(collector_settings, redis_client):
@@ -511,7 +509,7 @@ def test_a_slow_body_gets_408_and_a_full_process_503(collector_settings, redis_c
         c.app.budget.limit = 100  # bytes of bodies the process may hold
         assert post(c, "/v1/batch", {"batch": [PAGE]}).status_code == 503
         assert c.app.budget.held == 0
-    assert redis_client.llen("attentive") == 0
+    assert queued_count(redis_client, "attentive") == 0
 
 
 def test_clients_trickling_bodies_do_not_crowd_out_the_others(collector):

@@ -10,7 +10,7 @@ from producers.producer import Producer
 from producers.queue import push_jobs, ticket_for
 from worker.deadletter import DeadLetters
 
-from conftest import TEST_ERASURE_KEY, add_fault, delivery_for, make_settings, sandbox_requests
+from conftest import TEST_ERASURE_KEY, add_fault, delivery_for, make_settings, queued_count, sandbox_requests
 
 EVENT = {"kind": "custom_event", "type": "Order Shipped", "user": {"email": "jane@example.com"}}
 
@@ -91,7 +91,7 @@ def test_producer_enqueue_many_queues_valid_and_returns_errors(producer: Produce
     results = producer.enqueue_many([EVENT, {"kind": "custom_event"}, EVENT])
     assert isinstance(results[0], str) and isinstance(results[2], str)
     assert "type: is required" in str(results[1]) and "user: is required" in str(results[1])
-    assert redis_client.llen("attentive") == 2 and redis_client.hget(keys.STATS, "enqueued") == b"2"
+    assert queued_count(redis_client, "attentive") == 2 and redis_client.hget(keys.STATS, "enqueued") == b"2"
 
 
 def test_list_and_replay_filter_by_account(redis_server, redis_client, sandbox):
@@ -107,5 +107,5 @@ def test_list_and_replay_filter_by_account(redis_server, redis_client, sandbox):
     assert store.list(account="nobody") == []
     redis_client.delete("attentive", "attentive.brand-a")
     assert store.replay(store.ids("rejected", account="brand-a"))["replayed"] == [theirs]
-    assert redis_client.llen("attentive.brand-a") == 1 and redis_client.llen("attentive") == 0
+    assert queued_count(redis_client, "attentive.brand-a") == 1 and queued_count(redis_client, "attentive") == 0
     assert redis_client.hget(keys.job(theirs), "account") == b"brand-a"

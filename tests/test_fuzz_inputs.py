@@ -39,6 +39,7 @@ from producers import keys
 from producers.errors import InvalidJob
 from producers.jobs import attentive_body
 from producers.producer import UNREADABLE, Producer
+from producers.queue import job_of, tickets_in
 from producers.sensitive import scan
 from producers.settings import Settings
 from producers.validation import job_json, parse_job
@@ -116,7 +117,7 @@ def strict_loads(text: str) -> Any:
 def queued_jobs(client: redis.Redis) -> list[tuple[str, dict[str, Any]]]:
     """(job id, job) for every job queued, read back from its record: each message on the
     queue, then each job waiting for an identity job (it gets a message when that job ends)."""
-    ids = [json.loads(json.loads(message)["body"])[0][0] for message in client.lrange("attentive", 0, -1)]
+    ids = [job_of(t) for message in client.lrange("attentive", 0, -1) for t in tickets_in(message)]
     ids += [job_id.decode() for job_id in client.zrange(keys.WAITING, 0, -1)]
     return [(job_id, strict_loads(client.hget(keys.job(job_id), "job").decode())) for job_id in ids]
 

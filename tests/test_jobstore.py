@@ -11,6 +11,8 @@ from producers.producer import Producer
 from producers.queue import ticket_for
 from worker.jobstore import Claim, JobStore
 
+from conftest import queued_count
+
 EVENT = {"kind": "custom_event", "type": "Order Shipped", "user": {"email": "jane@example.com"}}
 
 
@@ -55,7 +57,7 @@ def test_a_retry_waits_in_the_schedule_not_in_the_broker_and_is_promoted_once(pr
     claim = store.claim(job_id, ticket_for(job_id, 0), 1000)
     assert store.schedule(claim, 1000, 5000, [{"attempt": 1, "status": 503}])
     assert redis_client.zscore(keys.SCHEDULE, job_id) == 6000
-    assert redis_client.llen("attentive") == 0
+    assert queued_count(redis_client, "attentive") == 0
     assert store.promote(5999) == (0, 0)
     assert store.promote(6000) == (1, 0)
     assert store.promote(6001) == (0, 0), "promotion happens once however many promoters run"

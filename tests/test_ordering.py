@@ -9,6 +9,7 @@ import redis
 
 from producers import keys
 from producers.producer import Producer
+from producers.queue import job_of, tickets_in
 from producers.settings import Settings
 from worker.delivery import Delivery
 from worker.sandbox import Sandbox
@@ -27,9 +28,8 @@ def state(client: redis.Redis, job_id: str) -> str | None:
 
 
 def queued_ids(client: redis.Redis, queue: str = "attentive") -> list[str]:
-    import json
 
-    return [json.loads(json.loads(m)["body"])[0][0] for m in client.lrange(queue, 0, -1)]
+    return [job_of(t) for m in client.lrange(queue, 0, -1) for t in tickets_in(m)]
 
 
 def run(delivery: Delivery, client: redis.Redis, job_id: str) -> str:

@@ -14,6 +14,8 @@ import producers
 from producers import keys
 from producers.producer import Producer
 
+from conftest import queued_count
+
 
 def test_importing_producers_loads_no_http_client_no_celery_and_opens_no_connection():
     code = (
@@ -34,7 +36,7 @@ def test_invalid_job_is_a_value_error_and_nothing_is_queued(producer: Producer, 
         producer.enqueue({"kind": "custom_event", "type": "x", "user": {"phone": "555"}})
     assert isinstance(caught.value, producers.InvalidJob)
     assert [p.field for p in caught.value.problems] == ["user.phone"]
-    assert redis_client.llen("attentive") == 0 and not redis_client.exists(keys.STATS)
+    assert queued_count(redis_client, "attentive") == 0 and not redis_client.exists(keys.STATS)
 
 
 def test_unreachable_redis_raises_and_nothing_is_half_written(settings):

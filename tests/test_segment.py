@@ -11,7 +11,7 @@ from producers import keys, segment
 from producers.errors import InvalidJob
 from producers.queue import ticket_for
 
-from conftest import delivery_for, make_settings, sandbox_requests
+from conftest import delivery_for, make_settings, queued_count, sandbox_requests
 
 WHEN = (datetime.now(UTC) - timedelta(minutes=5)).replace(microsecond=0)
 STAMP = WHEN.isoformat().replace("+00:00", "Z")
@@ -413,7 +413,7 @@ def test_poison_values_are_refused_by_segment_field_not_raised(producer, redis_c
     assert [p.field for p in caught.value.problems] == [path]
     with pytest.raises(InvalidJob):
         producer.enqueue_segment(msg)
-    assert redis_client.llen("attentive") == 0
+    assert queued_count(redis_client, "attentive") == 0
 
 
 def test_a_failure_inside_the_mapping_is_refused_as_invalid_and_logged_without_values(producer, monkeypatch, caplog):

@@ -22,7 +22,16 @@ from producers.queue import push_jobs
 from worker.counters import stats
 from worker.processes import RedisServer
 
-from conftest import TEST_ERASURE_KEY, TOKEN, add_fault, finished, make_settings, sandbox_requests, wait_for
+from conftest import (
+    TEST_ERASURE_KEY,
+    TOKEN,
+    add_fault,
+    finished,
+    make_settings,
+    queued_count,
+    sandbox_requests,
+    wait_for,
+)
 
 PHONE = "+14155552671"
 
@@ -178,7 +187,7 @@ def test_a_delayed_retry_survives_a_worker_crash_and_runs_once(redis_server, red
     job_id = producer.enqueue(event("Later Event"))
     wait_for(lambda: redis_client.zscore(keys.SCHEDULE, job_id), 30, "the retry to be scheduled")
     # The retry waits in the schedule, not in the broker: nothing for kombu to restore or redeliver.
-    assert redis_client.llen("attentive") == 0
+    assert queued_count(redis_client, "attentive") == 0
     doomed.kill_all()
     start_worker("rescuer", settings_=settings)
     wait_for(lambda: stats(redis_client, settings)["delivered"] == 1, later + 40, "the retry")

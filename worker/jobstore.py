@@ -57,6 +57,36 @@ redis.call('ZREM', KEYS[3], ARGV[3])
 return {'ok', h[3], tostring(attempts), h[4] or '[]', h[5] or '', h[6] or '0', h[7] or '0', h[8] or '', h[9] or ''}
 """
 
+# One batch message's jobs: each claimed as _CLAIM does, then the batch's kept message is
+# dropped (the reconciler looks for it only while it waits in the queue).
+# KEYS: leases, queued index, batch key   ARGV: lease expiry ms, key prefix, then job_id, ticket pairs
+_CLAIM_MANY = """
+local out = {}
+for i = 3, #ARGV, 2 do
+  local id, ticket = ARGV[i], ARGV[i + 1]
+  local jk = ARGV[2] .. 'job:' .. id
+  local h = redis.call('HMGET', jk, 'state', 'ticket', 'job', 'history', 'lost', 'first_seen', 'round', 'slot',
+    'account')
+  if not h[1] then
+    out[#out + 1] = {'gone'}
+  elseif h[2] ~= ticket then
+    out[#out + 1] = {'stale'}
+  elseif h[1] ~= 'queued' then
+    out[#out + 1] = {'busy'}
+  else
+    local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
+    redis.call('HSET', jk, 'state', 'running', 'lost', '', 'slot', '')
+    redis.call('HDEL', jk, 'batch')
+    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]), id)
+    redis.call('ZREM', KEYS[2], id)
+    out[#out + 1] = {'ok', h[3], tostring(attempts), h[4] or '[]', h[5] or '', h[6] or '0', h[7] or '0',
+      h[8] or '', h[9] or ''}
+  end
+end
+redis.call('DEL', KEYS[3])
+return out
+"""
+
 # Shared by the scripts that queue a job again, each on the queue its record names (its
 # account's; ``fallback`` for a record written before records named one).
 _REQUEUE = """
@@ -76,6 +106,7 @@ local function requeue(jk, id, qindex, now, tpl, fallback)
   local h = redis.call('HMGET', jk, 'kind', 'queue')
   local q = h[2] or fallback
   redis.call('HSET', jk, 'state', 'queued', 'ticket', ticket)
+  redis.call('HDEL', jk, 'batch')
   -- RPUSH puts it at the head (consumers BRPOP): it has waited its turn already.
   redis.call('RPUSH', q, message(tpl, id, ticket, h[1] or '', q))
   redis.call('ZADD', qindex, tonumber(now), id)
@@ -173,12 +204,15 @@ local requeued, waiting, released = 0, 0, 0
 local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[5]))
 for _, id in ipairs(ids) do
   local jk = ARGV[4] .. 'job:' .. id
-  local h = redis.call('HMGET', jk, 'state', 'ticket', 'kind', 'queue')
+  local h = redis.call('HMGET', jk, 'state', 'ticket', 'kind', 'queue', 'batch')
   local q = h[4] or KEYS[3]
+  -- The job's message: its batch's, kept while it waits, or its own, rebuilt from the template.
+  local msg = h[5] and redis.call('GET', ARGV[4] .. 'batch:' .. h[5])
+  if not h[5] then msg = message(ARGV[3], id, h[2] or '', h[3] or '', q) end
   if h[1] ~= 'queued' then
     redis.call('ZREM', KEYS[2], id)
     expired(h[1], KEYS[5])
-  elseif redis.call('LPOS', q, message(ARGV[3], id, h[2], h[3] or '', q), 'RANK', -1, 'MAXLEN', tonumber(ARGV[6])) then
+  elseif msg and redis.call('LPOS', q, msg, 'RANK', -1, 'MAXLEN', tonumber(ARGV[6])) then
     -- Still waiting its turn in a backlog: look again after another orphan period.
     redis.call('ZADD', KEYS[2], tonumber(ARGV[1]), id)
     waiting = waiting + 1
@@ -236,6 +270,7 @@ class JobStore:
         self.retention_ms = retention_ms
         self.orphan_ms = orphan_ms
         self._claim = client.register_script(_CLAIM)
+        self._claim_many = client.register_script(_CLAIM_MANY)
         self._finish = client.register_script(_FINISH)
         self._promote = client.register_script(_PROMOTE)
         self._reconcile = client.register_script(_RECONCILE)
@@ -246,25 +281,15 @@ class JobStore:
         r = self._claim(
             keys=[keys.job(job_id), keys.LEASES, keys.QUEUED], args=[ticket, now_ms + self.lease_ms, job_id]
         )
-        status = r[0].decode()
-        if status != "ok":
-            return status
-        try:
-            history = json.loads(r[3])
-        except ValueError:
-            history = None  # a corrupt record: the delivery treats it as a poison job
-        return Claim(
-            job_id,
-            ticket,
-            r[1].decode(),
-            int(r[2]),
-            history,  # type: ignore[arg-type]
-            int(r[4]) if r[4] else None,
-            int(r[5]),
-            int(r[6]),
-            int(r[7]) if r[7] else None,
-            r[8].decode() or accounts.DEFAULT,
-        )
+        return _claim_of(job_id, ticket, r)
+
+    def claim_many(self, batch_id: str, tickets: list[tuple[str, str]], now_ms: int) -> list[Claim | str]:
+        """`claim` for each (job_id, ticket) of one batch message, in one script."""
+        args: list[Any] = [now_ms + self.lease_ms, keys.PREFIX]
+        for job_id, ticket in tickets:
+            args += [job_id, ticket]
+        found = self._claim_many(keys=[keys.LEASES, keys.QUEUED, keys.batch(batch_id)], args=args)
+        return [_claim_of(job_id, ticket, r) for (job_id, ticket), r in zip(tickets, found, strict=True)]
 
     def _run_finish(
         self,
@@ -276,53 +301,70 @@ class JobStore:
         entry: str = "",
         reason: str = "",
         slot_ms: int = 0,
+        pipe: redis.client.Pipeline | None = None,
     ) -> bool:
-        return bool(
-            self._finish(
-                keys=[
-                    keys.job(claim.job_id),
-                    keys.LEASES,
-                    keys.SCHEDULE,
-                    keys.STATS,
-                    keys.dead(claim.job_id),
-                    keys.DEAD_INDEX,
-                    keys.account_stats(claim.account),
-                    keys.QUEUED,
-                    keys.WAITING,
-                ],
-                args=[
-                    claim.ticket,
-                    claim.job_id,
-                    outcome,
-                    now_ms,
-                    json.dumps(history),
-                    due_ms,
-                    entry,
-                    reason,
-                    self.retention_ms,
-                    slot_ms,
-                    self._template,
-                    keys.PREFIX,
-                    self.queue,
-                ],
-            )
+        """Run the finish script; with ``pipe`` only queue it there (its result comes from
+        ``pipe.execute()``), and return True."""
+        result = self._finish(
+            keys=[
+                keys.job(claim.job_id),
+                keys.LEASES,
+                keys.SCHEDULE,
+                keys.STATS,
+                keys.dead(claim.job_id),
+                keys.DEAD_INDEX,
+                keys.account_stats(claim.account),
+                keys.QUEUED,
+                keys.WAITING,
+            ],
+            args=[
+                claim.ticket,
+                claim.job_id,
+                outcome,
+                now_ms,
+                json.dumps(history),
+                due_ms,
+                entry,
+                reason,
+                self.retention_ms,
+                slot_ms,
+                self._template,
+                keys.PREFIX,
+                self.queue,
+            ],
+            client=pipe,
         )
+        return pipe is not None or bool(result)
 
-    def delivered(self, claim: Claim, now_ms: int) -> bool:
+    def delivered(self, claim: Claim, now_ms: int, pipe: redis.client.Pipeline | None = None) -> bool:
         """Count the job delivered and forget it. False when the delivery had been taken over."""
-        return self._run_finish(claim, "delivered", now_ms, [])
+        return self._run_finish(claim, "delivered", now_ms, [], pipe=pipe)
 
-    def schedule(self, claim: Claim, now_ms: int, delay_ms: int, history: list[dict[str, Any]]) -> bool:
+    def schedule(
+        self,
+        claim: Claim,
+        now_ms: int,
+        delay_ms: int,
+        history: list[dict[str, Any]],
+        pipe: redis.client.Pipeline | None = None,
+    ) -> bool:
         """Park the job in the retry schedule; a promoter queues it again when due."""
-        return self._run_finish(claim, "retry", now_ms, history, due_ms=now_ms + delay_ms)
+        return self._run_finish(claim, "retry", now_ms, history, due_ms=now_ms + delay_ms, pipe=pipe)
 
     def defer(self, claim: Claim, now_ms: int, due_ms: int, slot_ms: int) -> bool:
         """Park the job until its reserved rate-limit slot; the attempt is given back."""
         return self._run_finish(claim, "defer", now_ms, [], due_ms=due_ms, slot_ms=slot_ms)
 
-    def dead_letter(self, claim: Claim, now_ms: int, reason: str, entry: dict[str, Any]) -> bool:
+    def dead_letter(
+        self,
+        claim: Claim,
+        now_ms: int,
+        reason: str,
+        entry: dict[str, Any],
+        pipe: redis.client.Pipeline | None = None,
+    ) -> bool:
         """Move the job to the dead-letter store with ``entry`` as its record."""
-        return self._run_finish(claim, "dead", now_ms, [], entry=json.dumps(entry), reason=reason)
+        return self._run_finish(claim, "dead", now_ms, [], entry=json.dumps(entry), reason=reason, pipe=pipe)
 
     def promote(self, now_ms: int, limit: int = 500) -> tuple[int, int]:
         """Queue due retries and reclaim expired leases: (promoted, reaped)."""
@@ -349,3 +391,25 @@ class JobStore:
         if int(requeued) < 0:
             return None
         return int(requeued), int(waiting), int(released)
+
+
+def _claim_of(job_id: str, ticket: str, r: list[Any]) -> Claim | str:
+    status = r[0].decode()
+    if status != "ok":
+        return status
+    try:
+        history = json.loads(r[3])
+    except ValueError:
+        history = None  # a corrupt record: the delivery treats it as a poison job
+    return Claim(
+        job_id,
+        ticket,
+        r[1].decode(),
+        int(r[2]),
+        history,  # type: ignore[arg-type]
+        int(r[4]) if r[4] else None,
+        int(r[5]),
+        int(r[6]),
+        int(r[7]) if r[7] else None,
+        r[8].decode() or accounts.DEFAULT,
+    )

@@ -20,18 +20,20 @@ works on Redis Cluster as well as on a single Redis or a Sentinel-managed primar
 
 from __future__ import annotations
 
+import time
+
 import redis
 
 from producers import keys
 from worker.destinations.base import Bucket
 
-_RESERVE = """
+# Several consecutive slots at once: the first one's wait; the others follow at the interval.
+_RESERVE_MANY = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
-local interval = tonumber(ARGV[1])
-local new = tat + interval
+local new = tat + tonumber(ARGV[1]) * tonumber(ARGV[2])
 redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.floor((new - now) / 1000) + 1000)
 return string.format('%.0f', tat - now)
 """
@@ -44,6 +46,7 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if until_ > tat then
   redis.call('SET', KEYS[1], string.format('%.0f', until_), 'PX', math.floor(tonumber(ARGV[1]) / 1000) + 1000)
 end
+redis.call('SET', KEYS[2], '1', 'PX', math.max(1, math.floor(tonumber(ARGV[1]) / 1000)))
 return 1
 """
 
@@ -54,8 +57,10 @@ class RateLimiter:
 
     def __init__(self, client: redis.Redis, headroom: float) -> None:
         self._headroom = headroom
-        self._reserve = client.register_script(_RESERVE)
+        self._client = client
+        self._reserve_many = client.register_script(_RESERVE_MANY)
         self._back_off = client.register_script(_BACK_OFF)
+        self._held: dict[str, float] = {}
 
     def rate(self, bucket: Bucket) -> float:
         """The rate this relay aims at in ``bucket``: its limit times the headroom."""
@@ -67,9 +72,25 @@ class RateLimiter:
 
     def reserve(self, bucket: Bucket) -> float:
         """Reserve the next send slot in ``bucket``: seconds until it. Send then, or the slot is wasted."""
+        return self.reserve_many(bucket, 1)[0]
+
+    def reserve_many(self, bucket: Bucket, count: int) -> list[float]:
+        """Reserve ``count`` consecutive slots in one call: seconds until each."""
         interval_us = round(1_000_000 / self.rate(bucket))
-        return int(self._reserve(keys=[self.key(bucket)], args=[interval_us])) / 1_000_000
+        first_us = int(self._reserve_many(keys=[self.key(bucket)], args=[interval_us, count]))
+        return [(first_us + i * interval_us) / 1_000_000 for i in range(count)]
 
     def back_off(self, bucket: Bucket, seconds: float) -> None:
-        """Push the bucket's next free slot at least ``seconds`` into the future, for every worker."""
-        self._back_off(keys=[self.key(bucket)], args=[round(seconds * 1_000_000)])
+        """Push the bucket's next free slot at least ``seconds`` into the future, for every
+        worker, and mark it held for that long (see `held`)."""
+        self._held[self.key(bucket)] = time.monotonic() + seconds
+        hold = keys.rate_hold(bucket.tag, bucket.lane)
+        self._back_off(keys=[self.key(bucket), hold], args=[round(seconds * 1_000_000)])
+
+    def held(self, bucket: Bucket, ask_redis: bool) -> bool:
+        """Whether the bucket was backed off after a slot in it was reserved: a slot reserved
+        earlier must then not be used. This process knows of its own back-offs for free; with
+        ``ask_redis``, other workers' count too (one round trip)."""
+        if self._held.get(self.key(bucket), 0.0) > time.monotonic():
+            return True
+        return ask_redis and bool(self._client.exists(keys.rate_hold(bucket.tag, bucket.lane)))
