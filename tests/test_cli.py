@@ -84,8 +84,8 @@ def test_stats_break_counters_down_by_account(settings, redis_client, sandbox):
         "scheduled": 0,
     }
     assert accounts["brand-a"]["delivered"] == 1 and accounts["brand-a"]["dead_letter"]["rejected"] == 1
-    assert accounts["brand-a"]["queued"] == 2, "messages run by hand stay on the queue"
-    assert accounts["brand-b"]["scheduled"] == 1 and accounts["brand-b"]["queued"] == 1
+    assert accounts["brand-a"]["queued"] == 0, "both ended (their messages, run by hand, stay on the queue)"
+    assert accounts["brand-b"]["scheduled"] == 1 and accounts["brand-b"]["queued"] == 0
     assert set(accounts["brand-b"]["dead_letter"]) >= {"rejected", "stale"}
     assert sum(accounts["brand-b"]["dead_letter"].values()) == 0
     assert accounts["gone-brand"] == {
@@ -94,7 +94,8 @@ def test_stats_break_counters_down_by_account(settings, redis_client, sandbox):
         "queued": 0,
         "scheduled": 0,
     }
-    assert data["queued"] == 4 and data["scheduled"] == 1 and data["waiting"] == 1
+    assert data["queued"] == 1 and data["scheduled"] == 1 and data["waiting"] == 1
+    assert data["queued_messages"] == 4
     assert data["delivered"] == 1 and data["dead_letter"]["rejected"] == 1
     human = relay(["stats"], settings, ATTENTIVE_ACCOUNTS=ACCOUNTS)
     assert human.returncode == 0 and "brand-b" in human.stdout and "rejected 1" in human.stdout

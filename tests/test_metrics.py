@@ -51,7 +51,8 @@ def test_the_metrics_endpoint_reports_backlog_outcomes_and_reasons(settings, pro
         proc.terminate()
         proc.wait(10)
     got = samples(text)
-    assert got[("attentive_relay_queue_depth", ())] == 3  # two messages were run by hand, not consumed
+    assert got[("attentive_relay_queue_depth", ())] == 1, "two of the three jobs have ended"
+    assert got[("attentive_relay_queue_messages", ())] == 3  # those two were run by hand: no broker took them
     assert got[("attentive_relay_enqueued_total", ())] == 3
     assert got[("attentive_relay_delivered_total", ())] == 1
     assert got[("attentive_relay_dead_lettered_total", (("reason", "rejected"),))] == 1
@@ -84,13 +85,14 @@ def test_metrics_break_the_backlog_and_outcomes_down_by_account(redis_server, re
     registry = CollectorRegistry()
     registry.register(RelayCollector(redis_client, settings))
     got = samples(generate_latest(registry).decode())
-    assert got[("attentive_relay_account_queue_depth", (("account", "brand-a"),))] == 2
+    assert got[("attentive_relay_account_queue_depth", (("account", "brand-a"),))] == 0, "both ended"
     assert got[("attentive_relay_account_queue_depth", (("account", "default"),))] == 1
     assert got[("attentive_relay_account_scheduled", (("account", "brand-a"),))] == 0
     assert got[("attentive_relay_account_delivered_total", (("account", "brand-a"),))] == 1
     assert got[("attentive_relay_account_delivered_total", (("account", "default"),))] == 0
     assert got[("attentive_relay_account_dead_lettered_total", (("account", "brand-a"), ("reason", "rejected")))] == 1
     assert got[("attentive_relay_account_dead_lettered_total", (("account", "default"), ("reason", "rejected")))] == 0
-    assert got[("attentive_relay_queue_depth", ())] == 3, "the unlabelled series stay, over every account"
+    assert got[("attentive_relay_queue_depth", ())] == 1, "the unlabelled series stay, over every account"
+    assert got[("attentive_relay_queue_messages", ())] == 3, "the two run by hand were never taken off the queue"
     assert got[("attentive_relay_delivered_total", ())] == 1
     assert got[("attentive_relay_waiting", ())] == 0

@@ -8,9 +8,10 @@ counts scheduled retries. So at rest
 
 ``accounts`` breaks delivered, dead letters, queue depth and scheduled jobs down by account
 (`producers.accounts`). Its cost is bounded: every account's queue is one LLEN; the retry
-schedule is read in chunks of `CHUNK` ids (one pipelined HMGET of each job's ``account`` per
-chunk), at most `SCHEDULE_SCAN_LIMIT` ids, the soonest due first; past that, per-account
-``scheduled`` counts only those (the top-level ``scheduled`` is always exact). Accounts that
+schedule and the queued jobs are each read in chunks of `CHUNK` ids (one pipelined HMGET of
+each job's ``account`` per chunk), at most `SCHEDULE_SCAN_LIMIT` ids, the oldest first; past
+that, per-account ``scheduled`` and ``queued`` count only those (the top-level figures are
+always exact). Accounts that
 are no longer in the settings are found from their counters (``relay:stats:NAME``, one
 SCAN of at most `KEYSPACE_SCAN_LIMIT` keys) and from the scheduled jobs read.
 """
@@ -45,11 +46,12 @@ def _decoded(raw: dict[bytes, bytes]) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in raw.items()}
 
 
-def _scheduled_by_account(client: redis.Redis) -> dict[str, int]:
-    """Scheduled jobs by the account their record names (records gone meanwhile are left out)."""
+def _by_account(client: redis.Redis, index: str) -> dict[str, int]:
+    """The jobs of an index (the retry schedule, the queued jobs) by the account their record
+    names (records gone meanwhile are left out)."""
     counts: dict[str, int] = {}
     for start in range(0, SCHEDULE_SCAN_LIMIT, CHUNK):
-        ids = client.zrange(keys.SCHEDULE, start, min(start + CHUNK, SCHEDULE_SCAN_LIMIT) - 1)
+        ids = client.zrange(index, start, min(start + CHUNK, SCHEDULE_SCAN_LIMIT) - 1)
         if not ids:
             break
         pipe = client.pipeline(transaction=False)
@@ -82,10 +84,12 @@ def _counted_accounts(client: redis.Redis) -> list[str]:
 def stats(client: redis.Redis, settings: Settings, overdue_after_ms: int | None = None) -> dict[str, Any]:
     """Counters and current depths, as `attentive-relay stats --json` prints them.
 
-    ``settings`` gives the accounts and their queues. ``queued`` is the length of every
-    account's queue together; ``accounts`` holds each account's ``delivered``,
-    ``dead_letter`` (by reason), ``queued`` and ``scheduled`` (see the module's note on cost):
-    every account in the settings, and any other one found in Redis.
+    ``settings`` gives the accounts and their queues. ``queued`` counts the jobs waiting for a
+    worker; ``queued_messages`` the broker messages that carry them, in every account's queue
+    (a message carries up to `producers.queue.MAX_BATCH` jobs; KEDA scales on these).
+    ``accounts`` holds each account's ``delivered``, ``dead_letter`` (by reason), ``queued``
+    and ``scheduled`` (see the module's note on cost): every account in the settings, and any
+    other one found in Redis.
 
     ``queued_overdue`` counts jobs that have said ``queued`` for longer than
     ``overdue_after_ms`` (default ``ATTENTIVE_ORPHAN_S``); ``oldest_queued_s`` is the longest
@@ -94,8 +98,10 @@ def stats(client: redis.Redis, settings: Settings, overdue_after_ms: int | None 
     """
     if overdue_after_ms is None:
         overdue_after_ms = int(settings.attentive_orphan_s * 1000)
-    scheduled_by = _scheduled_by_account(client)
-    names = list(dict.fromkeys([*settings.accounts, *_counted_accounts(client), *sorted(scheduled_by)]))
+    scheduled_by = _by_account(client, keys.SCHEDULE)
+    queued_by = _by_account(client, keys.QUEUED)
+    found = sorted({*scheduled_by, *queued_by})
+    names = list(dict.fromkeys([*settings.accounts, *_counted_accounts(client), *found]))
     now_ms = int(time.time() * 1000)
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.STATS)
@@ -105,18 +111,19 @@ def stats(client: redis.Redis, settings: Settings, overdue_after_ms: int | None 
     pipe.zcount(keys.QUEUED, "-inf", now_ms - overdue_after_ms)
     pipe.zrange(keys.QUEUED, 0, 0, withscores=True)
     pipe.zcard(keys.WAITING)
+    pipe.zcard(keys.QUEUED)
     for name in names:
         pipe.hgetall(keys.account_stats(name))
         pipe.llen(settings.queue_for(name))
-    raw, scheduled, in_flight, dead_stored, overdue, oldest, waiting, *per_account = pipe.execute()
+    raw, scheduled, in_flight, dead_stored, overdue, oldest, waiting, queued, *per_account = pipe.execute()
     counts = _decoded(raw)
     by_account: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(names):
-        account_counts, depth = _decoded(per_account[2 * i]), per_account[2 * i + 1]
+        account_counts = _decoded(per_account[2 * i])
         by_account[name] = {
             "delivered": account_counts.get("delivered", 0),
             "dead_letter": _dead_letter(account_counts),
-            "queued": depth,
+            "queued": queued_by.get(name, 0),
             "scheduled": scheduled_by.get(name, 0),
         }
     return {
@@ -124,7 +131,8 @@ def stats(client: redis.Redis, settings: Settings, overdue_after_ms: int | None 
         "delivered": counts.get("delivered", 0),
         "retries": counts.get("retries", 0),
         "dead_letter": _dead_letter(counts),
-        "queued": sum(a["queued"] for a in by_account.values()),
+        "queued": queued,
+        "queued_messages": sum(per_account[1::2]),
         "scheduled": scheduled,
         "in_flight": in_flight,
         "waiting": waiting,

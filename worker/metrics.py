@@ -3,7 +3,8 @@
 Read from Redis at each scrape (`attentive-relay metrics --port 9808`), so any number of
 metrics endpoints can run, and they agree. All metrics are prefixed ``attentive_relay_``:
 
-    queue_depth             gauge    jobs waiting in the Celery queue (what KEDA scales on)
+    queue_depth             gauge    jobs waiting for a worker
+    queue_messages          gauge    broker messages carrying them, every account's queue (what KEDA scales on)
     scheduled               gauge    retries and rate-limited jobs waiting in the schedule
     in_flight               gauge    attempts holding a lease
     queued_overdue          gauge    jobs queued longer than ATTENTIVE_ORPHAN_S (a backlog, or stuck)
@@ -24,7 +25,7 @@ metrics endpoints can run, and they agree. All metrics are prefixed ``attentive_
 The same by account (`producers.accounts`), labelled ``account`` (``default`` for the account
 of ATTENTIVE_API_TOKEN), under their own names so that summing them never counts a job twice:
 
-    account_queue_depth         gauge    jobs waiting in the account's Celery queue
+    account_queue_depth         gauge    the account's jobs waiting for a worker
     account_scheduled           gauge    the account's jobs in the retry schedule
     account_delivered_total     counter  the account's jobs Attentive accepted
     account_dead_lettered_total counter  the account's jobs dead-lettered, by reason
@@ -52,7 +53,8 @@ class RelayCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         s = stats(self.client, self.settings)
         for name, key, doc in (
-            ("queue_depth", "queued", "Jobs waiting in the Celery queue."),
+            ("queue_depth", "queued", "Jobs waiting for a worker."),
+            ("queue_messages", "queued_messages", "Broker messages carrying them (up to 32 jobs each)."),
             ("scheduled", "scheduled", "Retries and rate-limited jobs waiting for their time."),
             ("in_flight", "in_flight", "Delivery attempts holding a lease."),
             ("dead_letter_stored", "dead_letter_stored", "Dead-letter entries kept."),
