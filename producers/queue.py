@@ -17,12 +17,14 @@ crash-restored or promoted message run at most once.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from producers import accounts, erasure, keys, ordering
@@ -73,8 +75,20 @@ def celery_message(job_id: str, ticket: str, queue: str, kind: str = "") -> str:
     """A Celery protocol v2 message, as kombu's Redis transport stores it, for one delivery.
 
     The body is plain JSON (no ``body_encoding``), which kombu passes through unchanged.
-    ``argsrepr`` is what Flower displays: the job id and kind, nothing personal.
+    ``argsrepr`` is what Flower displays: the job id and kind, nothing personal. Filled in
+    from `message_template`, as the job store's scripts fill it in, so both make the same
+    bytes (the reconciler finds a message by them). Ids, tickets, queue names and kinds never
+    hold characters JSON escapes.
     """
+    return (
+        _TEMPLATE.replace(JOB_PLACEHOLDER, job_id)
+        .replace(TICKET_PLACEHOLDER, ticket)
+        .replace(QUEUE_PLACEHOLDER, queue)
+        .replace(KIND_PLACEHOLDER, kind)
+    )
+
+
+def _build_message(job_id: str, ticket: str, queue: str, kind: str) -> str:
     body = json.dumps([[job_id], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
     return json.dumps(
         {
@@ -94,7 +108,7 @@ def celery_message(job_id: str, ticket: str, queue: str, kind: str = "") -> str:
                 "timelimit": [None, None],
                 "root_id": ticket,
                 "parent_id": None,
-                "argsrepr": f"('{job_id}',) {kind}".rstrip(),
+                "argsrepr": f"('{job_id}',) {kind}",
                 "kwargsrepr": "{}",
                 "origin": "attentive-relay",
                 "ignore_result": True,
@@ -110,6 +124,9 @@ def celery_message(job_id: str, ticket: str, queue: str, kind: str = "") -> str:
         },
         separators=(",", ":"),
     )
+
+
+_TEMPLATE = _build_message(JOB_PLACEHOLDER, TICKET_PLACEHOLDER, QUEUE_PLACEHOLDER, KIND_PLACEHOLDER)
 
 
 def batch_message(batch_id: str, tickets: list[str], queue: str, kinds: list[str]) -> str:
@@ -144,7 +161,7 @@ def new_batch_id() -> str:
 
 def message_template() -> str:
     """`celery_message` with placeholders, for the job store's Lua scripts to fill in."""
-    return celery_message(JOB_PLACEHOLDER, TICKET_PLACEHOLDER, QUEUE_PLACEHOLDER, KIND_PLACEHOLDER)
+    return _TEMPLATE
 
 
 def account_of(job_json: str) -> str:
@@ -175,6 +192,111 @@ def job_record(job_json: str, kind: str, now_ms: int, round_: int = 0) -> dict[s
     }
 
 
+# Stores jobs and queues their messages: one command however many jobs, so a producer pays for
+# one round trip's packing and parsing, not a dozen.
+# KEYS: stats, queued index
+# ARGV: now_ms, retention_ms, person_ttl_ms, enqueued, job count, then per job:
+#       job key, '1' to index as queued, job_id, field count, fields..., person count, person keys...
+#       then message count, then per message: queue, message, batch key or ''
+_STORE = """
+local now, ttl, pttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local a = 6
+for _ = 1, tonumber(ARGV[5]) do
+  local jk, queued, id, nf = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
+  a = a + 4
+  redis.call('HSET', jk, unpack(ARGV, a, a + nf - 1))
+  redis.call('PEXPIRE', jk, ttl)
+  a = a + nf
+  local np = tonumber(ARGV[a])
+  for p = a + 1, a + np do
+    redis.call('SADD', ARGV[p], id)
+    redis.call('PEXPIRE', ARGV[p], pttl)
+  end
+  a = a + np + 1
+  if queued == '1' then redis.call('ZADD', KEYS[2], now, id) end
+end
+for _ = 1, tonumber(ARGV[a]) do
+  local q, msg, bk = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  if bk ~= '' then redis.call('SET', bk, msg, 'PX', ttl) end
+  redis.call('LPUSH', q, msg)
+  a = a + 3
+end
+if tonumber(ARGV[4]) > 0 then redis.call('HINCRBY', KEYS[1], 'enqueued', ARGV[4]) end
+return 1
+"""
+_STORE_SHA = hashlib.sha1(_STORE.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+
+
+@dataclass
+class _Entry:
+    """One job about to be stored: its record and what indexes it."""
+
+    job_id: str
+    record: dict[str, Any]
+    queue: str
+    ticket: str
+    kind: str
+    persons: list[str]
+    links: list[str] = field(default_factory=list)
+    """Marker keys this identity job sets (`producers.ordering`)."""
+    needs: list[str] = field(default_factory=list)
+    """Marker keys of the identity jobs this job may have to wait for."""
+
+
+def _entry(settings: Settings, job_id: str, record: Mapping[str, Any], erasure_key: bytes, order: bool) -> _Entry:
+    account = str(record.get("account") or accounts.DEFAULT)
+    queue = settings.queue_for(account)
+    ticket = ticket_for(job_id, int(record["round"]))
+    kind, text = str(record.get("kind", "")), str(record["job"])
+    entry = _Entry(
+        job_id,
+        {**record, "ticket": ticket, "queue": queue},
+        queue,
+        ticket,
+        kind,
+        [erasure.person_key(erasure_key, person) for person in erasure.mentions(text)],
+    )
+    # Cheap test first: a job can need a link only if it names external identifiers at all.
+    if order and (kind == "identity" or (kind in ordering.USER_KINDS and '"externalIdentifiers"' in text)):
+        job = json.loads(text)
+        entry.links = [ordering.marker(erasure_key, account, i) for i in ordering.links(job)]
+        entry.needs = [ordering.marker(erasure_key, account, i) for i in ordering.needs(job)]
+    return entry
+
+
+def _store_args(
+    settings: Settings, entries: list[_Entry], messages: list[tuple[str, str, str]], now_ms: int, enqueued: int
+) -> list[Any]:
+    """`_STORE`'s key count, keys and arguments: the records (expiring after the job retention),
+    their persons (`producers.erasure`; a person's set outlives every job in it, dead letters
+    included), the queued index for jobs not waiting, and ``messages`` as (queue, message,
+    batch key or '')."""
+    person_ttl_ms = max(settings.job_retention_ms, settings.dlq_retention_ms)
+    args: list[Any] = [2, keys.STATS, keys.QUEUED, now_ms, settings.job_retention_ms, person_ttl_ms, enqueued]
+    args.append(len(entries))
+    for e in entries:
+        fields = [x for item in e.record.items() for x in item]
+        args += [keys.job(e.job_id), "0" if e.needs else "1", e.job_id, len(fields), *fields, len(e.persons)]
+        args += e.persons
+    args.append(len(messages))
+    for message in messages:
+        args += message
+    return args
+
+
+def _store(
+    pipe: redis.client.Pipeline,
+    settings: Settings,
+    entries: list[_Entry],
+    messages: list[tuple[str, str, str]],
+    now_ms: int,
+    enqueued: int,
+) -> None:
+    # EVAL, not EVALSHA, inside a pipeline: it never meets NOSCRIPT (after a Redis restart)
+    # mid-transaction, and redis-py would spend a round trip checking scripts before each one.
+    pipe.eval(_STORE, *_store_args(settings, entries, messages, now_ms, enqueued))
+
+
 def add_job(
     pipe: redis.client.Pipeline,
     settings: Settings,
@@ -182,80 +304,40 @@ def add_job(
     record: Mapping[str, Any],
     now_ms: int,
     erasure_key: bytes,
-    *,
-    order: bool = False,
-    push: bool = True,
-) -> tuple[str, str, str] | None:
-    """Add to ``pipe`` the commands that store a job record (expiring after the job retention),
-    index it as queued and by the people it mentions (`producers.erasure`), and queue its message
-    on its account's queue.
-
-    With ``order`` (a new job, not a replay), identity ordering applies (`producers.ordering`):
-    an identity job marks the ids it links, and a job that needs one of them waits while that
-    identity job has not ended. The record's ``round`` picks the ticket; the caller executes
-    the pipeline, so storing and queueing happen together or not at all.
-
-    Without ``push``, a job that does not wait for an identity job is indexed as queued but
-    its message is left to the caller, to send in a batch: returns its (queue, ticket, kind).
-    """
-    ticket = ticket_for(job_id, int(record["round"]))
-    job_key = keys.job(job_id)
-    account = str(record.get("account") or accounts.DEFAULT)
-    queue = settings.queue_for(account)
-    pipe.hset(job_key, mapping={**record, "ticket": ticket, "queue": queue})
-    pipe.pexpire(job_key, settings.job_retention_ms)
-    # A person's set outlives every job in it, dead letters included.
-    person_ttl_ms = max(settings.job_retention_ms, settings.dlq_retention_ms)
-    for person in erasure.mentions(str(record["job"])):
-        person_key = erasure.person_key(erasure_key, person)
-        pipe.sadd(person_key, job_id)
-        pipe.pexpire(person_key, person_ttl_ms)
-    kind, text = str(record.get("kind", "")), str(record["job"])
-    message = celery_message(job_id, ticket, queue, kind)
-    # Cheap test first: a job can need a link only if it names external identifiers at all.
-    if order and (kind == "identity" or (kind in ordering.USER_KINDS and '"externalIdentifiers"' in text)):
-        job = json.loads(text)
-        for external_id in ordering.links(job):
-            pipe.set(ordering.marker(erasure_key, account, external_id), job_id, px=settings.job_retention_ms)
-        needed = [ordering.marker(erasure_key, account, i) for i in ordering.needs(job)]
-        if needed:
-            pipe.register_script(_GATE)(
-                keys=[job_key, keys.QUEUED, keys.WAITING, *needed],
-                args=[job_id, now_ms, message, queue, keys.PREFIX, settings.job_retention_ms],
-            )
-            return None
-    pipe.zadd(keys.QUEUED, {job_id: now_ms})
-    if not push:
-        return queue, ticket, kind
-    pipe.lpush(queue, message)
-    return None
-
-
-def _push_batches(
-    pipe: redis.client.Pipeline, settings: Settings, ready: list[tuple[str, str, str]], now_ms: int
 ) -> None:
-    """Queue jobs whose records are in ``pipe`` (from `add_job` without ``push``): one message
-    per `MAX_BATCH` jobs of a queue, or a plain one-job message for a job alone on its queue.
+    """Add to ``pipe`` the command that stores one job record (a replayed job: no identity
+    ordering, not counted as enqueued), indexes it as queued and by the people it mentions, and
+    queues its own message on its account's queue. The record's ``round`` picks the ticket; the
+    caller executes the pipeline, so storing and queueing happen together or not at all.
+    """
+    e = _entry(settings, job_id, record, erasure_key, order=False)
+    _store(pipe, settings, [e], [(e.queue, celery_message(job_id, e.ticket, e.queue, e.kind), "")], now_ms, 0)
+
+
+def _messages(settings: Settings, ready: list[_Entry]) -> list[tuple[str, str, str]]:
+    """Messages for jobs that wait for nothing: one per `MAX_BATCH` jobs of a queue, or a plain
+    one-job message for a job alone on its queue.
 
     Each job of a batch names it in its record (``batch``), and the batch's message is kept at
     `producers.keys.batch` until a worker takes it, so the reconciler can find it in the queue.
     """
-    by_queue: dict[str, list[tuple[str, str]]] = {}
-    for queue, ticket, kind in ready:
-        by_queue.setdefault(queue, []).append((ticket, kind))
+    by_queue: dict[str, list[_Entry]] = {}
+    for e in ready:
+        by_queue.setdefault(e.queue, []).append(e)
+    messages = []
     for queue, members in by_queue.items():
         for start in range(0, len(members), MAX_BATCH):
             chunk = members[start : start + MAX_BATCH]
             if len(chunk) == 1:
-                ticket, kind = chunk[0]
-                pipe.lpush(queue, celery_message(job_of(ticket), ticket, queue, kind))
+                e = chunk[0]
+                messages.append((queue, celery_message(e.job_id, e.ticket, queue, e.kind), ""))
                 continue
             batch_id = new_batch_id()
-            message = batch_message(batch_id, [t for t, _ in chunk], queue, [k for _, k in chunk])
-            pipe.set(keys.batch(batch_id), message, px=settings.job_retention_ms)
-            for ticket, _ in chunk:
-                pipe.hset(keys.job(job_of(ticket)), "batch", batch_id)
-            pipe.lpush(queue, message)
+            for e in chunk:
+                e.record["batch"] = batch_id
+            message = batch_message(batch_id, [e.ticket for e in chunk], queue, [e.kind for e in chunk])
+            messages.append((queue, message, keys.batch(batch_id)))
+    return messages
 
 
 def push_jobs(
@@ -273,11 +355,25 @@ def push_jobs(
     message pushed at once queue it once). Returns the markers that were already set.
     Raises ``redis.RedisError`` (nothing queued) when Redis cannot be reached.
     """
-    from redis.exceptions import WatchError
+    from redis.exceptions import NoScriptError, WatchError
 
     jobs = list(jobs)
     if not once:
-        _push(client.pipeline(transaction=True), settings, jobs, erasure_key)
+        now_ms = int(time.time() * 1000)
+        entries = _entries(settings, jobs, erasure_key, now_ms)
+        if entries and not any(e.links or e.needs for e in entries):
+            # No identity ordering involved: one script, atomic on its own, and the cheapest
+            # call redis-py makes (no pipeline, no MULTI/EXEC; the script's text only once).
+            args = _store_args(settings, entries, _messages(settings, entries), now_ms, len(entries))
+            try:
+                client.evalsha(_STORE_SHA, *args)
+            except NoScriptError:
+                client.eval(_STORE, *args)
+            return set()
+        pipe = client.pipeline(transaction=True)
+        _push(pipe, settings, entries, now_ms)
+        if pipe.command_stack:
+            pipe.execute()
         return set()
     markers = list(once)
     with client.pipeline(transaction=True) as pipe:
@@ -290,25 +386,32 @@ def push_jobs(
                 for marker in markers:
                     if marker not in found:
                         pipe.set(marker, 1, px=int(settings.freshness_s * 1000))
-                _push(pipe, settings, [j for j in jobs if j[0] not in left_out], erasure_key)
+                now_ms = int(time.time() * 1000)
+                kept = [j for j in jobs if j[0] not in left_out]
+                _push(pipe, settings, _entries(settings, kept, erasure_key, now_ms), now_ms)
+                pipe.execute()
                 return found
             except WatchError:
                 continue  # another copy was pushed meanwhile: look again
     raise WatchError("messageId markers kept changing; nothing queued")
 
 
-def _push(
-    pipe: redis.client.Pipeline, settings: Settings, jobs: list[tuple[str, str, str]], erasure_key: bytes
-) -> None:
-    now_ms = int(time.time() * 1000)
-    ready = []
-    for job_id, kind, data in jobs:
-        record = job_record(data, kind, now_ms)
-        batched = add_job(pipe, settings, job_id, record, now_ms, erasure_key, order=True, push=False)
-        if batched is not None:
-            ready.append(batched)
-    _push_batches(pipe, settings, ready, now_ms)
-    if jobs:
-        pipe.hincrby(keys.STATS, "enqueued", len(jobs))
-    if jobs or pipe.command_stack:
-        pipe.execute()
+def _entries(settings: Settings, jobs: list[tuple[str, str, str]], erasure_key: bytes, now_ms: int) -> list[_Entry]:
+    return [_entry(settings, job_id, job_record(data, kind, now_ms), erasure_key, True) for job_id, kind, data in jobs]
+
+
+def _push(pipe: redis.client.Pipeline, settings: Settings, entries: list[_Entry], now_ms: int) -> None:
+    """Add to ``pipe`` what stores and queues ``entries``; the caller executes it."""
+    if entries:
+        _store(pipe, settings, entries, _messages(settings, [e for e in entries if not e.needs]), now_ms, len(entries))
+    # Identity ordering (`producers.ordering`): every link first, so a job in this same push
+    # that needs one finds it; then each such job waits, or is queued if its identity job ended.
+    for e in entries:
+        for marker in e.links:
+            pipe.set(marker, e.job_id, px=settings.job_retention_ms)
+    for e in entries:
+        if e.needs:
+            gate_keys = [keys.job(e.job_id), keys.QUEUED, keys.WAITING, *e.needs]
+            message = celery_message(e.job_id, e.ticket, e.queue, e.kind)
+            args = [e.job_id, now_ms, message, e.queue, keys.PREFIX, settings.job_retention_ms]
+            pipe.eval(_GATE, len(gate_keys), *gate_keys, *args)
