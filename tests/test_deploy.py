@@ -821,6 +821,8 @@ def test_compose_flower_and_collector() -> None:
     assert any(p.endswith(":5555") for p in services["flower"]["ports"])
     assert services["collector"]["command"] == ["attentive-relay", "collect", "--host", "0.0.0.0", "--port", "8788"]
     assert "${COLLECTOR_WRITE_KEYS" in services["collector"]["environment"]["COLLECTOR_WRITE_KEYS"]
+    # KEY:ACCOUNT write keys need the account names, or the collector refuses to start.
+    assert "${ATTENTIVE_ACCOUNTS" in services["collector"]["environment"]["ATTENTIVE_ACCOUNTS"]
 
 
 def test_compose_env_names_are_settings_or_known_extras() -> None:
