@@ -4,10 +4,12 @@ The broker message carries only the job id; the job itself (with its personal da
 a Redis hash (`producers.keys.job`). So Flower, broker events and Celery's logs see ids,
 never phone numbers or emails.
 
-Messages are written straight into kombu's Redis list in Celery's message protocol v2,
-in the same MULTI/EXEC as the job record and the ``enqueued`` counter: either all three
-happen or none does, and a producer does not need Celery (heavy to import, slow to send).
-The worker's promoter builds its messages from the same template.
+Messages are written straight into kombu's Redis list in Celery's message protocol v2, by
+the same Lua script that writes the job record and the ``enqueued`` counter (`_STORE`; inside
+MULTI/EXEC when identity ordering's markers go with it): either all three happen or none
+does, and a producer does not need Celery (heavy to import, slow to send). The job store's
+scripts build their messages from the same template. Jobs pushed together share messages,
+up to `MAX_BATCH` each (`batch_message`).
 
 Each message's task id is a *ticket* ``<job_id>.<round>``. The job record holds the ticket
 that may run it; a copy of an older message (kombu restoring an unacked message, a
@@ -347,7 +349,7 @@ def push_jobs(
     erasure_key: bytes,
     once: Mapping[str, Iterable[str]] | None = None,
 ) -> set[str]:
-    """Store and queue new jobs in one MULTI/EXEC: ``jobs`` yields (job_id, kind, job_json).
+    """Store and queue new jobs atomically: ``jobs`` yields (job_id, kind, job_json).
 
     ``once`` maps marker keys (`keys.seen`) to the ids of the jobs each one guards: the jobs of
     a marker already set are left out, and the other markers are set, expiring after the

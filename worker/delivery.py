@@ -5,6 +5,10 @@ send -> retry policy -> record the decision. Any exception in here is a poison j
 dead-lettered as ``crashed`` with a traceback summary (exception type and code locations,
 never values), so it cannot loop. A Redis error is not the job's fault: it propagates (the
 task requeues the message) and the lease recovers the attempt.
+
+`Delivery.run` attempts one job; `Delivery.run_batch` the jobs of a batch message, with the
+same steps and the Redis round trips shared (one claim, one reservation per bucket, one
+pipeline of outcomes) and the sends overlapped on sender threads.
 """
 
 from __future__ import annotations
