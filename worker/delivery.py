@@ -165,17 +165,16 @@ class Delivery:
         """Seconds until each job's send slot: its own reserved slot if still good, else a new
         one, reserved for all the batch's jobs of a bucket in one script."""
         waits = [0.0] * len(ready)
+        if self.limiter is None:
+            return waits
         needed: dict[str, list[int]] = {}
         for i, attempt in enumerate(ready):
             own = self._own_slot(attempt, now_ms)
-            if self.limiter is None:
-                continue
             if own is not None:
                 waits[i] = own
             else:
                 needed.setdefault(self.limiter.key(attempt.bucket), []).append(i)
         for members in needed.values():
-            assert self.limiter is not None
             for i, wait_s in zip(
                 members, self.limiter.reserve_many(ready[members[0]].bucket, len(members)), strict=True
             ):

@@ -56,10 +56,8 @@ from worker.destinations.attentive_rest import classify as classify_http
 from worker.destinations.base import (
     MAX_BODY_KEPT,
     Bucket,
-    Outcome,
     credential_tag,
     parse_retry_after,
-    post,
 )
 
 PATH = "/v1/graphql"
@@ -209,14 +207,7 @@ class AttentiveGraphQL(AttentiveRest):
     def bucket(self, job: BaseModel, account: Account) -> Bucket:
         return Bucket(credential_tag(account.token), LANE, rate_for(self.settings, LANE, account))
 
-    def deliver(self, job: BaseModel, account: Account) -> Outcome:
-        if account.token is None or not account.token.get_secret_value():
-            return Outcome(None, Unauthorized(f"{account.token_setting} is not set"), 0.0)
-        content = json.dumps(request_body(job), separators=(",", ":"), ensure_ascii=False).encode()
-        return post(
-            self.http,
-            PATH,
-            content,
-            lambda r: classify(r.status_code, r.text, r.headers),
-            headers={"Authorization": f"Bearer {account.token.get_secret_value()}"},
-        )
+    def body(self, job: BaseModel) -> dict[str, Any]:
+        return request_body(job)
+
+    classify = staticmethod(classify)

@@ -9,18 +9,19 @@ status alone (`classify`).
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 from pydantic import BaseModel
 
 from producers.accounts import Account
-from producers.errors import DeliveryError, RateLimited, Rejected, ServerError, Unauthorized
+from producers.errors import DeliveryError, Unauthorized
 from producers.jobs import EVENT_PATHS, attentive_body
 from producers.settings import Settings
 from worker.destinations.base import (
-    MAX_BODY_KEPT,
     Bucket,
     Outcome,
+    classify_status,
     credential_tag,
     http_client,
     parse_retry_after,
@@ -33,20 +34,13 @@ PUBLISHED_LIMITS: dict[str, float] = {"identity": 10.0}
 
 def classify(status: int, body: str, headers: httpx.Headers) -> DeliveryError | None:
     """The error a status stands for, None for 2xx. Pure: the retry mapping's first half."""
-    if 200 <= status < 300:
-        return None
-    kept = body[:MAX_BODY_KEPT]
-    if status == 429:
-        return RateLimited(
-            "HTTP 429 from Attentive", body=kept, retry_after=parse_retry_after(headers.get("retry-after"))
-        )
-    if status in (401, 403):
-        return Unauthorized(
-            f"HTTP {status} from Attentive: check the account's token and its scopes", status=status, body=kept
-        )
-    if status >= 500:
-        return ServerError(f"HTTP {status} from Attentive", status=status, body=kept)
-    return Rejected(f"HTTP {status} from Attentive", status=status, body=kept)
+    return classify_status(
+        status,
+        body,
+        service="Attentive",
+        retry_after=parse_retry_after(headers.get("retry-after")),
+        auth_hint="check the account's token and its scopes",
+    )
 
 
 def rate_for(settings: Settings, lane: str, account: Account) -> float:
@@ -78,14 +72,20 @@ class AttentiveRest:
     def deliver(self, job: BaseModel, account: Account) -> Outcome:
         if account.token is None or not account.token.get_secret_value():
             return Outcome(None, Unauthorized(f"{account.token_setting} is not set"), 0.0)
-        content = json.dumps(attentive_body(job), separators=(",", ":"), ensure_ascii=False).encode()
+        content = json.dumps(self.body(job), separators=(",", ":"), ensure_ascii=False).encode()
         return post(
             self.http,
             self.endpoint(job),
             content,
-            lambda r: classify(r.status_code, r.text, r.headers),
+            lambda r: self.classify(r.status_code, r.text, r.headers),
             headers={"Authorization": f"Bearer {account.token.get_secret_value()}"},
         )
+
+    def body(self, job: BaseModel) -> dict[str, Any]:
+        """What the call sends: the job's Attentive body."""
+        return attentive_body(job)
+
+    classify = staticmethod(classify)
 
     def whoami(self, account: Account) -> int:
         """The HTTP status of ``GET /v1/me`` with the account's token (the CLI's readiness

@@ -21,7 +21,7 @@ import httpx
 from pydantic import BaseModel, SecretStr
 
 from producers.accounts import Account
-from producers.errors import DeliveryError, NetworkError
+from producers.errors import DeliveryError, NetworkError, RateLimited, Rejected, ServerError, Unauthorized
 from worker.destinations.transport import Http
 
 VERSION = "0.1.0"
@@ -83,14 +83,35 @@ def http_client(base_url: str, timeout_s: float, transport: httpx.BaseTransport 
     return Http(base_url, headers, timeout_s, transport)
 
 
+def classify_status(
+    status: int, body: str, *, service: str, retry_after: float | None, auth_hint: str
+) -> DeliveryError | None:
+    """The error an HTTP status stands for, None for 2xx: 429 rate limited (waiting
+    ``retry_after`` when known), 401/403 unauthorized (with ``auth_hint``), 5xx server error,
+    any other status rejected. Pure: the retry mapping's first half, for every destination."""
+    if 200 <= status < 300:
+        return None
+    kept = body[:MAX_BODY_KEPT]
+    if status == 429:
+        return RateLimited(f"HTTP 429 from {service}", body=kept, retry_after=retry_after)
+    if status in (401, 403):
+        return Unauthorized(f"HTTP {status} from {service}: {auth_hint}", status=status, body=kept)
+    if status >= 500:
+        return ServerError(f"HTTP {status} from {service}", status=status, body=kept)
+    return Rejected(f"HTTP {status} from {service}", status=status, body=kept)
+
+
 def post(
     http: Http,
     path: str,
     content: bytes,
     classify: Callable[[httpx.Response], DeliveryError | None],
+    *,
+    remaining_headers: tuple[str, ...] = ("x-ratelimit-remaining",),
     **kwargs: Any,
 ) -> Outcome:
-    """POST and classify the answer; a timeout or a connection failure is a `NetworkError`."""
+    """POST and classify the answer; a timeout or a connection failure is a `NetworkError`.
+    The outcome's ``ratelimit_remaining`` is the first of ``remaining_headers`` present."""
     started = time.monotonic()
     try:
         response = http.post(path, content=content, **kwargs)
@@ -103,7 +124,9 @@ def post(
         error=classify(response),
         elapsed_s=time.monotonic() - started,
         ratelimit_limit=int_header(response.headers, "x-ratelimit-limit"),
-        ratelimit_remaining=int_header(response.headers, "x-ratelimit-remaining"),
+        ratelimit_remaining=next(
+            (v for v in (int_header(response.headers, h) for h in remaining_headers) if v is not None), None
+        ),
     )
 
 

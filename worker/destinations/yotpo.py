@@ -27,7 +27,6 @@ feeds the outcome's ``ratelimit_remaining`` so a used-up second pauses the bucke
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from urllib.parse import quote
 
@@ -35,16 +34,15 @@ import httpx
 from pydantic import BaseModel
 
 from producers.accounts import DEFAULT, Account
-from producers.errors import DeliveryError, RateLimited, Rejected, ServerError, Unauthorized
+from producers.errors import DeliveryError, Unauthorized
 from producers.settings import Settings
 from producers.yotpo import yotpo_body
 from worker.destinations.base import (
-    MAX_BODY_KEPT,
     Bucket,
     Outcome,
+    classify_status,
     credential_tag,
     http_client,
-    int_header,
     parse_retry_after,
     post,
 )
@@ -57,19 +55,10 @@ LANE = "yotpo"
 
 def classify(status: int, body: str, headers: httpx.Headers) -> DeliveryError | None:
     """The error a Yotpo status stands for, None for 2xx."""
-    if 200 <= status < 300:
-        return None
-    kept = body[:MAX_BODY_KEPT]
-    if status == 429:
-        wait = parse_retry_after(headers.get("retry-after")) or parse_retry_after(headers.get("ratelimit-reset"))
-        return RateLimited("HTTP 429 from Yotpo", body=kept, retry_after=wait)
-    if status in (401, 403):
-        return Unauthorized(
-            f"HTTP {status} from Yotpo: check the account's store id and access token", status=status, body=kept
-        )
-    if status >= 500:
-        return ServerError(f"HTTP {status} from Yotpo", status=status, body=kept)
-    return Rejected(f"HTTP {status} from Yotpo", status=status, body=kept)
+    wait = parse_retry_after(headers.get("retry-after")) or parse_retry_after(headers.get("ratelimit-reset"))
+    return classify_status(
+        status, body, service="Yotpo", retry_after=wait, auth_hint="check the account's store id and access token"
+    )
 
 
 def missing_setting(account: Account) -> str | None:
@@ -106,21 +95,11 @@ class Yotpo:
         if missing is not None or account.yotpo_store_id is None or account.yotpo_access_token is None:
             return Outcome(None, Unauthorized(f"{missing} is not set"), 0.0)
         content = json.dumps(yotpo_body(job), separators=(",", ":"), ensure_ascii=False).encode()  # type: ignore[arg-type]
-        seen: list[httpx.Headers] = []
-
-        def classified(response: httpx.Response) -> DeliveryError | None:
-            seen.append(response.headers)
-            return classify(response.status_code, response.text, response.headers)
-
-        outcome = post(
+        return post(
             self.http,
             PATH.format(store_id=quote(account.yotpo_store_id, safe="")),
             content,
-            classified,
+            lambda r: classify(r.status_code, r.text, r.headers),
+            remaining_headers=("x-ratelimit-remaining", "ratelimit-remaining"),
             headers={"X-Yotpo-Token": account.yotpo_access_token.get_secret_value()},
         )
-        if seen and outcome.ratelimit_remaining is None:
-            remaining = int_header(seen[0], "ratelimit-remaining")
-            if remaining is not None:
-                return dataclasses.replace(outcome, ratelimit_remaining=remaining)
-        return outcome
