@@ -44,8 +44,13 @@ from worker.ratelimit import RateLimiter
 T = TypeVar("T")
 log = logging.getLogger("attentive_relay.delivery")
 MAX_RESPONSE_KEPT = 2000
-#: How late a parked job may use its reserved rate-limit slot (the promoter runs every 0.1 s).
-LATE_SLOT_MS = 500
+#: How late a parked job may still use the slot reserved for it; later, it takes a new one.
+#: A later send would bunch up with the next slots' sends, past Attentive's count for a second
+#: (at 145.5 of 150/s, 25 ms late is already three requests' worth).
+LATE_SLOT_MS = 25
+#: A parked job is queued again this long before its slot (the promoter runs every 0.1 s), so
+#: it is back in time to wait for the slot rather than miss it.
+PARK_LEAD_MS = 150
 #: How far off a batch job's send slot may be for it to wait on a sender thread; further off, it
 #: is parked until the slot. Longer than ATTENTIVE_RATE_MAX_WAIT_S: here the wait costs a thread, not a worker.
 BATCH_WAIT_S = 1.0
@@ -183,8 +188,8 @@ class Delivery:
 
     def _own_slot(self, ready: Ready, now_ms: int) -> float | None:
         """Seconds until the slot reserved for this job when it was parked, if that slot is
-        still good. A little late is fine (Attentive counts requests per second, and the slot
-        was ours); long past, or reserved before a 429 held the bucket back, it needs a new one."""
+        still good: not more than `LATE_SLOT_MS` past, and not reserved before a 429 held the
+        bucket back. Otherwise it needs a new one."""
         slot_ms = ready.claim.slot_ms
         if slot_ms is None or now_ms - slot_ms > LATE_SLOT_MS:
             return None
@@ -253,7 +258,9 @@ class Delivery:
         if self.limiter is not None:
             own = self._own_slot(prepared, now_ms)
             wait_s = own if own is not None else self.limiter.reserve(prepared.bucket)
-            parked = self._park(prepared, now_ms, wait_s, self.settings.attentive_rate_max_wait_s)
+            # A parked job is queued again PARK_LEAD_MS before its own slot: it waits for it here.
+            max_wait_s = self.settings.attentive_rate_max_wait_s + (PARK_LEAD_MS / 1000 if own is not None else 0)
+            parked = self._park(prepared, now_ms, wait_s, max_wait_s)
             if parked is not None:
                 return parked
             if wait_s > 0:
@@ -309,8 +316,7 @@ class Delivery:
             detail = f"the rate limit for {bucket.lane} leaves no send slot before the event goes stale"
             return self._record(claim, now_ms, ready.history, DeadLetter(Stale.reason, detail), None)
         # Queued again a little ahead of the slot, so the promoter's pace never makes it late.
-        lead_ms = int(self.settings.attentive_rate_max_wait_s * 500)
-        self.store.defer(claim, now_ms, due_ms=slot_ms - lead_ms, slot_ms=slot_ms)
+        self.store.defer(claim, now_ms, due_ms=slot_ms - PARK_LEAD_MS, slot_ms=slot_ms)
         return "deferred"
 
     def _send(self, ready: Ready) -> tuple[Decision, Outcome, int]:
