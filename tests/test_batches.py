@@ -107,3 +107,14 @@ def test_with_real_workers_every_job_of_many_batches_is_delivered_once(
     sent = [r["body"]["properties"]["n"] for r in sandbox_requests(sandbox) if r["status"] == 200]
     assert sorted(sent) == list(range(300)) and len(ids) == 300
     assert not redis_client.keys(keys.batch("*"))
+
+
+def test_a_poison_job_in_a_batch_is_dead_lettered_alone(settings, producer, redis_client, sandbox: Sandbox):
+    ids = producer.enqueue_many([event(i) for i in range(4)])
+    redis_client.hset(keys.job(ids[1]), "history", "not json")  # a corrupt record: the attempt raises
+    [message] = messages(redis_client)
+    counts = delivery_for(settings, redis_client).run_batch(message["headers"]["id"], tickets_in(json.dumps(message)))
+    assert counts == {"delivered": 3, "dead:crashed": 1}
+    entry = json.loads(redis_client.get(keys.dead(ids[1])))
+    assert entry["reason"] == "crashed" and PHONE not in entry["detail"] and EMAIL not in entry["detail"]
+    assert len(sandbox_requests(sandbox)) == 3
