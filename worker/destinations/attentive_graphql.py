@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel
@@ -84,6 +84,14 @@ SERVER_CODES = frozenset(
 )
 _CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
+ErrorClass = Literal["auth", "invalid", "rate", "server", "unknown"]
+_BY_CODE: tuple[tuple[ErrorClass, frozenset[str]], ...] = (
+    ("auth", AUTH_CODES),
+    ("invalid", INVALID_CODES),
+    ("rate", RATE_CODES),
+    ("server", SERVER_CODES),
+)
+
 
 def graphql_input(job: BaseModel) -> dict[str, Any]:
     """``CreateCustomEventInput`` for a custom event: its Attentive body, properties as a JSON string."""
@@ -97,8 +105,8 @@ def request_body(job: BaseModel) -> dict[str, Any]:
     return {"query": MUTATION, "variables": {"input": graphql_input(job)}}
 
 
-def _class_of(error: dict[str, Any]) -> str:
-    """'auth', 'invalid', 'rate', 'server' or 'unknown' for one GraphQL error."""
+def error_class(error: dict[str, Any]) -> ErrorClass:
+    """The class of one GraphQL error (an item of ``errors``). Pure: the table above."""
     extensions = error.get("extensions") if isinstance(error.get("extensions"), dict) else {}
     code = extensions.get("code")
     status = extensions.get("status", extensions.get("statusCode"))
@@ -116,12 +124,7 @@ def _class_of(error: dict[str, Any]) -> str:
             return "invalid"
     if isinstance(code, str):
         upper = code.upper()
-        for name, codes in (
-            ("auth", AUTH_CODES),
-            ("invalid", INVALID_CODES),
-            ("rate", RATE_CODES),
-            ("server", SERVER_CODES),
-        ):
+        for name, codes in _BY_CODE:
             if upper in codes:
                 return name
         return "unknown"
@@ -172,7 +175,7 @@ def classify(status: int, body: str, headers: httpx.Headers) -> DeliveryError | 
     if not errors:
         return None
     errors = errors if isinstance(errors, list) else [errors]
-    classes = {_class_of(e) if isinstance(e, dict) else "unknown" for e in errors}
+    classes = {error_class(e) if isinstance(e, dict) else "unknown" for e in errors}
     kept = _summary(errors)
     detail = f"GraphQL errors from Attentive ({_codes(errors)})"
     if "auth" in classes:
