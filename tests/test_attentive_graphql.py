@@ -16,8 +16,9 @@ from producers.errors import RateLimited, Rejected, ServerError, Unauthorized
 from producers.producer import Producer
 from producers.settings import Settings
 from producers.validation import parse_job
+from worker.delivery import Delivery
 from worker.destinations import Destinations
-from worker.destinations.attentive_graphql import MUTATION, AttentiveGraphQL, classify
+from worker.destinations.attentive_graphql import MUTATION, AttentiveGraphQL, classify, error_class
 from worker.destinations.base import MAX_BODY_KEPT, credential_tag
 
 from conftest import TOKEN, add_fault, delivery_for, make_settings, sandbox_requests
@@ -146,6 +147,143 @@ def test_success_and_http_statuses() -> None:
     assert isinstance(classify(400, "", httpx.Headers()), Rejected)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"data": null}',
+        '{"errors": []}',
+        '{"data": null, "errors": []}',
+        '{"data": null, "errors": null}',
+        '{"data": {}}',
+        '{"data": {"createCustomEvent": null}}',
+        '{"data": {"createCustomEvent": null}, "errors": []}',
+        '{"data": {"createCustomEvent": true}}',
+        '{"data": [], "errors": {}}',
+    ],
+)
+def test_a_200_without_the_mutations_result_or_errors_is_a_server_error_keeping_the_body(body: str) -> None:
+    # the event may not exist at Attentive and nothing says why: retried like a 5xx
+    # (externalEventId makes a retry of a created event harmless), never counted delivered
+    error = classify(200, body, httpx.Headers())
+    assert type(error) is ServerError
+    assert error.status == 200 and error.body == body
+    assert "createCustomEvent" in error.detail
+
+
+def test_only_a_returned_create_custom_event_is_delivered() -> None:
+    for payload in ({"createCustomEvent": {"__typename": "X"}}, {"createCustomEvent": {}}):
+        assert classify(200, json.dumps({"data": payload}), httpx.Headers()) is None
+        assert classify(200, json.dumps({"data": payload, "errors": []}), httpx.Headers()) is None
+
+
+def test_a_200_with_null_data_is_retried_then_dead_lettered_with_its_body(redis_server, redis_client) -> None:
+    answers = iter([{"data": None}, {"errors": []}] + [{"data": {"createCustomEvent": None}}] * 2)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=next(answers))
+
+    settings = make_settings(redis_server.url, attentive_custom_events_api="graphql")
+    store = delivery_for(settings, redis_client).store
+    delivery = Delivery(settings, Destinations(settings, httpx.MockTransport(handler)), store, rand=lambda: 0.5)
+    job_id = Producer(settings, redis_client).enqueue(SIMPLE)
+    outcomes = run_until_done(delivery, redis_client, job_id)
+    assert outcomes[-1] == "dead:server_error" and len(outcomes) == settings.attentive_max_attempts
+    entry = dead_entry(redis_client, job_id)
+    assert entry["status"] == 200 and json.loads(entry["response"]) == {"data": {"createCustomEvent": None}}
+
+
+# Error items as GraphQL servers send them. Shopify Admin: THROTTLED. GitHub: no extensions,
+# the class in "type" and a message. Lighthouse's @throttle: a category, no code. Apollo
+# Router: REQUEST_RATE_LIMITED, GATEWAY_TIMEOUT. gRPC-backed servers: the gRPC status names
+# (RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED). AniList: the HTTP status at the top, no extensions.
+SHOPIFY_THROTTLED = {
+    "message": "Throttled",
+    "extensions": {"code": "THROTTLED", "documentation": "https://shopify.dev/api/usage/rate-limits"},
+}
+GITHUB_RATE_LIMIT = {
+    "type": "RATE_LIMIT",
+    "code": "graphql_rate_limit",
+    "message": "API rate limit already exceeded for user ID 1234567.",
+}
+LIGHTHOUSE_THROTTLE = {
+    "message": "Rate limit for Mutation.createCustomEvent exceeded. Try again later.",
+    "extensions": {"category": "rate-limit"},
+}
+APOLLO_RATE_LIMITED = {"message": "Your request has been rate limited", "extensions": {"code": "REQUEST_RATE_LIMITED"}}
+APOLLO_TIMEOUT = {"message": "Request timed out", "extensions": {"code": "GATEWAY_TIMEOUT"}}
+GRPC_EXHAUSTED = {"message": "Quota exceeded for quota metric 'Events'", "extensions": {"code": "RESOURCE_EXHAUSTED"}}
+GRPC_DEADLINE = {"message": "Deadline exceeded", "extensions": {"code": "DEADLINE_EXCEEDED"}}
+ANILIST_TOO_MANY = {"message": "Too Many Requests.", "status": 429, "locations": [{"line": 1, "column": 1}]}
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        pytest.param(SHOPIFY_THROTTLED, "rate", id="shopify THROTTLED"),
+        pytest.param(GITHUB_RATE_LIMIT, "rate", id="github RATE_LIMIT type"),
+        pytest.param(LIGHTHOUSE_THROTTLE, "rate", id="lighthouse category"),
+        pytest.param(APOLLO_RATE_LIMITED, "rate", id="apollo REQUEST_RATE_LIMITED"),
+        pytest.param(GRPC_EXHAUSTED, "rate", id="grpc RESOURCE_EXHAUSTED"),
+        pytest.param(ANILIST_TOO_MANY, "rate", id="anilist status 429"),
+        pytest.param(
+            {"message": "Rate limit exceeded", "extensions": {"code": "LIMIT_EXCEEDED"}},
+            "rate",
+            id="unknown code, rate limit message",
+        ),
+        pytest.param(
+            {"message": "Too many requests, slow down", "extensions": {"code": "E_LIMIT"}},
+            "rate",
+            id="unknown code, too many requests",
+        ),
+        pytest.param(
+            {"message": "Request throttled", "extensions": {"code": "REJECTED_BY_GATEWAY"}},
+            "rate",
+            id="unknown code, throttled message",
+        ),
+        pytest.param(
+            {"message": "upstream", "extensions": {"code": "ThrottlingException"}}, "rate", id="ThrottlingException"
+        ),
+        pytest.param({"message": "over quota", "extensions": {"code": "QUOTA_EXCEEDED"}}, "rate", id="QUOTA_EXCEEDED"),
+        pytest.param(APOLLO_TIMEOUT, "server", id="apollo GATEWAY_TIMEOUT"),
+        pytest.param(GRPC_DEADLINE, "server", id="grpc DEADLINE_EXCEEDED"),
+        pytest.param({"message": "Timeout exceeded", "extensions": {"code": "TIMEOUT"}}, "server", id="TIMEOUT"),
+        pytest.param(
+            {"message": "The operation timed out", "extensions": {"code": "E_UPSTREAM"}},
+            "server",
+            id="unknown code, timed out message",
+        ),
+        pytest.param({"message": "bad gateway", "extensions": {"code": "BAD_GATEWAY"}}, "server", id="BAD_GATEWAY"),
+        # a known code wins over words in the message: a validation error stays one
+        pytest.param(
+            {"message": "timeout must be a number", "extensions": {"code": "BAD_USER_INPUT"}},
+            "invalid",
+            id="validation mentioning timeout",
+        ),
+        pytest.param(
+            {"message": "rate limit field is invalid", "extensions": {"code": "VALIDATION_ERROR"}},
+            "invalid",
+            id="validation mentioning rate limit",
+        ),
+        pytest.param({"message": "went wrong", "extensions": {"code": "SOMETHING_NEW"}}, "unknown", id="unknown"),
+        pytest.param(
+            {"message": "a timeline outage", "extensions": {"code": "SOMETHING_NEW"}},
+            "unknown",
+            id="unknown, timeline outage",
+        ),
+    ],
+)
+def test_error_class_of_real_error_items(error: dict[str, Any], expected: str) -> None:
+    assert error_class(error) == expected
+
+
+def test_a_throttling_error_with_an_unknown_code_is_rate_limited_and_a_timeout_a_server_error() -> None:
+    limited = classify(200, json.dumps({"data": None, "errors": [GRPC_EXHAUSTED]}), httpx.Headers({"retry-after": "2"}))
+    assert isinstance(limited, RateLimited) and limited.retry_after == 2.0
+    assert "RESOURCE_EXHAUSTED" in limited.detail and "Quota" not in limited.detail
+    timed_out = classify(200, json.dumps({"data": None, "errors": [APOLLO_TIMEOUT]}), httpx.Headers())
+    assert isinstance(timed_out, ServerError) and "GATEWAY_TIMEOUT" in timed_out.detail
+
+
 def test_the_error_keeps_codes_and_messages_truncated_and_the_detail_names_codes_only() -> None:
     error = classify(200, errors("BAD_USER_INPUT", message="user.phone +14155552671 is bad " * 200), httpx.Headers())
     assert error is not None and len(error.body) == MAX_BODY_KEPT
@@ -203,7 +341,9 @@ def test_a_custom_event_is_delivered_through_the_mutation(gql, redis_client, san
         ("UNAUTHENTICATED", "unauthorized", 1),
         ("FORBIDDEN", "unauthorized", 1),
         ("RATE_LIMITED", "rate_limited", 4),
+        ("RESOURCE_EXHAUSTED", "rate_limited", 4),
         ("INTERNAL_SERVER_ERROR", "server_error", 4),
+        ("TIMEOUT", "server_error", 4),
     ],
 )
 def test_each_graphql_error_dead_letters_with_its_reason_and_text(

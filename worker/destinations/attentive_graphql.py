@@ -13,27 +13,42 @@ cannot fail validation over a field name we guessed; the relay needs nothing bac
 success or errors.
 
 Outcomes. An HTTP status other than 2xx is classified as for REST (`attentive_rest.classify`).
-A 2xx may still carry ``errors`` (``{"data": null, "errors": [{"message", "extensions":
-{"code"}}]}``); each error's ``extensions.code`` (or a numeric ``extensions.status``) is
-sorted into one class, and the job's outcome is the first class present in this order:
+A 2xx is delivered only when ``data.createCustomEvent`` came back as an object and
+``errors`` is absent or empty. A 2xx may carry ``errors`` (``{"data": null, "errors":
+[{"message", "extensions": {"code"}}]}``); each error is sorted into one class
+(`error_class`), and the job's outcome is the first class present in this order:
 
     Unauthorized   UNAUTHENTICATED, UNAUTHORIZED, FORBIDDEN, PERMISSION_DENIED, 401, 403
     Rejected       BAD_USER_INPUT, GRAPHQL_VALIDATION_FAILED, GRAPHQL_PARSE_FAILED,
                    INVALID_ARGUMENT, VALIDATION_ERROR, BAD_REQUEST, NOT_FOUND, other 4xx
-    RateLimited    RATE_LIMITED, THROTTLED, TOO_MANY_REQUESTS, RATE_LIMIT_EXCEEDED, 429
+    RateLimited    RATE_LIMITED, THROTTLED, TOO_MANY_REQUESTS, RATE_LIMIT_EXCEEDED,
+                   RESOURCE_EXHAUSTED, QUOTA_EXCEEDED, 429; any other code naming a rate
+                   limit, throttling, too many requests or a quota (REQUEST_RATE_LIMITED,
+                   ThrottlingException)
     ServerError    INTERNAL_SERVER_ERROR, INTERNAL_ERROR, SERVICE_UNAVAILABLE, UNAVAILABLE,
-                   DEADLINE_EXCEEDED, 5xx
-    Rejected       anything else (unknown code, or none)
+                   BAD_GATEWAY, DEADLINE_EXCEEDED, TIMEOUT, GATEWAY_TIMEOUT, 5xx; any other
+                   code naming a timeout
+    Rejected       anything else
+
+The code is ``extensions.code`` (or a numeric ``extensions.status``). A code missing or not
+placed above, the message decides: "unauthenticated"/"unauthorized"/"forbidden" Unauthorized,
+"rate limit"/"too many requests"/"throttl..." RateLimited, "timeout"/"timed out"/"internal"
+ServerError; else Rejected. A known code wins over the message, so a validation error that
+mentions a timeout field stays Rejected.
 
 Auth first: nothing else can succeed without it. A known validation error next: the same
 document and variables will fail the same way, so waiting is pointless even if another error
-was transient. An unknown or missing code is Rejected rather than retried: the relay cannot
-know it heals, retrying resends an identical request up to ATTENTIVE_MAX_ATTEMPTS times, and
-the dead letter keeps the text for a replay once understood. A code missing, the message is
-consulted for "unauthenticated"/"forbidden", "rate limit"/"too many requests" and "internal".
-A 2xx whose body is neither ``data`` nor ``errors`` is a ServerError (retried: Attentive
-deduplicates by ``externalEventId``). The error's ``body`` keeps each error's code and message
-(up to `base.MAX_BODY_KEPT` characters) for the dead letter; its detail names codes only.
+was transient. Throttling and timeouts are retried (RateLimited also backs the whole bucket
+off), however the server spells them: dead-lettering them would lose events a later attempt
+delivers. An error nothing identifies is Rejected rather than retried: the relay cannot know
+it heals, retrying resends an identical request up to ATTENTIVE_MAX_ATTEMPTS times, and the
+dead letter keeps the text for a replay once understood.
+
+A 2xx with neither a ``createCustomEvent`` result nor errors (``{"data": null}``,
+``{"errors": []}``, a body that is not JSON) is a ServerError: nothing says the event exists
+or why not, so it is retried like a 5xx (Attentive deduplicates by ``externalEventId``), and
+its ``body`` (up to `base.MAX_BODY_KEPT` characters) goes to the dead letter. For errors, the
+``body`` keeps each error's code and message (same limit); the detail names codes only.
 
 Rate limits: lane ``graphql`` per token, at ATTENTIVE_RATE_LIMITS["graphql"], else the
 account's ``rate_limit``, else ATTENTIVE_RATE_LIMIT (`attentive_rest.rate_for`).
@@ -78,10 +93,26 @@ INVALID_CODES = frozenset(
         "NOT_FOUND",
     }
 )
-RATE_CODES = frozenset({"RATE_LIMITED", "THROTTLED", "TOO_MANY_REQUESTS", "RATE_LIMIT_EXCEEDED"})
-SERVER_CODES = frozenset(
-    {"INTERNAL_SERVER_ERROR", "INTERNAL_ERROR", "INTERNAL", "SERVICE_UNAVAILABLE", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
+RATE_CODES = frozenset(
+    {"RATE_LIMITED", "THROTTLED", "TOO_MANY_REQUESTS", "RATE_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED"}
 )
+SERVER_CODES = frozenset(
+    {
+        "INTERNAL_SERVER_ERROR",
+        "INTERNAL_ERROR",
+        "INTERNAL",
+        "SERVICE_UNAVAILABLE",
+        "UNAVAILABLE",
+        "BAD_GATEWAY",
+        "DEADLINE_EXCEEDED",
+        "TIMEOUT",
+        "GATEWAY_TIMEOUT",
+    }
+)
+_RATE_CODE = re.compile(r"RATE_?LIMIT|THROTTL|TOO_?MANY_?REQUESTS|RESOURCE_?EXHAUSTED|QUOTA")
+_TIMEOUT_CODE = re.compile(r"TIME_?OUT|TIMED_?OUT|DEADLINE")
+_RATE_MESSAGE = re.compile(r"rate[ _-]?limit|too many requests|throttl|resource[ _]exhausted")
+_TIMEOUT_MESSAGE = re.compile(r"\btime[ _-]?outs?\b|\btimed[ _-]?out\b|\bdeadline exceeded\b")
 _CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 ErrorClass = Literal["auth", "invalid", "rate", "server", "unknown"]
@@ -127,13 +158,19 @@ def error_class(error: dict[str, Any]) -> ErrorClass:
         for name, codes in _BY_CODE:
             if upper in codes:
                 return name
-        return "unknown"
+        # Servers name throttling and timeouts in many ways (REQUEST_RATE_LIMITED,
+        # ThrottlingException, GATEWAY_TIMEOUT); dead-lettering those as rejected would
+        # lose events that a later attempt delivers.
+        if _RATE_CODE.search(upper):
+            return "rate"
+        if _TIMEOUT_CODE.search(upper):
+            return "server"
     message = str(error.get("message") or "").lower()
     if "unauthenticated" in message or "unauthorized" in message or "forbidden" in message:
         return "auth"
-    if "rate limit" in message or "too many requests" in message or "throttl" in message:
+    if _RATE_MESSAGE.search(message):
         return "rate"
-    if "internal" in message:
+    if _TIMEOUT_MESSAGE.search(message) or "internal" in message:
         return "server"
     return "unknown"
 
@@ -172,9 +209,23 @@ def classify(status: int, body: str, headers: httpx.Headers) -> DeliveryError | 
             f"HTTP {status} from Attentive GraphQL without data or errors", status=status, body=body[:MAX_BODY_KEPT]
         )
     errors = answer.get("errors")
-    if not errors:
+    if errors:
+        return _from_errors(errors if isinstance(errors, list) else [errors], status, headers)
+    data = answer.get("data")
+    if isinstance(data, dict) and isinstance(data.get("createCustomEvent"), dict):
         return None
-    errors = errors if isinstance(errors, list) else [errors]
+    # Nothing says the event exists, and nothing says why: a fault on Attentive's side, retried
+    # like a 5xx (a retry of an event that was created after all is deduplicated by
+    # externalEventId). Counting it delivered would lose the event without a trace.
+    return ServerError(
+        f"HTTP {status} from Attentive GraphQL with no createCustomEvent result and no errors",
+        status=status,
+        body=body[:MAX_BODY_KEPT],
+    )
+
+
+def _from_errors(errors: list[Any], status: int, headers: httpx.Headers) -> DeliveryError:
+    """The error for a non-empty ``errors``: the first class present in the table's order."""
     classes = {error_class(e) if isinstance(e, dict) else "unknown" for e in errors}
     kept = _summary(errors)
     detail = f"GraphQL errors from Attentive ({_codes(errors)})"
