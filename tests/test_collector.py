@@ -384,6 +384,26 @@ def test_each_write_key_queues_its_messages_for_its_account(redis_server, redis_
     assert sorted(records) == [b"brand-a", b"brand-b", b"brand-b", b"default"]
 
 
+def test_duplicates_are_judged_per_account_not_across_accounts(redis_server, redis_client, sandbox):
+    """Segment dedupes per source: one brand's messageId says nothing about another brand's."""
+    settings = make_settings(
+        redis_server.url,
+        sandbox.url,
+        attentive_accounts=BRANDS,
+        collector_write_keys=f"key-a:brand-a, key-a2:brand-a, key-b:brand-b, {KEY}",
+    )
+    message = {**PAGE, "messageId": "ajs-next-same"}
+    with Collector(Producer(settings, redis_client), port=0) as c:
+        for key in ("key-a", "key-b", KEY):
+            assert post(c, "/v1/page", message, key=key).json() == {"success": True, "accepted": 1, "skipped": 0}, key
+        for key in ("key-a", "key-a2", "key-b", KEY):  # a second key of brand-a is the same source
+            assert post(c, "/v1/page", message, key=key).json() == {"success": True, "accepted": 0, "skipped": 1}, key
+    for queue in ("attentive.brand-a", "attentive.brand-b", "attentive"):
+        assert [j["externalEventId"] for j in queued_jobs(redis_client, queue)] == ["ajs-next-same"], queue
+    # the default account's marker is the one it always was, so an upgrade keeps its duplicates out
+    assert redis_client.exists(keys.seen("ajs-next-same"))
+
+
 def test_write_keys_naming_unknown_accounts_or_misshapen_stop_start_up(redis_server):
     def start(write_keys: str, accounts: str = BRANDS) -> str:
         settings = make_settings(redis_server.url, attentive_accounts=accounts, collector_write_keys=write_keys)

@@ -181,7 +181,7 @@ class CollectorApp:
                 if isinstance(jobs, segment.Skip):
                     skipped[jobs.reason] = skipped.get(jobs.reason, 0) + 1
                     continue
-                marker = _marker(message)
+                marker = _marker(message, account)
                 if marker in once:  # the same message twice in one request
                     skipped["duplicate"] = skipped.get("duplicate", 0) + 1
                     continue
@@ -205,15 +205,26 @@ class CollectorApp:
 _VARY = [(b"vary", b"Origin")]
 
 
-def _marker(message: Any) -> str | None:
-    """The dedupe marker of a message with a ``messageId`` (Segment's own dedupe key), else None.
+def _marker(message: Any, account: str) -> str | None:
+    """The dedupe marker of a message with a ``messageId`` (Segment's own dedupe key) sent for
+    ``account``, else None.
 
     A client that retries a request (a browser that saw no CORS answer, a library whose
     request timed out) sends the same messageIds; Attentive's eCommerce calls have no
     ``externalEventId`` to tell a copy apart, so copies are left out here instead.
+
+    Per account, as Segment dedupes per source: two brands' sites (their own keys, their own
+    libraries) may well reuse a messageId, and one brand's message must not hide another's.
+    The default account keeps the bare `keys.seen` marker it always had, so markers written
+    before an upgrade still keep its duplicates out; another account's marker is that key
+    with ``:ACCOUNT`` after the digest, which no bare marker can equal (the digest is fixed
+    length) and which no two accounts share (account names hold no ``:``).
     """
     message_id = message.get("messageId") if isinstance(message, dict) else None
-    return keys.seen(message_id) if isinstance(message_id, str) and message_id.strip() else None
+    if not isinstance(message_id, str) or not message_id.strip():
+        return None
+    marker = keys.seen(message_id)
+    return marker if account == accounts.DEFAULT else f"{marker}:{account}"
 
 
 def create_app() -> CollectorApp:
