@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from pydantic import SecretStr
@@ -28,6 +29,7 @@ from producers.producer import Producer
 from producers.queue import job_of, tickets_in
 from producers.settings import Settings
 from worker.collector import Collector, CollectorApp
+from worker.collector_body import MAX_BODY, TOO_LARGE, BodyError, read_body
 from worker.collector_policy import FailureLimiter, WriteKeys, key_fingerprint
 from worker.counters import stats
 from worker.processes import free_port
@@ -460,6 +462,80 @@ def test_a_gzip_bomb_is_refused_without_being_inflated_whole(collector, redis_cl
     assert response.status_code == 413
     assert peak < 30 * 1024 * 1024, f"{peak} bytes allocated while refusing the bomb"
     assert queued_count(redis_client, "attentive") == 0
+
+
+def deflated(data: bytes, wbits: int, level: int = 6) -> bytes:
+    compressor = zlib.compressobj(level, zlib.DEFLATED, wbits)
+    return compressor.compress(data) + compressor.flush()
+
+
+def read_in_pieces(data: bytes, encoding: str, piece: int) -> bytes:
+    """`read_body` of ``data`` arriving ``piece`` bytes at a time."""
+    pieces = [data[i : i + piece] for i in range(0, len(data), piece)] or [b""]
+    messages = iter(
+        [{"type": "http.request", "body": p, "more_body": i < len(pieces) - 1} for i, p in enumerate(pieces)]
+    )
+
+    async def receive() -> dict:
+        return next(messages)
+
+    return anyio.run(read_body, receive, {"content-encoding": encoding})
+
+
+DEFLATES = pytest.mark.parametrize("wbits", [zlib.MAX_WBITS, -zlib.MAX_WBITS], ids=["zlib", "raw"])
+
+
+@DEFLATES
+def test_a_deflate_body_is_inflated_whether_zlib_wrapped_or_raw(collector, redis_client, wbits):
+    body = json.dumps({"batch": [{**PAGE, "messageId": f"m-{i}"} for i in range(3)]}).encode()
+    data = deflated(body, wbits)
+    response = httpx.post(
+        collector.url + "/v1/batch",
+        content=data,
+        auth=(KEY, ""),
+        headers={"Content-Encoding": "Deflate", "Content-Type": "application/json"},
+    )
+    assert response.json() == {"success": True, "accepted": 3, "skipped": 0}
+    assert queued_count(redis_client, "attentive") == 3
+    for piece in (1, 2, 3, 1000):  # the header (or its absence) may arrive split
+        assert read_in_pieces(data, "deflate", piece) == body
+        assert read_in_pieces(deflated(body, wbits, level=0), "deflate", piece) == body  # stored blocks
+
+
+@DEFLATES
+def test_a_deflate_bomb_is_refused_like_a_gzip_one(collector, redis_client, wbits):
+    compressor = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    zeros = bytes(1 << 20)
+    bomb = b"".join(compressor.compress(zeros) for _ in range(100)) + compressor.flush()  # 100 MB inflated
+    tracemalloc.start()
+    try:
+        response = httpx.post(
+            collector.url + "/v1/batch",
+            content=iter([bomb[i : i + 65536] for i in range(0, len(bomb), 65536)]),
+            auth=(KEY, ""),
+            headers={"Content-Encoding": "deflate"},
+            timeout=10,
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert response.status_code == 413 and response.json()["message"] == TOO_LARGE
+    assert peak < 30 * 1024 * 1024, f"{peak} bytes allocated while refusing the bomb"
+    just_over = deflated(b" " * (MAX_BODY + 1), wbits)
+    with pytest.raises(BodyError) as caught:
+        read_in_pieces(just_over, "deflate", 4096)
+    assert (caught.value.status, str(caught.value)) == (413, TOO_LARGE)
+    assert read_in_pieces(deflated(b" " * MAX_BODY, wbits), "deflate", 4096) == b" " * MAX_BODY
+    assert queued_count(redis_client, "attentive") == 0
+
+
+@DEFLATES
+def test_a_broken_deflate_body_is_a_400(wbits):
+    good = deflated(json.dumps({"batch": []}).encode(), wbits)
+    for broken in (b"not deflate at all", good[:-3], good + b"trailing", b""):
+        with pytest.raises(BodyError) as caught:
+            read_in_pieces(broken, "deflate", 5)
+        assert (caught.value.status, str(caught.value)) == (400, "body is not valid deflate"), broken
 
 
 def test_collect_serves_from_several_processes_restarts_a_dead_one_and_stops_on_sigterm(redis_server, redis_client):

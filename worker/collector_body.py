@@ -5,9 +5,11 @@ body arrives here as its data, exactly like a ``Content-Length`` one. Limits:
 
 - a declared ``Content-Length`` over `MAX_BODY` is refused before any of the body is read;
 - the bytes received are counted as they arrive and refused past `MAX_BODY`;
-- a gzip body (``Content-Encoding: gzip``, one member or several) is inflated as it arrives,
-  never more than `MAX_BODY` + 1 bytes of output in all, so a bomb (500 KB that would inflate
-  to 500 MB) costs at most `MAX_BODY` of memory before it is refused.
+- a gzip body (``Content-Encoding: gzip``, one member or several) or a deflate body
+  (``Content-Encoding: deflate``, one stream, zlib-wrapped as RFC 9110 says or raw as some
+  clients send it) is inflated as it arrives, never more than `MAX_BODY` + 1 bytes of output
+  in all, so a bomb (500 KB that would inflate to 500 MB) costs at most `MAX_BODY` of memory
+  before it is refused. Any other coding is read as it comes.
 
 Failures are `BodyError` with the HTTP status to answer (400, 413, or 503 when the process
 already holds `MAX_BUFFERED` bytes of bodies); the caller bounds the time it waits for the
@@ -34,16 +36,42 @@ class BodyError(Exception):
         self.status = status
 
 
-class GzipInflater:
-    """Inflates gzip data fed in pieces, refusing output past ``limit`` bytes as it goes."""
+ENCODINGS = ("gzip", "deflate")
+"""The ``Content-Encoding``s inflated (`Inflater`)."""
 
-    def __init__(self, limit: int = MAX_BODY) -> None:
+
+def _zlib_wrapped(head: bytes) -> bool:
+    """Whether a deflate body's first two bytes are a zlib header (RFC 1950): method 8, a
+    window of at most 32 KB, no preset dictionary, and the pair a multiple of 31.
+
+    A raw stream never starts so: a low nibble of 8 would be a non-final stored block, which
+    encoders start with 0x00 (the rest of that byte is padding)."""
+    cmf, flg = head[0], head[1]
+    return cmf & 0x0F == 8 and cmf >> 4 <= 7 and not flg & 0x20 and (cmf << 8 | flg) % 31 == 0
+
+
+class Inflater:
+    """Inflates gzip or deflate data fed in pieces, refusing output past ``limit`` bytes as it goes."""
+
+    def __init__(self, encoding: str = "gzip", limit: int = MAX_BODY) -> None:
+        if encoding not in ENCODINGS:
+            raise ValueError(f"not an encoding this inflates: {encoding!r}")
+        self.encoding = encoding
         self.limit = limit
+        self.invalid = f"body is not valid {encoding}"
         self._out = bytearray()
-        self._member = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        # deflate: the first bytes are held until two of them tell a zlib header from raw data
+        self._head = b""
+        self._member: Any = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS) if encoding == "gzip" else None
 
     def feed(self, data: bytes) -> None:
-        """Inflate ``data``. Raises `BodyError` 413 past the limit, 400 if it is not gzip."""
+        """Inflate ``data``. Raises `BodyError` 413 past the limit, 400 if it is not ``encoding``."""
+        if self._member is None:
+            self._head += data
+            if len(self._head) < 2:
+                return
+            data, self._head = self._head, b""
+            self._member = zlib.decompressobj(wbits=zlib.MAX_WBITS if _zlib_wrapped(data) else -zlib.MAX_WBITS)
         try:
             while data:
                 # max_length is never 0 here (0 would mean "no limit"): len(_out) <= limit
@@ -51,22 +79,24 @@ class GzipInflater:
                 if len(self._out) > self.limit:
                     raise BodyError(413, TOO_LARGE)
                 if self._member.eof:
-                    data = self._member.unused_data  # the next member of a multi-member body
-                    if data:
+                    data = self._member.unused_data
+                    if data and self.encoding == "deflate":
+                        raise BodyError(400, self.invalid)  # one stream; bytes after it are not the body
+                    if data:  # the next member of a multi-member gzip body
                         self._member = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
                 else:
                     data = self._member.unconsumed_tail
         except zlib.error:
-            raise BodyError(400, "body is not valid gzip") from None
+            raise BodyError(400, self.invalid) from None
 
     @property
     def inflated(self) -> int:
         return len(self._out)
 
     def finish(self) -> bytes:
-        """The inflated body. Raises `BodyError` 400 if the last member was cut short."""
-        if not self._member.eof:
-            raise BodyError(400, "body is not valid gzip")
+        """The inflated body. Raises `BodyError` 400 if the (last) stream was cut short."""
+        if self._member is None or not self._member.eof:
+            raise BodyError(400, self.invalid)
         return bytes(self._out)
 
 
@@ -97,18 +127,19 @@ async def read_body(
     budget: BodyBudget | None = None,
     limit: int = MAX_BODY,
 ) -> bytes:
-    """The whole body, inflated if gzip. Raises `BodyError`; a client that disconnects before
+    """The whole body, inflated if gzip or deflate. Raises `BodyError`; a client that disconnects before
     the end raises `BodyError` 400 (there is nobody to answer, and nothing is queued).
 
     With a ``budget``, the bytes held are taken from it as they arrive (inflated bytes for
-    gzip); on success the caller gives back ``len(body)`` once it has answered, on any
+    gzip and deflate); on success the caller gives back ``len(body)`` once it has answered, on any
     failure (cancellation included) they are given back here.
     """
     declared = headers.get("content-length")
     if declared is not None and (not declared.strip().isdigit() or int(declared) > limit):
         raise BodyError(413, TOO_LARGE)
     budget = budget or BodyBudget(limit)
-    inflater = GzipInflater(limit) if headers.get("content-encoding", "").strip().lower() == "gzip" else None
+    encoding = headers.get("content-encoding", "").strip().lower()
+    inflater = Inflater(encoding, limit) if encoding in ENCODINGS else None
     raw = bytearray()
     received = held = 0
     try:
