@@ -13,7 +13,10 @@ The mapping follows the published Attentive integration kit:
   digit run, such as a Shopify customer id (``7182391234567``, string or number), is the
   clientUserId.
 - ``occurredAt`` <- the first of timestamp, originalTimestamp, sentAt, as RFC 3339 UTC;
-  ``externalEventId`` <- messageId (custom events).
+  ``externalEventId`` <- messageId (custom events). A messageId over `MAX_EVENT_ID` (128)
+  characters, more than Attentive takes, becomes ``uuid5(EVENT_ID_NAMESPACE, messageId)``
+  (`external_event_id`) instead of refusing the message: the same id on every resend, so
+  Attentive's dedupe still holds (the collector dedupes on the messageId itself).
 
 | message | job |
 |---|---|
@@ -45,6 +48,7 @@ Property names with characters Attentive forbids are refused, naming the key; wi
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -93,6 +97,12 @@ DEFAULT_REGION: str = Settings.model_fields["attentive_default_region"].default
 #: A plain decimal as Segment sources write numbers in strings: sign, ASCII digits, fraction.
 _DECIMAL = re.compile(r"([+-]?)([0-9]+)(?:\.([0-9]+))?")
 NOT_A_NUMBER = "must be a number or a decimal string"
+MAX_EVENT_ID = 128
+"""The most characters of externalEventId Attentive takes (the job model, `producers.jobs`, holds
+the same limit)."""
+EVENT_ID_NAMESPACE = uuid.UUID("0d6f3c52-8a41-5e27-b9c4-3f1e7a2d6b90")
+"""The uuid5 namespace of externalEventIds derived from long messageIds (fixed: changing it
+would make every resent long-id message a new event at Attentive)."""
 OUT_OF_RANGE = f"must be a number between -{jsonvalues.MAX_NUMBER} and {jsonvalues.MAX_NUMBER}"
 
 
@@ -257,6 +267,17 @@ def _uppercase_currency(props: dict[str, Any]) -> dict[str, Any]:
     return props
 
 
+def external_event_id(message_id: Any) -> str | None:
+    """The externalEventId a messageId always maps to: itself when it fits in `MAX_EVENT_ID`
+    characters, else its uuid5; None without one.
+
+    A hash rather than a cut: two long ids sharing their first 128 characters (a common prefix
+    and a counter at the end) must stay two events."""
+    if not _str(message_id):
+        return None
+    return message_id if len(message_id) <= MAX_EVENT_ID else str(uuid.uuid5(EVENT_ID_NAMESPACE, message_id))
+
+
 def _custom_event(
     type_: str, props: dict[str, Any], user: dict[str, Any], when: str | None, message_id: Any, rename_keys: bool
 ) -> dict[str, Any]:
@@ -265,8 +286,9 @@ def _custom_event(
         job["properties"] = _rename(props) if rename_keys else props
     if when:
         job["occurredAt"] = when
-    if _str(message_id):
-        job["externalEventId"] = message_id
+    event_id = external_event_id(message_id)
+    if event_id:
+        job["externalEventId"] = event_id
     return job
 
 

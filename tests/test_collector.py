@@ -337,6 +337,16 @@ def test_a_retried_browser_request_is_the_same_events(browser_collector, redis_c
     assert httpx.post(browser_collector.url + "/v1/batch", json=twice).json()["accepted"] == 1
 
 
+def test_a_message_id_over_128_characters_is_accepted_and_its_resend_left_out(collector, redis_client):
+    long_id = "ajs-next-" + "b" * 300
+    first = post(collector, "/v1/page", {**PAGE, "messageId": long_id})
+    assert first.json() == {"success": True, "accepted": 1, "skipped": 0}
+    again = post(collector, "/v1/page", {**PAGE, "messageId": long_id})
+    assert again.json() == {"success": True, "accepted": 0, "skipped": 1}
+    [job] = queued_jobs(redis_client)
+    assert len(job["externalEventId"]) <= 128 and long_id not in json.dumps(job)
+
+
 def test_a_refused_key_is_logged_as_a_hash_and_repeated_failures_get_429(collector_settings, redis_client, caplog):
     body = {"type": "track", "userId": "u-1", "event": "X"}
     limiter = FailureLimiter(limit=3, window_s=60, block_s=60)

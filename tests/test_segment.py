@@ -316,6 +316,23 @@ def test_page_becomes_a_custom_event(deliver):
     ]
 
 
+def test_a_message_id_over_128_characters_becomes_a_stable_derived_event_id(deliver):
+    """Attentive takes at most 128 characters of externalEventId; a longer messageId is hashed
+    (the same id on every resend, so Attentive's dedupe holds) instead of refusing the message."""
+    long_id = "ajs-next-" + "7f3a" * 40  # 169 characters
+    mapped = segment.to_jobs(message("page", messageId=long_id))
+    assert not isinstance(mapped, segment.Skip)
+    [event] = mapped
+    derived = event["externalEventId"]
+    assert derived == segment.external_event_id(long_id) and len(derived) <= 128 and derived != long_id[:128]
+    assert segment.to_jobs(message("page", messageId=long_id)) == mapped, "the same on every resend"
+    assert segment.external_event_id(long_id + "x") != derived
+    exactly = "m" * 128
+    assert segment.external_event_id(exactly) == exactly, "an id that fits is kept as sent"
+    [(path, body)] = deliver(message("track", event="Coupon Entered", messageId=long_id))
+    assert path == "/v1/events/custom" and body["externalEventId"] == derived
+
+
 ORDER = {
     "affiliation": "web",
     "coupon": "C1",
