@@ -23,18 +23,36 @@ DEAD_INDEX = PREFIX + "dead"
 """Sorted set of dead-lettered job ids, scored by when they were dead-lettered."""
 
 QUEUED = PREFIX + "queued"
-"""Sorted set of job ids in state ``queued``, scored by when their message was pushed (epoch ms).
+"""Sorted set of job ids in state ``queued``, scored by when the job was queued in this round
+(epoch ms): enqueued, promoted, reclaimed, released or moved. Its score is the job's true
+wait: the reconciler never changes it, not even when it queues a lost message again.
 
 The job store is the truth and the broker message only a wake-up: the reconciler reads this
-index to find queued jobs whose message is gone (see `worker.jobstore`)."""
+index to find queued jobs whose message is gone (see `worker.jobstore`), and `stats` reads
+their ages from it."""
 
 WAITING = PREFIX + "waiting"
 """Sorted set of job ids in state ``waiting`` (for an identity job, `producers.ordering`),
-scored by when they started waiting or were last looked at by the reconciler."""
+scored by when they started waiting."""
+
+AWAITED = PREFIX + "awaited"
+"""Sorted set of the ids of identity jobs that have waiters (`waiters`), scored by when the
+reconciler is next to check that the job still exists (it may vanish without ending: erased,
+expired)."""
+
+RELEASING = PREFIX + "releasing"
+"""Sorted set of tokens of released waiter lists (`released`) still holding jobs, scored by
+when their identity job ended or was found gone: the promoters queue those jobs a chunk at
+a time, oldest list first."""
 
 RECONCILE_LOCK = PREFIX + "reconcile"
 """String with a short expiry: held by the promoter running the reconciliation pass, so one
 pass runs at a time across all workers."""
+
+RECONCILE_CURSOR = PREFIX + "reconcile-cursor"
+"""Hash of where the reconciler's next pass starts (a rank) in the overdue part of `QUEUED`
+(field ``queued``) and in `WAITING` (field ``waiting``): each pass looks at the next few, so
+every job is looked at in turn, not the same oldest ones again and again."""
 
 
 ERASURE_KEY = PREFIX + "erasure-key"
@@ -54,8 +72,15 @@ def identity(digest: str) -> str:
 
 
 def waiters(job_id: str) -> str:
-    """List of the ids of the jobs waiting for identity job ``job_id`` to end."""
+    """List of the ids of the jobs waiting for identity job ``job_id`` to end, oldest first."""
     return f"{PREFIX}waiters:{job_id}"
+
+
+def released(token: str) -> str:
+    """A `waiters` list renamed when its identity job ended or vanished, until every job in it
+    is queued (`RELEASING`). ``token`` is the ended attempt's ticket, or the job id and the time
+    it was found gone: unique, so a job replayed later starts a list of its own."""
+    return f"{PREFIX}released:{token}"
 
 
 def batch(batch_id: str) -> str:

@@ -49,17 +49,25 @@ QUEUE_PLACEHOLDER = "@QUEUE@"
 _ACCOUNT_FIRST = re.compile(r'^\{"account":"([A-Za-z0-9_-]{1,63})"')
 
 # A job that depends on an identity job (`producers.ordering`): it waits if one of the identity
-# jobs its markers name has not ended (its record still exists), else it is queued.
-# KEYS: job, queued index, waiting index, marker...   ARGV: job_id, now_ms, message, queue, prefix, ttl_ms
+# jobs its markers name has not ended (its record still exists), else it is queued. An identity
+# job that already has ``max_waiters`` waiters takes no more: the job is queued at once and
+# counted (``waiters_over_cap``). Every command here is O(1) in the list's length (LLEN, RPUSH).
+# KEYS: job, queued index, waiting index, awaited index, stats, marker...
+# ARGV: job_id, now_ms, message, queue, prefix, ttl_ms, max_waiters
 _GATE = """
-for i = 4, #KEYS do
+for i = 6, #KEYS do
   local dep = redis.call('GET', KEYS[i])
   if dep and redis.call('EXISTS', ARGV[5] .. 'job:' .. dep) == 1 then
-    redis.call('HSET', KEYS[1], 'state', 'waiting', 'after', dep)
     local w = ARGV[5] .. 'waiters:' .. dep
+    if redis.call('LLEN', w) >= tonumber(ARGV[7]) then
+      redis.call('HINCRBY', KEYS[5], 'waiters_over_cap', 1)
+      break
+    end
+    redis.call('HSET', KEYS[1], 'state', 'waiting', 'after', dep)
     redis.call('RPUSH', w, ARGV[1])
     redis.call('PEXPIRE', w, tonumber(ARGV[6]))
     redis.call('ZADD', KEYS[3], tonumber(ARGV[2]), ARGV[1])
+    redis.call('ZADD', KEYS[4], 'NX', tonumber(ARGV[2]), dep)
     return 1
   end
 end
@@ -413,7 +421,15 @@ def _push(pipe: redis.client.Pipeline, settings: Settings, entries: list[_Entry]
             pipe.set(marker, e.job_id, px=settings.job_retention_ms)
     for e in entries:
         if e.needs:
-            gate_keys = [keys.job(e.job_id), keys.QUEUED, keys.WAITING, *e.needs]
+            gate_keys = [keys.job(e.job_id), keys.QUEUED, keys.WAITING, keys.AWAITED, keys.STATS, *e.needs]
             message = celery_message(e.job_id, e.ticket, e.queue, e.kind)
-            args = [e.job_id, now_ms, message, e.queue, keys.PREFIX, settings.job_retention_ms]
+            args = [
+                e.job_id,
+                now_ms,
+                message,
+                e.queue,
+                keys.PREFIX,
+                settings.job_retention_ms,
+                settings.attentive_max_waiters,
+            ]
             pipe.eval(_GATE, len(gate_keys), *gate_keys, *args)

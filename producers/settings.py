@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     message). ``stats`` counts jobs waiting longer than this as ``queued_overdue``.
     """
 
+    attentive_max_waiters: int = Field(100_000, ge=1, le=10_000_000)
+    """Most jobs that may wait for one identity job (`producers.ordering`). A job that would
+    wait beyond that is queued at once, unordered, and counted as ``waiters_over_cap``: so
+    many events for one person's id while its identity call is pending means an id shared by
+    many people (a placeholder such as ``0``), which an identity call cannot link anyway, and
+    holding them would grow Redis and the release without bound."""
+
     attentive_queue: str = Field("attentive", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     """Celery queue the deliveries go through."""
 

@@ -82,6 +82,8 @@ def test_stats_break_counters_down_by_account(settings, redis_client, sandbox):
         "dead_letter": accounts["default"]["dead_letter"],
         "queued": 1,
         "scheduled": 0,
+        "oldest_queued_s": accounts["default"]["oldest_queued_s"],
+        "served": True,
     }
     assert accounts["brand-a"]["delivered"] == 1 and accounts["brand-a"]["dead_letter"]["rejected"] == 1
     assert accounts["brand-a"]["queued"] == 0, "both ended (their messages, run by hand, stay on the queue)"
@@ -93,6 +95,8 @@ def test_stats_break_counters_down_by_account(settings, redis_client, sandbox):
         "dead_letter": accounts["gone-brand"]["dead_letter"],
         "queued": 0,
         "scheduled": 0,
+        "oldest_queued_s": 0.0,
+        "served": False,
     }
     assert data["queued"] == 1 and data["scheduled"] == 1 and data["waiting"] == 1
     assert data["queued_messages"] == 4

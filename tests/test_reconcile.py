@@ -10,6 +10,7 @@ message is still in the queue is left alone; one pass runs at a time.
 from __future__ import annotations
 
 import json
+import time
 
 import redis
 
@@ -57,7 +58,7 @@ def test_a_queued_job_whose_message_was_lost_is_queued_again_with_a_new_ticket(p
     redis_client.delete(keys.RECONCILE_LOCK)
     assert store.reconcile(t0 + ORPHAN_MS) == (1, 0, 0)
     assert tickets_in_queue(redis_client) == [ticket_for(job_id, 1)]
-    assert queued_at(redis_client, job_id) == t0 + ORPHAN_MS, "the wait starts again"
+    assert queued_at(redis_client, job_id) == t0, "a lost message does not make the job younger"
     assert store.claim(job_id, ticket_for(job_id, 0), t0 + ORPHAN_MS + 1) == "stale", "an old message is fenced"
     claim = store.claim(job_id, ticket_for(job_id, 1), t0 + ORPHAN_MS + 2)
     assert isinstance(claim, Claim) and claim.attempt == 1, "a lost message costs no attempt"
@@ -72,7 +73,11 @@ def test_a_job_still_waiting_in_the_queue_is_left_alone(producer: Producer, redi
     now = queued_at(redis_client, lost) + ORPHAN_MS
     assert store.reconcile(now) == (1, 1, 0)
     assert sorted(tickets_in_queue(redis_client)) == sorted([ticket_for(waiting, 0), ticket_for(lost, 1)])
-    assert queued_at(redis_client, waiting) == now, "looked at again only after another orphan period"
+    assert queued_at(redis_client, waiting) < now, "its age is kept: the index holds when it was queued"
+    redis_client.delete(keys.RECONCILE_LOCK)
+    assert store.reconcile(now + ORPHAN_MS - 1) == (0, 0, 0), "looked at again only after another orphan period"
+    redis_client.delete(keys.RECONCILE_LOCK)
+    assert store.reconcile(now + ORPHAN_MS) == (0, 2, 0), "then both are found waiting in the queue"
 
 
 def test_a_promoted_message_is_recognised_as_present(producer: Producer, redis_client):
@@ -100,6 +105,37 @@ def test_a_job_deeper_than_the_scan_in_a_backlog_is_queued_again_and_runs_once(p
     assert tickets_in_queue(redis_client).count(ticket_for(deep, 0)) == 1, "its old message is still there"
     assert store.claim(deep, ticket_for(deep, 0), now) == "stale", "and can no longer run it"
     assert isinstance(store.claim(deep, ticket_for(deep, 1), now), Claim)
+
+
+def test_a_job_waiting_in_a_queue_nobody_consumes_keeps_its_true_age(producer: Producer, redis_client):
+    """The reconciler finds the message still waiting on every pass; the job's age must still
+    grow, so that `stats` and the metrics show it (issue 15: it stayed about 3 s old)."""
+    store = store_for(redis_client)
+    job_id = producer.enqueue(EVENT)
+    t0 = int(time.time() * 1000) - 600_000  # queued ten minutes ago
+    redis_client.zadd(keys.QUEUED, {job_id: t0})
+    for k in range(3):
+        redis_client.delete(keys.RECONCILE_LOCK)
+        assert store.reconcile(t0 + (k + 1) * ORPHAN_MS)[0] == 0
+    assert queued_at(redis_client, job_id) == t0
+    s = stats(redis_client, producer.settings, overdue_after_ms=ORPHAN_MS)
+    assert s["queued_overdue"] == 1 and s["oldest_queued_s"] >= 600
+
+
+def test_the_reconciler_goes_round_the_overdue_jobs_not_the_same_oldest_ones(producer: Producer, redis_client):
+    store = store_for(redis_client)
+    waiting = producer.enqueue_many([EVENT] * 30)
+    time.sleep(0.005)  # queued after them, not in the same millisecond
+    lost = producer.enqueue(EVENT)
+    t0 = queued_at(redis_client, lost)
+    redis_client.lrem("attentive", 1, redis_client.lrange("attentive", 0, 0)[0])  # the newest: the lost one's
+    found = []
+    for k in range(4):
+        redis_client.delete(keys.RECONCILE_LOCK)
+        found.append(store.reconcile(t0 + ORPHAN_MS + k, limit=10))
+    assert [r[0] for r in found] == [0, 0, 0, 1], "ten a pass, each job once, then the one at the end"
+    assert [r[1] for r in found] == [10, 10, 10, 0]
+    assert all(redis_client.hget(keys.job(j), "state") == b"queued" for j in waiting)
 
 
 def test_index_entries_of_jobs_that_are_no_longer_queued_are_dropped(producer: Producer, redis_client):

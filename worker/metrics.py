@@ -8,7 +8,9 @@ metrics endpoints can run, and they agree. All metrics are prefixed ``attentive_
     scheduled               gauge    retries and rate-limited jobs waiting in the schedule
     in_flight               gauge    attempts holding a lease
     queued_overdue          gauge    jobs queued longer than ATTENTIVE_ORPHAN_S (a backlog, or stuck)
-    oldest_queued_seconds   gauge    how long the oldest queued job has waited
+    oldest_queued_seconds   gauge    how long the oldest queued job has waited (its true age)
+    queued_unserved         gauge    queued jobs no configured account or queue serves (see account_unserved)
+    oldest_waiting_seconds  gauge    how long the oldest job waiting for an identity job has waited
     dead_letter_stored      gauge    dead-letter entries kept
     enqueued_total          counter  jobs queued by producers
     delivered_total         counter  jobs Attentive accepted
@@ -21,12 +23,16 @@ metrics endpoints can run, and they agree. All metrics are prefixed ``attentive_
     expired_total           counter  jobs whose record expired before they ended
     skipped_total           counter  Segment messages skipped, by reason
     waiting                 gauge    jobs waiting for an identity job
+    waiters_over_cap_total  counter  jobs queued without waiting: their identity job had ATTENTIVE_MAX_WAITERS
 
 The same by account (`producers.accounts`), labelled ``account`` (``default`` for the account
 of ATTENTIVE_API_TOKEN), under their own names so that summing them never counts a job twice:
 
     account_queue_depth         gauge    the account's jobs waiting for a worker
     account_scheduled           gauge    the account's jobs in the retry schedule
+    account_oldest_queued_seconds gauge  how long the account's oldest queued job has waited
+    account_unserved            gauge    the account's queued and scheduled jobs no worker takes (an account
+                                         not in ATTENTIVE_ACCOUNTS, or a queue the settings do not name)
     account_delivered_total     counter  the account's jobs Attentive accepted
     account_dead_lettered_total counter  the account's jobs dead-lettered, by reason
 """
@@ -61,6 +67,8 @@ class RelayCollector(Collector):
             ("queued_overdue", "queued_overdue", "Jobs queued longer than ATTENTIVE_ORPHAN_S."),
             ("oldest_queued_seconds", "oldest_queued_s", "How long the oldest queued job has waited."),
             ("waiting", "waiting", "Jobs waiting for an identity job."),
+            ("oldest_waiting_seconds", "oldest_waiting_s", "How long the oldest waiting job has waited."),
+            ("queued_unserved", "queued_unserved", "Queued jobs that no configured account or queue serves."),
         ):
             yield GaugeMetricFamily(PREFIX + name, doc, value=s[key])
         for name, key, doc in (
@@ -72,6 +80,7 @@ class RelayCollector(Collector):
             ("reconciled", "reconciled", "Queued jobs whose broker message was lost, queued again."),
             ("erased", "erased", "Jobs deleted by attentive-relay erase before they ended."),
             ("expired", "expired", "Jobs whose record expired (ATTENTIVE_JOB_RETENTION_HOURS) before they ended."),
+            ("waiters_over_cap", "waiters_over_cap", "Jobs queued without waiting: ATTENTIVE_MAX_WAITERS reached."),
         ):
             yield CounterMetricFamily(PREFIX + name, doc, value=s[key])
         dead = CounterMetricFamily(PREFIX + "dead_lettered", "Jobs dead-lettered, by reason.", labels=["reason"])
@@ -82,10 +91,10 @@ class RelayCollector(Collector):
         for reason, count in s["skipped"].items():
             skipped.add_metric([reason], count)
         yield skipped
-        yield from _by_account(s["accounts"])
+        yield from _by_account(s["accounts"], s["unserved"])
 
 
-def _by_account(accounts: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+def _by_account(accounts: dict[str, dict[str, Any]], unserved: dict[str, dict[str, Any]]) -> Iterator[Metric]:
     depth = GaugeMetricFamily(
         PREFIX + "account_queue_depth", "Jobs waiting in the account's queue.", labels=["account"]
     )
@@ -98,10 +107,23 @@ def _by_account(accounts: dict[str, dict[str, Any]]) -> Iterator[Metric]:
     dead = CounterMetricFamily(
         PREFIX + "account_dead_lettered", "The account's jobs dead-lettered, by reason.", labels=["account", "reason"]
     )
+    oldest = GaugeMetricFamily(
+        PREFIX + "account_oldest_queued_seconds",
+        "How long the account's oldest queued job has waited.",
+        labels=["account"],
+    )
+    not_served = GaugeMetricFamily(
+        PREFIX + "account_unserved",
+        "The account's queued and scheduled jobs that no configured account or queue serves.",
+        labels=["account"],
+    )
     for name, counts in accounts.items():
         depth.add_metric([name], counts["queued"])
         scheduled.add_metric([name], counts["scheduled"])
+        oldest.add_metric([name], counts["oldest_queued_s"])
+        lost = unserved.get(name, {})
+        not_served.add_metric([name], lost.get("queued", 0) + lost.get("scheduled", 0))
         delivered.add_metric([name], counts["delivered"])
         for reason, count in counts["dead_letter"].items():
             dead.add_metric([name, reason], count)
-    yield from (depth, scheduled, delivered, dead)
+    yield from (depth, scheduled, delivered, dead, oldest, not_served)

@@ -15,6 +15,11 @@ About once a second (one promoter at a time, across all workers) it also reconci
 that has said ``queued`` for longer than ``ATTENTIVE_ORPHAN_S`` and whose broker message is
 gone is queued again (`JobStore.reconcile`). That is the only recovery for a message a worker
 took from Redis and died before claiming: the relay does not rely on kombu's unacked restore.
+The same pass finds identity jobs that vanished without ending and releases their waiters.
+
+Every pass also queues waiters of identity jobs that ended or vanished, a chunk per script
+for up to `worker.jobstore.RELEASE_BUDGET_S` (`JobStore.release_waiters`): the script that
+records an identity job's end queues only the first few, so it stays short however many wait.
 """
 
 from __future__ import annotations
@@ -44,17 +49,23 @@ class Promoter:
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> tuple[int, int]:
+        """One pass: due retries and expired leases, the reconciliation when due, and waiters
+        released by ended identity jobs. Returns (promoted, reaped). Raises
+        ``redis.RedisError`` when Redis cannot be reached."""
         now = time.time()
         promoted, reaped = self.store.promote(int(now * 1000))
         if promoted or reaped:
             log.info("promoter: %d due retries queued, %d lost deliveries reclaimed", promoted, reaped)
+        released = 0
         if now >= self._next_reconcile:
             self._next_reconcile = now + self.reconcile_s
             outcome = self.store.reconcile(int(now * 1000), lock_ms=int(self.reconcile_s * 1000))
             if outcome and outcome[0]:
                 log.warning("promoter: %d queued jobs had lost their broker message; queued again", outcome[0])
-            if outcome and outcome[2]:
-                log.warning("promoter: %d jobs waited for an identity job that vanished; queued", outcome[2])
+            released = outcome[2] if outcome else 0
+        released += self.store.release_waiters(int(time.time() * 1000))
+        if released:
+            log.info("promoter: %d jobs that waited for an identity job queued", released)
         return promoted, reaped
 
     def run_forever(self) -> None:
