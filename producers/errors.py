@@ -15,6 +15,8 @@ The tree::
             ├── Rejected               400, 404, 413, 422, other 4xx -> "rejected"
             ├── Unauthorized           401, 403                      -> "unauthorized"
             ├── Stale                  older than the freshness window -> "stale"
+            ├── Uncertain              no answer after the request left, for a kind
+            │                          that a second send counts twice -> "uncertain"
             └── Crashed                the worker raised on this job -> "crashed"
 
 Each leaf carries ``reason`` (the dead-letter reason) and ``retryable``. The retry policy
@@ -119,6 +121,16 @@ class Stale(PermanentError):
     reason = "stale"
 
 
+class Uncertain(PermanentError):
+    """The request left but no answer came (a timeout or a connection broken mid-exchange),
+    for a kind Attentive takes without an ``externalEventId`` (`producers.jobs.COUNTED_KINDS`):
+    it may have counted, and a second send would count the order twice. Dead-lettered, never
+    sent again by itself: an operator checks and replays. Kinds with an event id, and every
+    failure before the request left, are a retried `NetworkError` instead."""
+
+    reason = "uncertain"
+
+
 class Crashed(PermanentError):
     reason = "crashed"
 
@@ -132,6 +144,7 @@ REASONS: tuple[str, ...] = (
     RateLimited.reason,
     ServerError.reason,
     NetworkError.reason,
+    Uncertain.reason,
     WorkerLost.reason,
     Crashed.reason,
 )

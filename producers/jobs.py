@@ -42,6 +42,12 @@ EVENT_PATHS: dict[str, str] = {
 }
 """Attentive endpoint of each kind (relative to ATTENTIVE_BASE_URL)."""
 
+COUNTED_KINDS = frozenset({"purchase", "add_to_cart", "product_view"})
+"""Kinds Attentive takes without an ``externalEventId``: each send counts, so one sent twice is
+a double-counted order. Custom events carry an ``externalEventId`` and Yotpo events an
+``event_id`` (a second send is the same event); attributes and identity calls set the same
+values again."""
+
 
 def _blank_to_none(value: Any) -> Any:
     if isinstance(value, str) and not value.strip():

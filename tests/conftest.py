@@ -105,12 +105,15 @@ def start_worker(tmp_path: Path, settings: Settings) -> Iterator[Callable[..., W
     """Start real ``celery -A worker worker`` processes; all are killed at teardown."""
     started: list[WorkerProcess] = []
 
-    def start(name: str = "w1", concurrency: int = 2, settings_: Settings | None = None, **env: str) -> WorkerProcess:
+    def start(
+        name: str = "w1", concurrency: int = 2, settings_: Settings | None = None, pool: str = "prefork", **env: str
+    ) -> WorkerProcess:
         worker = WorkerProcess(
             env={**env_for(settings_ or settings), **env},
             log_path=tmp_path / f"{name}.log",
             name=name,
             concurrency=concurrency,
+            pool=pool,
         )
         started.append(worker)
         return worker.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 import redis
 
@@ -118,6 +119,42 @@ def test_a_timeout_is_a_network_error(redis_server, redis_client, sandbox):
     assert "timeout" in dead_entry(redis_client, job_id)["detail"]
 
 
+PURCHASE = {
+    "kind": "purchase",
+    "user": {"phone": "+14155552671"},
+    "orderId": "o-1",
+    "items": [{"productId": "p", "productVariantId": "v", "price": [{"value": 1.5, "currency": "USD"}]}],
+}
+
+
+def test_a_purchase_with_no_answer_is_not_sent_again(redis_server, redis_client, sandbox):
+    """The sandbox counts the purchase and answers too late: a second send would count the
+    order twice (purchases carry no externalEventId), so it waits in the dead-letter queue."""
+    settings = make_settings(redis_server.url, sandbox.url, attentive_timeout_s=0.3)
+    add_fault(sandbox, status=200, times=1, delay_ms=800)
+    job_id = Producer(settings, redis_client).enqueue(PURCHASE)
+    assert delivery_for(settings, redis_client).run(job_id, ticket_for(job_id, 0)) == "dead:uncertain"
+    assert "may have counted" in dead_entry(redis_client, job_id)["detail"]
+    assert len(sandbox_requests(sandbox)) == 1
+
+
+def test_a_purchase_that_never_left_is_retried(redis_server, redis_client):
+    settings = make_settings(redis_server.url, "http://127.0.0.1:9")  # nothing listens: no connection
+    job_id = Producer(settings, redis_client).enqueue(PURCHASE)
+    assert delivery_for(settings, redis_client).run(job_id, ticket_for(job_id, 0)).startswith("retry_in_")
+
+
+def test_which_transport_failures_may_have_counted():
+    from worker.destinations.base import transport_error
+
+    request = httpx.Request("POST", "http://127.0.0.1/v1/events/ecommerce/purchase")
+    never_left = [httpx.ConnectError("x", request=request), httpx.ConnectTimeout("x", request=request)]
+    maybe_left = [httpx.ReadTimeout("x", request=request), httpx.RemoteProtocolError("x", request=request)]
+    assert {transport_error(e, counted=True).reason for e in never_left} == {"network_error"}
+    assert {transport_error(e, counted=True).reason for e in maybe_left} == {"uncertain"}
+    assert {transport_error(e, counted=False).reason for e in maybe_left} == {"network_error"}
+
+
 def test_an_event_that_went_stale_in_the_queue_is_not_sent(settings, redis_client, sandbox):
     old = (datetime.now(UTC) - timedelta(hours=12, minutes=1)).isoformat()
     job = json.dumps({**EVENT, "occurredAt": old, "externalEventId": "e-1"})
@@ -197,7 +234,6 @@ def test_a_redis_failure_mid_attempt_is_not_a_poison_job(settings, producer, red
     unreachable = redis.Redis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=0.5)
     delivery.limiter = KindLimiter(unreachable, settings).limiter
     job_id = producer.enqueue(EVENT)
-    with pytest.raises(redis.ConnectionError):
-        delivery.run(job_id, ticket_for(job_id, 0))
+    assert delivery.run(job_id, ticket_for(job_id, 0)) == "skipped:redis"
     assert not redis_client.exists(keys.dead(job_id)), "a Redis blip must not dead-letter the job"
     assert redis_client.zscore(keys.LEASES, job_id) is not None, "its lease brings it back"

@@ -19,6 +19,7 @@ from producers.errors import (
     ServerError,
     Stale,
     Unauthorized,
+    Uncertain,
     WorkerLost,
 )
 from producers.settings import Settings
@@ -146,6 +147,7 @@ EXPECTED = {
     Rejected: DeadLetter,
     Unauthorized: DeadLetter,
     Crashed: DeadLetter,
+    Uncertain: DeadLetter,
     RateLimited: Retry,
     ServerError: Retry,
     NetworkError: Retry,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -118,3 +119,35 @@ def test_an_untrusted_certificate_is_refused_and_a_trusted_one_accepted(tmp_path
     thread.join(5)
     listener.close()
     assert len(errors) == 1 and "UNKNOWN_CA" in errors[0], errors
+
+
+def test_an_answer_trickled_past_the_timeout_is_cut_off_at_the_deadline():
+    """Each byte arrives well inside the per-read timeout, but the whole answer would take 6 s:
+    the exchange ends at the deadline (the lease fence counts on it), as a timeout."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n")
+            for _ in range(20):
+                if stop.wait(0.3):
+                    return
+                try:
+                    conn.sendall(b"x")
+                except OSError:
+                    return
+
+    server = threading.Thread(target=trickle, daemon=True)
+    server.start()
+    http = Http(f"http://127.0.0.1:{listener.getsockname()[1]}", AUTH, 1.0)
+    started = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):
+        http.post("/v1/events/custom", content=EVENT)
+    took = time.monotonic() - started
+    stop.set()
+    server.join(5)
+    listener.close()
+    assert 0.9 < took < 1.5, f"cut off after {took:.2f} s"

@@ -8,9 +8,10 @@ Configuration choices, and why (see ../README.md, "Operations"):
   attempt is recorded, and requeued if the pool process dies.
 - ``worker_disable_prefetch`` and a prefetch multiplier of 1: a worker holds only messages it
   is running, so the queue length is the real backlog and nothing waits in memory.
-- The hard time limit and the soft-shutdown window derive from ``ATTENTIVE_LEASE_S``: an
-  attempt is killed before its lease ends (so a live delivery is never taken over), and a
-  shutdown lets running attempts finish.
+- The hard time limit and the soft-shutdown window derive from ``ATTENTIVE_LEASE_S``. A
+  task only claims and hands its jobs to the sender threads (`worker.delivery`); each
+  request has its own deadline and its lease is renewed when it starts (`worker.lease`), in
+  every pool. A shutdown lets the requests under way finish.
 - ``ack_emulation`` off: kombu keeps no ``unacked`` hash and runs no restore sweep. The relay
   recovers every job itself from its job store (leases for claimed jobs, the reconciler for
   queued jobs whose message was lost; see `worker.jobstore`), sooner than kombu's visibility
@@ -31,7 +32,7 @@ from producers.connection import connect, from_settings, is_sentinel
 from producers.queue import TASK_NAME
 from producers.settings import Settings, load_settings
 from worker import kombu_closed_channel_guard, logs, sentry
-from worker.delivery import Delivery
+from worker.delivery import SENDER_THREADS, Delivery
 from worker.destinations import Destinations
 from worker.jobstore import JobStore
 from worker.ratelimit import RateLimiter
@@ -85,7 +86,8 @@ def configure(app: Celery, settings: Settings) -> None:
 
 def job_store(settings: Settings) -> JobStore:
     """A job store on its own Redis connection pool, configured from ``settings``."""
-    client = from_settings(settings, health_check_interval=30)
+    # Every sender thread may need a connection at once (redis-py's default pool stops at 100).
+    client = from_settings(settings, health_check_interval=30, max_connections=SENDER_THREADS + 64)
     return JobStore(
         client,
         settings.attentive_queue,
@@ -166,6 +168,18 @@ def _start_promoter(**_: object) -> None:
 def _stop_promoter(**_: object) -> None:
     if _promoter is not None:
         _promoter.stop()
+    _stop_sending()
+
+
+@signals.worker_process_shutdown.connect
+def _stop_sending(**_: object) -> None:
+    # Tasks return before their sends end (worker.delivery): let the requests under way finish
+    # and give the attempts not yet started back to the schedule, rather than leave them to
+    # their leases (which would count an attempt and wait a lease period).
+    if _runtime is not None:
+        given = _runtime.delivery.close(settings.attentive_timeout_s + 1)
+        if given:
+            log.info("shutdown: %d attempts not yet started given back to the schedule", given)
 
 
 __all__ = ["TASK_NAME", "app", "runtime", "settings"]

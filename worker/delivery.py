@@ -1,14 +1,18 @@
-"""One delivery attempt from claim to outcome: the body of the Celery task.
+"""One delivery attempt from claim to outcome.
 
-Order of checks: claim (fencing) -> a lost previous attempt -> validate again -> freshness ->
-send -> retry policy -> record the decision. Any exception in here is a poison job: it is
-dead-lettered as ``crashed`` with a traceback summary (exception type and code locations,
-never values), so it cannot loop. A Redis error is not the job's fault: it propagates (the
-task requeues the message) and the lease recovers the attempt.
+In the Celery task (`Delivery.start`): claim (fencing; one script for a batch message) -> a
+lost previous attempt -> validate again -> freshness -> admission to the job's lane (or
+parked until its turn). Then on a sender thread (`worker.lanes`): the rate-limit slot,
+reserved only when near -> the lease fence, renewed right before the request leaves
+(`worker.lease`) -> send -> retry policy -> record the decision.
 
-`Delivery.run` attempts one job; `Delivery.run_batch` the jobs of a batch message, with the
-same steps and the Redis round trips shared (one claim, one reservation per bucket, one
-pipeline of outcomes) and the sends overlapped on sender threads.
+Any exception in a job's steps is a poison job: it is dead-lettered as ``crashed`` with a
+traceback summary (exception type and code locations, never values), so it cannot loop,
+and the other jobs of its message go on. A Redis error is not the job's fault: in the claim
+it propagates (the task hands the message back); later, the job's lease brings it back.
+
+`Delivery.run` and `Delivery.run_batch` do the same and wait for the outcomes (tests and
+in-process use); the Celery tasks call `Delivery.start` and return at once.
 """
 
 from __future__ import annotations
@@ -16,12 +20,11 @@ from __future__ import annotations
 import json
 import logging
 import random
-import threading
 import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -38,25 +41,22 @@ from producers.validation import parse_job
 from worker import sentry
 from worker.destinations import Bucket, Destination, Destinations, Outcome, account_of
 from worker.jobstore import Claim, JobStore
+from worker.lanes import Lanes
+from worker.lease import Leases
 from worker.policy import DeadLetter, Decision, Delivered, Retry, RetryPolicy, decide
 from worker.ratelimit import RateLimiter
 
 T = TypeVar("T")
 log = logging.getLogger("attentive_relay.delivery")
 MAX_RESPONSE_KEPT = 2000
-#: How late a parked job may still use the slot reserved for it; later, it takes a new one.
-#: A later send would bunch up with the next slots' sends, past Attentive's count for a second
-#: (at 145.5 of 150/s, 25 ms late is already three requests' worth).
-LATE_SLOT_MS = 25
-#: A parked job is queued again this long before its slot (the promoter runs every 0.1 s), so
-#: it is back in time to wait for the slot rather than miss it.
-PARK_LEAD_MS = 150
-#: How far off a batch job's send slot may be for it to wait on a sender thread; further off, it
-#: is parked until the slot. Longer than ATTENTIVE_RATE_MAX_WAIT_S: here the wait costs a thread, not a worker.
-BATCH_WAIT_S = 1.0
-#: Threads per process that run a batch's attempts: enough for a few batches at once; more
-#: batches queue here, and each attempt reserves its send slot only when it starts.
-SENDER_THREADS = 4 * MAX_BATCH
+#: How far off a send slot may be for a sender thread to reserve it and wait; further off, the
+#: thread reserves nothing and comes back nearer the slot (see `worker.ratelimit`).
+SLOT_WAIT_S = 1.0
+#: Sender threads per process, shared fairly by the lanes (`worker.lanes`): one lane alone
+#: may use half of them, so another lane always finds some free.
+SENDER_THREADS = 8 * MAX_BATCH
+#: Tries to reserve a slot before a sender thread gives the job back to the schedule.
+MAX_SLOT_TRIES = 100
 #: Pause for the whole bucket when Attentive reports x-ratelimit-remaining: 0 without a 429.
 EXHAUSTED_SECOND_PAUSE_S = 0.1
 
@@ -74,7 +74,8 @@ def traceback_summary(exc: BaseException) -> str:
 
 
 class Delivery:
-    """Runs attempts. One per worker process; ``clock`` and ``rand`` are injectable for tests."""
+    """Runs attempts. One per worker process; ``clock``, ``rand`` and ``sleep`` are
+    injectable for tests."""
 
     def __init__(
         self,
@@ -94,137 +95,153 @@ class Delivery:
         self.clock = clock
         self.rand = rand
         self.sleep = sleep
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
+        self.leases = Leases(store.client, store.lease_ms)
+        # An attempt admitted to a lane starts within this long at the lane's pace: its claim's
+        # lease covers it twice over, and the request's own deadline after that.
+        self.lanes = Lanes(SENDER_THREADS, budget_s=(settings.attentive_lease_s - settings.attentive_timeout_s) / 2)
 
     def run(self, job_id: str, ticket: str) -> str:
-        """Attempt the job if this message holds its ticket. Returns the outcome's name."""
-        now_ms = int(self.clock() * 1000)
-        claim = self.store.claim(job_id, ticket, now_ms)
-        if isinstance(claim, str):
-            return _skipped(job_id, ticket, claim)
-        return self._guarded(claim, now_ms)
+        """Attempt the job if this message holds its ticket, and wait for the outcome's name."""
+        [started] = self.start([(job_id, ticket)])
+        return started if isinstance(started, str) else started.result()
 
     def run_batch(self, batch_id: str, tickets: list[str]) -> Counter[str]:
-        """Attempt every job of one batch message whose ticket it holds. Returns how many ended
-        each way.
-
-        The same steps as `run`, with the Redis work shared: the jobs are claimed in one script,
-        their send slots reserved in one script per rate-limit bucket, and their outcomes
-        recorded in one pipeline. The sends overlap on the sender threads (so a 100 ms API does
-        not serialize them), each at its own slot; a job whose slot is further off than
-        `BATCH_WAIT_S` is parked until it, as `run` parks one. A failure in one job's steps
-        dead-letters that job as ``crashed`` and leaves the others alone. A Redis error is
-        raised once every send has returned (the task hands the message back; the claimed jobs
-        come back through their leases).
-        """
-        now_ms = int(self.clock() * 1000)
+        """Attempt every job of one batch message whose ticket it holds, and wait for them all.
+        Returns how many ended each way."""
         pairs = [(job_of(ticket), ticket) for ticket in tickets[:MAX_BATCH]]
         counts: Counter[str] = Counter()
-        ready: list[Ready] = []
-        for (job_id, ticket), claim in zip(pairs, self.store.claim_many(batch_id, pairs, now_ms), strict=True):
-            if isinstance(claim, str):
-                counts[_skipped(job_id, ticket, claim)] += 1
-                continue
-            prepared = self._crash_guard(claim, now_ms, lambda c=claim: self._prepare(c, now_ms))
-            if isinstance(prepared, str):
-                counts[_counted(prepared)] += 1
-            else:
-                ready.append(prepared)
-        sending = []
-        for attempt, wait_s in zip(ready, self._batch_waits(ready, now_ms), strict=True):
-            parked = self._crash_guard(
-                attempt.claim, now_ms, lambda a=attempt, w=wait_s: self._park(a, now_ms, w, BATCH_WAIT_S)
-            )
-            if parked is not None:
-                counts[_counted(parked)] += 1
-                continue
-            sending.append((attempt, self._senders().submit(self._send_at, attempt, now_ms / 1000 + wait_s)))
-        failed: redis.RedisError | None = None
-        sent: list[tuple[Ready, Decision, Outcome, int]] = []
-        for attempt, future in sending:
-            try:
-                result = future.result()
-                if isinstance(result, str):
-                    counts[_counted(result)] += 1
-                else:
-                    sent.append((attempt, *result))
-            except redis.RedisError as exc:
-                failed = failed or exc
-            except Exception as exc:
-                counts[_counted(self._crashed(attempt.claim, now_ms, exc))] += 1
-        if sent:
-            with self.store.client.pipeline(transaction=False) as pipe:
-                for attempt, decision, outcome, done_ms in sent:
-                    self._record(attempt.claim, done_ms, attempt.history, decision, outcome, pipe)
-                kept = pipe.execute()
-            for (attempt, decision, _, _), was_kept in zip(sent, kept, strict=True):
-                counts[_counted(_name(decision))] += 1
-                if not was_kept:
-                    _taken_over(attempt.claim, decision)
-        if failed is not None:
-            raise failed
+        for started in self.start(pairs, batch_id):
+            counts[_counted(started if isinstance(started, str) else started.result())] += 1
         return counts
 
-    def _batch_waits(self, ready: list[Ready], now_ms: int) -> list[float]:
-        """Seconds until each job's send slot: its own reserved slot if still good, else a new
-        one, reserved for all the batch's jobs of a bucket in one script."""
-        waits = [0.0] * len(ready)
-        if self.limiter is None:
-            return waits
-        needed: dict[str, list[int]] = {}
-        for i, attempt in enumerate(ready):
-            own = self._own_slot(attempt, now_ms)
-            if own is not None:
-                waits[i] = own
-            else:
-                needed.setdefault(self.limiter.key(attempt.bucket), []).append(i)
-        for members in needed.values():
-            for i, wait_s in zip(
-                members, self.limiter.reserve_many(ready[members[0]].bucket, len(members)), strict=True
-            ):
-                waits[i] = wait_s
-        return waits
+    def start(self, pairs: list[tuple[str, str]], batch_id: str | None = None) -> list[str | Future[str]]:
+        """Claim the jobs of one message (``batch_id`` for a batch message, else one job), check
+        each again and hand it to its lane's sender threads. Returns, per job, the outcome
+        already reached (skipped, refused, stale, parked) or the future of its send.
 
-    def _own_slot(self, ready: Ready, now_ms: int) -> float | None:
-        """Seconds until the slot reserved for this job when it was parked, if that slot is
-        still good: not more than `LATE_SLOT_MS` past, and not reserved before a 429 held the
-        bucket back. Otherwise it needs a new one."""
-        slot_ms = ready.claim.slot_ms
-        if slot_ms is None or now_ms - slot_ms > LATE_SLOT_MS:
-            return None
-        if self.limiter is not None and self.limiter.held(ready.bucket, ask_redis=True):
-            return None
-        return max(0.0, (slot_ms - now_ms) / 1000)
+        Nothing waits here for a send: the Celery task returns at once, so a slow API holds no
+        task slot and every account's messages keep being taken. A lane that has more than it
+        can start within its budget parks the rest in the schedule until its turn
+        (`worker.lanes`): a process holds only what it can send in time, and leaves the rest
+        of a backlog to other workers. A failure in one job's steps dead-letters that job as
+        ``crashed`` and leaves the others alone. A Redis error in the claim is raised (the
+        task hands the message back); after the claim, a job whose steps cannot reach Redis
+        comes back when its lease ends.
+        """
+        now_ms = int(self.clock() * 1000)
+        if batch_id is None:
+            claims = [self.store.claim(pairs[0][0], pairs[0][1], now_ms)]
+        else:
+            claims = self.store.claim_many(batch_id, pairs, now_ms)
+        out: list[str | Future[str]] = []
+        by_lane: dict[str, list[tuple[int, Ready]]] = {}
+        for (job_id, ticket), claim in zip(pairs, claims, strict=True):
+            if isinstance(claim, str):
+                out.append(_skipped(job_id, ticket, claim))
+                continue
+            self.leases.hold(claim.job_id, claim.ticket)
+            prepared = self._in_lane(claim, now_ms, lambda c=claim: self._prepare(c, now_ms))
+            out.append(prepared if isinstance(prepared, str) else "")
+            if isinstance(prepared, Ready):
+                by_lane.setdefault(RateLimiter.key(prepared.bucket), []).append((len(out) - 1, prepared))
+        for lane, members in by_lane.items():
+            admitted = self.lanes.admit(lane, len(members))
+            for behind, (i, ready) in enumerate(members):
+                if behind < admitted:
+                    out[i] = self.lanes.submit(lane, lambda r=ready: self._on_lane(r), tag=ready)
+                else:
+                    turn_s = self.lanes.turn_s(lane, behind - admitted)
+                    out[i] = self._in_lane(ready.claim, now_ms, lambda r=ready, t=turn_s: self._park(r, now_ms, t))
+        return out
 
-    def _send_at(self, attempt: Ready, at_s: float) -> tuple[Decision, Outcome, int] | str:
-        """Send at the reserved slot, unless the bucket was backed off (a 429) since: then take
-        a new slot, or park the job until it."""
-        wait_s = at_s - self.clock()
-        if wait_s > 0:
-            self.sleep(wait_s)
-        if self.limiter is not None and self.limiter.held(
-            attempt.bucket, ask_redis=wait_s > self.settings.attentive_rate_max_wait_s
-        ):
-            now_ms = int(self.clock() * 1000)
-            wait_s = self.limiter.reserve(attempt.bucket)
-            parked = self._park(attempt, now_ms, wait_s, BATCH_WAIT_S)
+    def close(self, timeout_s: float) -> int:
+        """Stop sending: wait up to ``timeout_s`` for the requests under way, and give the
+        attempts that have not started back to the schedule (their attempt not counted).
+        Returns how many were given back."""
+        now_ms = int(self.clock() * 1000)
+        given = 0
+        for ready in self.lanes.close(timeout_s):
+            try:
+                if self._park(ready, now_ms, 0.0) == "deferred":
+                    given += 1
+            except redis.RedisError:
+                pass  # its lease brings it back
+        self.leases.stop()
+        return given
+
+    def _in_lane(self, claim: Claim, now_ms: int, step: Callable[[], T]) -> T | str:
+        """A step of one claimed job: ``crashed`` if it fails; the lease let go once the job
+        has an outcome (a str)."""
+        result = self._crash_guard(claim, now_ms, step)
+        if isinstance(result, str):
+            self.leases.let_go(claim.job_id)
+        return result
+
+    def _on_lane(self, ready: Ready) -> str:
+        """On a sender thread: the slot, the fence, the send and its record."""
+        claim = ready.claim
+        try:
+            return self._in_lane(claim, int(self.clock() * 1000), lambda: self._attempt(ready))
+        except redis.RedisError as exc:
+            self.leases.let_go(claim.job_id)
+            log.warning(
+                "job_id=%s: Redis failed mid-attempt (%s); the job comes back when its lease ends",
+                claim.job_id,
+                type(exc).__name__,
+                extra={"job_id": claim.job_id, "outcome": "skipped:redis"},
+            )
+            return "skipped:redis"
+
+    def _attempt(self, ready: Ready) -> str:
+        if self.limiter is not None:
+            parked = self._wait_for_slot(ready)
             if parked is not None:
                 return parked
-            self.sleep(wait_s)
-        return self._send(attempt)
+        claim = ready.claim
+        if not self.leases.fence(claim.job_id, claim.ticket, int(self.clock() * 1000)):
+            log.warning(
+                "job_id=%s not sent: the job was taken over before its send",
+                claim.job_id,
+                extra={"job_id": claim.job_id, "outcome": "skipped:taken_over"},
+            )
+            return "skipped:taken_over"
+        decision, outcome, done_ms = self._send(ready)
+        return self._record_sent(ready, done_ms, decision, outcome)
 
-    def _senders(self) -> ThreadPoolExecutor:
-        # Built on first use, so in a prefork child after the fork.
-        if self._pool is None:
-            with self._pool_lock:
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(SENDER_THREADS, thread_name_prefix="attentive-send")
-        return self._pool
+    def _record_sent(self, ready: Ready, done_ms: int, decision: Decision, outcome: Outcome) -> str:
+        """Record a send's outcome, retrying through a Redis blip for up to half a lease (the
+        lease is renewed meanwhile): an outcome given up here is a job sent again."""
+        give_up = self.clock() + self.store.lease_ms / 2000
+        pause_s = 0.05
+        while True:
+            try:
+                return self._record(ready.claim, done_ms, ready.history, decision, outcome)
+            except redis.RedisError:
+                if self.clock() + pause_s > give_up:
+                    raise
+                self.sleep(pause_s)
+                pause_s = min(2.0, pause_s * 2)
 
-    def _guarded(self, claim: Claim, now_ms: int) -> str:
-        """`_attempt`, with any failure but Redis's turned into a ``crashed`` dead letter."""
-        return self._crash_guard(claim, now_ms, lambda: self._attempt(claim, now_ms))
+    def _wait_for_slot(self, ready: Ready) -> str | None:
+        """Reserve the job's send slot when it is near, and sleep until it. None: send now.
+
+        A slot reserved before a 429 held the bucket back is void: a new one is taken. When
+        the slot is further off than the lane's budget, the job is parked until near it."""
+        assert self.limiter is not None
+        bucket, budget_s = ready.bucket, self.lanes.budget_s
+        started = self.clock()
+        for _ in range(MAX_SLOT_TRIES):
+            reserved, wait_s = self.limiter.reserve_within(bucket, SLOT_WAIT_S)
+            if reserved:
+                if wait_s > 0:
+                    self.sleep(wait_s)
+                if not self.limiter.held(bucket, ask_redis=wait_s > self.settings.attentive_rate_max_wait_s):
+                    return None
+                continue
+            if self.clock() - started + wait_s > budget_s:
+                return self._park(ready, int(self.clock() * 1000), wait_s - SLOT_WAIT_S / 2)
+            self.sleep(wait_s - SLOT_WAIT_S / 2)
+        return self._park(ready, int(self.clock() * 1000), SLOT_WAIT_S)
 
     def _crash_guard(self, claim: Claim, now_ms: int, step: Callable[[], T]) -> T | str:
         try:
@@ -250,23 +267,6 @@ class Delivery:
         ]
         self._dead(claim, now_ms, history, DeadLetter("crashed", summary), None)
         return "dead:crashed"
-
-    def _attempt(self, claim: Claim, now_ms: int) -> str:
-        prepared = self._prepare(claim, now_ms)
-        if isinstance(prepared, str):
-            return prepared
-        if self.limiter is not None:
-            own = self._own_slot(prepared, now_ms)
-            wait_s = own if own is not None else self.limiter.reserve(prepared.bucket)
-            # A parked job is queued again PARK_LEAD_MS before its own slot: it waits for it here.
-            max_wait_s = self.settings.attentive_rate_max_wait_s + (PARK_LEAD_MS / 1000 if own is not None else 0)
-            parked = self._park(prepared, now_ms, wait_s, max_wait_s)
-            if parked is not None:
-                return parked
-            if wait_s > 0:
-                self.sleep(wait_s)
-        decision, outcome, done_ms = self._send(prepared)
-        return self._record(claim, done_ms, prepared.history, decision, outcome)
 
     def _prepare(self, claim: Claim, now_ms: int) -> Ready | str:
         """Everything before the send: a lost previous attempt, validation again, freshness,
@@ -303,20 +303,17 @@ class Delivery:
         destination = self.destinations.for_job(job)
         return Ready(claim, job, kind, account, destination, destination.bucket(job, account), occurred, history)
 
-    def _park(self, ready: Ready, now_ms: int, wait_s: float, max_wait_s: float) -> str | None:
-        """Park the job until its send slot when that is more than ``max_wait_s`` away (or
-        dead-letter it as stale if the event would be stale by then). None means: send at the slot."""
-        if self.limiter is None or wait_s <= max_wait_s:
-            return None
+    def _park(self, ready: Ready, now_ms: int, wait_s: float) -> str:
+        """Give the job back to the schedule for ``wait_s`` (its attempt not counted, no slot
+        held), or dead-letter it as stale if the event would be stale by then."""
         claim, bucket = ready.claim, ready.bucket
-        slot_ms = now_ms + int(wait_s * 1000)
+        due_ms = now_ms + max(0, int(wait_s * 1000))
         if ready.occurred is not None and freshness.is_stale(
-            ready.occurred, datetime.fromtimestamp(slot_ms / 1000, UTC), self.policy.freshness_s
+            ready.occurred, datetime.fromtimestamp(due_ms / 1000, UTC), self.policy.freshness_s
         ):
-            detail = f"the rate limit for {bucket.lane} leaves no send slot before the event goes stale"
+            detail = f"the {bucket.lane} lane has no turn for it before the event goes stale"
             return self._record(claim, now_ms, ready.history, DeadLetter(Stale.reason, detail), None)
-        # Queued again a little ahead of the slot, so the promoter's pace never makes it late.
-        self.store.defer(claim, now_ms, due_ms=slot_ms - PARK_LEAD_MS, slot_ms=slot_ms)
+        self.store.defer(claim, now_ms, due_ms=due_ms, slot_ms=0)
         return "deferred"
 
     def _send(self, ready: Ready) -> tuple[Decision, Outcome, int]:

@@ -6,10 +6,13 @@ by a Lua script that reads Redis's own clock, so worker clocks don't matter. Eac
 *reserves* the next free send slot and returns how long until it: requests leave evenly
 spaced at ``rate`` per second, however many workers ask.
 
-A worker sleeps through a short wait (up to ``ATTENTIVE_RATE_MAX_WAIT_S``); a longer one means
-the endpoint is backlogged, and the job is parked in the retry schedule until its reserved
-slot, without burning an attempt and without holding a broker message. So identity calls
-queued at 10/s never hold up custom events at 150/s.
+A sender thread reserves a slot only when it is about to send (`RateLimiter.reserve_within`):
+when the next free slot is further off, nothing is reserved and the thread comes back nearer
+its turn (or, past the lane's budget, the job is parked in the retry schedule without burning
+an attempt). A reserved slot is therefore always used on time, and parked jobs never return
+late to a slot of theirs and bunch up past Attentive's count for a second. Each endpoint is
+its own lane (`worker.lanes`), so identity calls queued at 10/s never hold up custom events
+at 150/s.
 
 When Attentive answers 429, or reports ``x-ratelimit-remaining: 0``, the whole bucket backs
 off (`RateLimiter.back_off`), not just the one job.
@@ -28,11 +31,14 @@ from producers import keys
 from worker.destinations.base import Bucket
 
 # Several consecutive slots at once: the first one's wait; the others follow at the interval.
+# With a maximum wait (ARGV[3] >= 0), nothing is reserved when the first slot is further off:
+# the answer is then the wait, negated.
 _RESERVE_MANY = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
+if tonumber(ARGV[3]) >= 0 and tat - now > tonumber(ARGV[3]) then return string.format('%.0f', now - tat) end
 local new = tat + tonumber(ARGV[1]) * tonumber(ARGV[2])
 redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.floor((new - now) / 1000) + 1000)
 return string.format('%.0f', tat - now)
@@ -77,8 +83,16 @@ class RateLimiter:
     def reserve_many(self, bucket: Bucket, count: int) -> list[float]:
         """Reserve ``count`` consecutive slots in one call: seconds until each."""
         interval_us = round(1_000_000 / self.rate(bucket))
-        first_us = int(self._reserve_many(keys=[self.key(bucket)], args=[interval_us, count]))
+        first_us = int(self._reserve_many(keys=[self.key(bucket)], args=[interval_us, count, -1]))
         return [(first_us + i * interval_us) / 1_000_000 for i in range(count)]
+
+    def reserve_within(self, bucket: Bucket, max_wait_s: float) -> tuple[bool, float]:
+        """Reserve the next slot only if it is at most ``max_wait_s`` away: (reserved, seconds
+        until the slot). Nothing is held when it is further: the caller comes back nearer its
+        turn, so no slot is ever reserved for a job that may miss it."""
+        interval_us = round(1_000_000 / self.rate(bucket))
+        wait_us = int(self._reserve_many(keys=[self.key(bucket)], args=[interval_us, 1, round(max_wait_s * 1e6)]))
+        return wait_us >= 0, abs(wait_us) / 1_000_000
 
     def back_off(self, bucket: Bucket, seconds: float) -> None:
         """Push the bucket's next free slot at least ``seconds`` into the future, for every

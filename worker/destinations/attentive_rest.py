@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from producers.accounts import Account
 from producers.errors import DeliveryError, Unauthorized
-from producers.jobs import EVENT_PATHS, attentive_body
+from producers.jobs import COUNTED_KINDS, EVENT_PATHS, attentive_body
 from producers.settings import Settings
 from worker.destinations.base import (
     Bucket,
@@ -79,6 +79,7 @@ class AttentiveRest:
             content,
             lambda r: self.classify(r.status_code, r.text, r.headers),
             headers={"Authorization": f"Bearer {account.token.get_secret_value()}"},
+            counted=job.kind in COUNTED_KINDS,  # type: ignore[attr-defined]
         )
 
     def body(self, job: BaseModel) -> dict[str, Any]:

@@ -21,7 +21,15 @@ import httpx
 from pydantic import BaseModel, SecretStr
 
 from producers.accounts import Account
-from producers.errors import DeliveryError, NetworkError, RateLimited, Rejected, ServerError, Unauthorized
+from producers.errors import (
+    DeliveryError,
+    NetworkError,
+    RateLimited,
+    Rejected,
+    ServerError,
+    Unauthorized,
+    Uncertain,
+)
 from worker.destinations.transport import Http
 
 VERSION = "0.1.0"
@@ -108,17 +116,18 @@ def post(
     classify: Callable[[httpx.Response], DeliveryError | None],
     *,
     remaining_headers: tuple[str, ...] = ("x-ratelimit-remaining",),
+    counted: bool = False,
     **kwargs: Any,
 ) -> Outcome:
-    """POST and classify the answer; a timeout or a connection failure is a `NetworkError`.
-    The outcome's ``ratelimit_remaining`` is the first of ``remaining_headers`` present."""
+    """POST and classify the answer. A timeout or a connection failure is a `NetworkError`,
+    except when the request had left and ``counted`` says a second send would count twice:
+    then it is `Uncertain`. The outcome's ``ratelimit_remaining`` is the first of
+    ``remaining_headers`` present."""
     started = time.monotonic()
     try:
         response = http.post(path, content=content, **kwargs)
-    except httpx.TimeoutException as exc:
-        return Outcome(None, NetworkError(f"timeout ({type(exc).__name__})"), time.monotonic() - started)
     except httpx.TransportError as exc:
-        return Outcome(None, NetworkError(f"connection failed ({type(exc).__name__})"), time.monotonic() - started)
+        return Outcome(None, transport_error(exc, counted), time.monotonic() - started)
     return Outcome(
         status=response.status_code,
         error=classify(response),
@@ -148,6 +157,18 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def transport_error(exc: httpx.TransportError, counted: bool) -> DeliveryError:
+    """What a failed exchange means: nothing sent (no connection), or maybe sent."""
+    name = type(exc).__name__
+    timeout = isinstance(exc, httpx.TimeoutException)
+    if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError | httpx.PoolTimeout):
+        return NetworkError(f"{'timeout' if timeout else 'connection failed'} ({name})")
+    what = "timeout" if timeout else "connection broke"
+    if counted:
+        return Uncertain(f"{what} after the request left ({name}): it may have counted; not sent again")
+    return NetworkError(f"{what} ({name})")
 
 
 def int_header(headers: httpx.Headers, name: str) -> int | None:

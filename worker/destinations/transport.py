@@ -13,15 +13,23 @@ and receive (``ATTENTIVE_TIMEOUT_S``); redirects are not followed; TLS certifica
 verified (the default SSL context). Failures raise httpx's exceptions: `httpx.ConnectTimeout`
 or `httpx.ReadTimeout` for a timeout, `httpx.ConnectError` when no connection could be made (TLS refused included),
 `httpx.RemoteProtocolError` for a connection that broke mid-exchange; nothing else.
+
+Unlike httpx, the timeout is also a deadline for the whole exchange: a server that trickles
+its answer a byte at a time is cut off ``ATTENTIVE_TIMEOUT_S`` after the request started
+(`httpx.ReadTimeout`). The lease that fences a send (`worker.lease`) is renewed when the
+request starts and outlasts this deadline, so no attempt is still sending when another could
+take the job over, whatever the pool (prefork's time limit or threads).
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import select
 import socket
 import ssl
 import threading
+import time
 from typing import Any
 
 import httpx
@@ -39,6 +47,7 @@ class StdlibTransport(httpx.BaseTransport):
         self._local = threading.local()
         self._all: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
+        self._deadlines = _Deadlines()
 
     def _connection(self, url: httpx.URL) -> http.client.HTTPConnection:
         conns: dict[tuple[str, str, int | None], http.client.HTTPConnection] = self._local.__dict__.setdefault(
@@ -62,15 +71,20 @@ class StdlibTransport(httpx.BaseTransport):
         conn = self._connection(request.url)
         connected = conn.sock is not None
         target = request.url.raw_path.decode("ascii")
+        watch = self._deadlines.watch(conn, self.timeout_s)
         try:
             conn.request(request.method, target, body=request.read(), headers=dict(request.headers.multi_items()))
             answer = conn.getresponse()
             content = answer.read(MAX_RESPONSE)
             if answer.will_close or not answer.isclosed():
                 conn.close()  # the server closes it, or a body too large was cut short
+            if self._deadlines.passed(watch):
+                # http.client returns a body cut short by the shutdown as if it were whole.
+                raise TimeoutError("deadline")
         except TimeoutError as exc:
             # A socket exists once the connection was made: the time ran out sending or waiting.
-            kind = httpx.ReadTimeout if connected or conn.sock is not None else httpx.ConnectTimeout
+            sent = connected or conn.sock is not None or self._deadlines.passed(watch)
+            kind = httpx.ReadTimeout if sent else httpx.ConnectTimeout
             conn.close()
             raise kind(f"timed out ({type(exc).__name__})", request=request) from None
         except (ConnectionRefusedError, socket.gaierror, ssl.SSLError) as exc:
@@ -78,7 +92,11 @@ class StdlibTransport(httpx.BaseTransport):
             raise httpx.ConnectError(f"cannot connect ({type(exc).__name__})", request=request) from None
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
+            if self._deadlines.passed(watch):
+                raise httpx.ReadTimeout(f"deadline passed ({type(exc).__name__})", request=request) from None
             raise httpx.RemoteProtocolError(f"connection broke ({type(exc).__name__})", request=request) from None
+        finally:
+            self._deadlines.unwatch(watch)
         return httpx.Response(answer.status, headers=answer.getheaders(), content=content, request=request)
 
     def close(self) -> None:
@@ -86,6 +104,54 @@ class StdlibTransport(httpx.BaseTransport):
             for conn in self._all:
                 conn.close()
             self._all.clear()
+
+
+class _Deadlines:
+    """Cuts off exchanges that outlast their deadline: one daemon thread shuts their sockets
+    down, which ends the blocked read at once."""
+
+    TICK_S = 0.05
+
+    def __init__(self) -> None:
+        self._active: dict[int, tuple[float, http.client.HTTPConnection]] = {}
+        self._passed: set[int] = set()
+        self._lock = threading.Lock()
+        self._next = 0
+        self._thread: threading.Thread | None = None
+
+    def watch(self, conn: http.client.HTTPConnection, seconds: float) -> int:
+        with self._lock:
+            self._next += 1
+            self._active[self._next] = (time.monotonic() + seconds, conn)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="attentive-deadlines", daemon=True)
+                self._thread.start()
+            return self._next
+
+    def unwatch(self, watch: int) -> None:
+        with self._lock:
+            self._active.pop(watch, None)
+            self._passed.discard(watch)
+
+    def passed(self, watch: int) -> bool:
+        with self._lock:
+            return watch in self._passed
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.TICK_S)
+            now = time.monotonic()
+            # Under the lock: once `unwatch` has run, the connection may carry the next
+            # exchange, which must not be cut.
+            with self._lock:
+                for w, (deadline, conn) in list(self._active.items()):
+                    if deadline > now:
+                        continue
+                    del self._active[w]
+                    self._passed.add(w)
+                    if conn.sock is not None:
+                        with contextlib.suppress(OSError):
+                            conn.sock.shutdown(socket.SHUT_RDWR)
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:

@@ -1,0 +1,63 @@
+"""The lease fence (`worker.lease`): a send leaves only while its attempt holds the job."""
+
+from __future__ import annotations
+
+import time
+
+from producers import keys
+from producers.queue import ticket_for
+from worker.lease import Leases
+
+from conftest import KindLimiter, delivery_for, sandbox_requests
+
+EVENT = {
+    "kind": "purchase",
+    "user": {"phone": "+14155552671"},
+    "orderId": "o-1",
+    "items": [{"productId": "p", "productVariantId": "v", "price": [{"value": 1.5, "currency": "USD"}]}],
+}
+
+
+def test_the_fence_renews_only_the_attempt_that_holds_the_job(settings, producer, redis_client):
+    store = delivery_for(settings, redis_client).store
+    leases = Leases(redis_client, store.lease_ms)
+    job_id = producer.enqueue(EVENT)
+    claim = store.claim(job_id, ticket_for(job_id, 0), 1_000)
+    assert leases.fence(job_id, claim.ticket, 50_000)
+    assert redis_client.zscore(keys.LEASES, job_id) == 50_000 + store.lease_ms
+    assert store.promote(50_000 + store.lease_ms + 1) == (0, 1), "the lease ended: taken over"
+    assert not leases.fence(job_id, claim.ticket, 50_000), "the old attempt no longer holds it"
+    assert redis_client.zscore(keys.LEASES, job_id) is None
+
+
+def test_a_live_process_keeps_the_leases_of_the_jobs_it_holds(settings, producer, redis_client):
+    store = delivery_for(settings, redis_client).store
+    leases = Leases(redis_client, store.lease_ms)
+    kept, lost = producer.enqueue(EVENT), producer.enqueue({**EVENT, "orderId": "o-2"})
+    for job_id in (kept, lost):
+        claim = store.claim(job_id, ticket_for(job_id, 0), 1_000)
+        leases.hold(job_id, claim.ticket)
+    redis_client.hset(keys.job(lost), "ticket", "someone-else")
+    assert leases.renew_held(90_000) == 1
+    assert redis_client.zscore(keys.LEASES, kept) == 90_000 + store.lease_ms
+    assert leases.held() == 1, "a job taken over is let go"
+    leases.stop()
+
+
+def test_an_attempt_taken_over_while_it_waited_for_its_slot_does_not_send(settings, producer, redis_client, sandbox):
+    """The attempt waits for its rate-limit slot; meanwhile its lease ends and the promoter
+    queues the job again. When the slot comes, the fence stops the send."""
+    job_id = producer.enqueue(EVENT)
+    limiter = KindLimiter(redis_client, settings)
+    limiter.back_off("purchase", 0.3)  # the next slot is 0.3 s away
+    store_view = delivery_for(settings, redis_client).store
+
+    def sleep_while_taken_over(seconds: float) -> None:
+        store_view.promote(int(time.time() * 1000) + store_view.lease_ms + 1)  # as after a long stall
+        time.sleep(seconds)
+
+    delivery = delivery_for(settings, redis_client)
+    delivery.limiter, delivery.sleep = limiter.limiter, sleep_while_taken_over
+    assert delivery.run(job_id, ticket_for(job_id, 0)) == "skipped:taken_over"
+    assert sandbox_requests(sandbox) == [], "nothing left for the API"
+    assert redis_client.hget(keys.job(job_id), "ticket") == ticket_for(job_id, 1).encode(), "the new attempt has it"

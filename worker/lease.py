@@ -1,0 +1,125 @@
+"""Leases held while a worker process has a job: the fence that keeps a send single.
+
+A claim (`worker.jobstore`) gives the worker a lease of ``ATTENTIVE_LEASE_S``. If the lease
+ends, the promoter takes the job over: a new ticket, queued again. A send that left after
+that would be a second delivery, and for purchases, add-to-cart and product views (no
+``externalEventId`` at Attentive) a double-counted order. So:
+
+- `Leases.fence` is called right before each request leaves. It renews the lease only if the
+  job still carries this attempt's ticket and is ``running``; otherwise the attempt does not
+  send. The request then has a whole lease to finish, and its own deadline
+  (``ATTENTIVE_TIMEOUT_S``, `worker.destinations.transport`) is shorter.
+- While the process is alive it renews, every third of a lease, the lease of every job it
+  holds (claimed, not yet recorded): an attempt waiting its turn behind a slow API is not
+  taken over. Only a dead or frozen process loses its leases.
+
+What a crash can still double: a process that dies after a request left but before its
+outcome was recorded loses that job's lease; the job is sent again. Kinds with an
+``externalEventId`` (custom events; Yotpo's ``event_id``) are the same event to the
+destination; purchases, add-to-cart and product views are counted twice; attributes and
+identity calls are idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+
+from producers import keys
+
+log = logging.getLogger("attentive_relay.lease")
+
+# KEYS: leases   ARGV: expiry ms, key prefix, then job_id, ticket pairs
+_RENEW = """
+local held = {}
+for i = 3, #ARGV, 2 do
+  local id, ticket = ARGV[i], ARGV[i + 1]
+  local h = redis.call('HMGET', ARGV[2] .. 'job:' .. id, 'ticket', 'state')
+  if h[1] == ticket and h[2] == 'running' then
+    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]), id)
+    held[#held + 1] = 1
+  else
+    held[#held + 1] = 0
+  end
+end
+return held
+"""
+
+#: Leases renewed in one script, at most: keeps each script short at any backlog.
+RENEW_CHUNK = 500
+
+
+class Leases:
+    """The leases one worker process holds. Thread-safe."""
+
+    def __init__(self, client: redis.Redis, lease_ms: int) -> None:
+        self.lease_ms = lease_ms
+        self._renew = client.register_script(_RENEW)
+        self._held: dict[str, str] = {}  # job id -> ticket
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def hold(self, job_id: str, ticket: str) -> None:
+        """Keep renewing this job's lease until `let_go`."""
+        with self._lock:
+            self._held[job_id] = ticket
+        self._keep_renewing()
+
+    def let_go(self, job_id: str) -> None:
+        with self._lock:
+            self._held.pop(job_id, None)
+
+    def held(self) -> int:
+        with self._lock:
+            return len(self._held)
+
+    def fence(self, job_id: str, ticket: str, now_ms: int) -> bool:
+        """Renew the lease if this attempt still holds the job: True means send now; False,
+        the job was taken over (or ended) and this attempt must not send."""
+        return bool(self.renew([(job_id, ticket)], now_ms)[0])
+
+    def renew(self, pairs: list[tuple[str, str]], now_ms: int) -> list[bool]:
+        """Renew each (job_id, ticket) still held: whether it was."""
+        out: list[bool] = []
+        for start in range(0, len(pairs), RENEW_CHUNK):
+            args: list[Any] = [now_ms + self.lease_ms, keys.PREFIX]
+            for job_id, ticket in pairs[start : start + RENEW_CHUNK]:
+                args += [job_id, ticket]
+            out += [bool(flag) for flag in self._renew(keys=[keys.LEASES], args=args)]
+        return out
+
+    def renew_held(self, now_ms: int) -> int:
+        """Renew every lease this process holds; forget those it no longer does. Returns how
+        many it still holds."""
+        with self._lock:
+            pairs = list(self._held.items())
+        lost = [job_id for (job_id, _), kept in zip(pairs, self.renew(pairs, now_ms), strict=True) if not kept]
+        with self._lock:
+            for job_id in lost:
+                self._held.pop(job_id, None)
+        return len(pairs) - len(lost)
+
+    def _keep_renewing(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="attentive-leases", daemon=True)
+                    self._thread.start()
+
+    def _run(self) -> None:
+        every_s = self.lease_ms / 3000
+        while not self._stop.wait(every_s):
+            try:
+                self.renew_held(int(time.time() * 1000))
+            except redis.RedisError as exc:
+                # The next pass tries again; a lease that ends meanwhile only means the fence
+                # stops the send and the job goes again.
+                log.warning("cannot renew leases (%s)", type(exc).__name__)
+
+    def stop(self) -> None:
+        self._stop.set()
