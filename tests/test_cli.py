@@ -121,7 +121,7 @@ def test_dlq_list_show_replay_purge(settings, producer, redis_client, sandbox):
     assert relay(["dlq", "show", "nope"], settings).returncode == 1
 
     replayed = relay(["dlq", "replay", ids[0], "--json"], settings)
-    assert json.loads(replayed.stdout) == {"replayed": 1, "stale": 0, "missing": 0}
+    assert json.loads(replayed.stdout) == {"replayed": 1, "stale": 0, "missing": 0, "unserved": 0}
     assert relay(["dlq", "replay"], settings).returncode == 2, "ids or --all is required"
 
     purged = relay(["dlq", "purge", "--all", "--json"], settings)
@@ -148,7 +148,7 @@ def test_dlq_account_option_narrows_list_and_replay(settings, redis_client, sand
     replayed = relay(
         ["dlq", "replay", "--all", "--account", "brand-b", "--reason", "rejected", "--json"], settings, **env
     )
-    assert json.loads(replayed.stdout) == {"replayed": 1, "stale": 0, "missing": 0}
+    assert json.loads(replayed.stdout) == {"replayed": 1, "stale": 0, "missing": 0, "unserved": 0}
     assert queued_count(redis_client, "attentive.brand-b") == 1
     assert queued_count(redis_client, "attentive.brand-a") == queued_count(redis_client, "attentive") == 0
     left = json.loads(relay(["dlq", "list", "--json"], settings, **env).stdout)

@@ -46,7 +46,13 @@ def test_replay_requeues_with_fresh_attempts_and_delivers_once(settings, produce
     job_id = dead_letter_one(settings, producer, redis_client, sandbox, 401)
     redis_client.delete("attentive")
     store = DeadLetters(redis_client, settings)
-    assert store.replay([job_id]) == {"replayed": [job_id], "stale": [], "missing": []}
+    assert store.replay([job_id]) == {
+        "replayed": [job_id],
+        "stale": [],
+        "missing": [],
+        "unserved": [],
+        "unserved_accounts": [],
+    }
     assert store.show(job_id) is None
     assert store.replay([job_id])["missing"] == [job_id], "a second replay finds nothing to replay"
     [message] = redis_client.lrange("attentive", 0, -1)

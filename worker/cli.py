@@ -46,6 +46,10 @@ ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Only entries wi
 AccountOpt = Annotated[
     str | None, typer.Option("--account", help=f"Only the jobs of this account ('{DEFAULT}': the default one).")
 ]
+ToAccountOpt = Annotated[
+    str | None,
+    typer.Option("--to-account", help="Replay entries of accounts no longer configured as this account's jobs."),
+]
 
 
 def _settings() -> Settings:
@@ -213,7 +217,9 @@ def stats(as_json: JsonFlag = False) -> None:
         elif key != "accounts":
             table.add_row(key, str(value))
     out.print(table)
-    accounts = Table("account", "delivered", "dead_letter", "queued", "scheduled", title="by account")
+    accounts = Table(
+        "account", "delivered", "dead_letter", "queued", "scheduled", "oldest_queued_s", "served", title="by account"
+    )
     for name, counts in data["accounts"].items():
         dead = counts["dead_letter"]
         by_reason = ", ".join(f"{reason} {count}" for reason, count in dead.items() if count)
@@ -224,8 +230,21 @@ def stats(as_json: JsonFlag = False) -> None:
             f"{total} ({by_reason})" if total else "0",
             str(counts["queued"]),
             str(counts["scheduled"]),
+            str(counts["oldest_queued_s"]),
+            "yes" if counts["served"] else "NO",
         )
     out.print(accounts)
+    for name, lost in data["unserved"].items():
+        # One line per account, whatever the terminal's width, so it can be grepped and pasted.
+        out.print(
+            f"unserved: {lost['queued']} queued and {lost['scheduled']} scheduled jobs of account {name} are on "
+            f"{', '.join(lost['queues']) or 'a queue'} that no configured worker consumes (oldest queued "
+            f"{lost['oldest_queued_s']} s); move them: attentive-relay requeue --from-account {name} "
+            f"(--to-account NAME | --dead-letter)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _dead_letters() -> Any:
@@ -293,19 +312,39 @@ def dlq_replay(
     all_: Annotated[bool, typer.Option("--all")] = False,
     reason: ReasonOpt = None,
     account: AccountOpt = None,
+    to_account: ToAccountOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Queue dead-lettered jobs again with a fresh attempt count."""
+    """Queue dead-lettered jobs again with a fresh attempt count, each on its account's queue.
+
+    An entry whose account is no longer configured is refused and kept (exit 1, naming the
+    account), unless --to-account names the account to replay it as.
+    """
     store = _dead_letters()
-    result = store.replay(_select(store, ids or [], all_, reason, account))
+    if to_account is not None:
+        _configured(store.settings, to_account)
+        if account is not None and account in store.settings.accounts and account != to_account:
+            raise typer.BadParameter(
+                f"account {account} is configured: --to-account only moves entries of accounts that are not"
+            )
+    result = store.replay(_select(store, ids or [], all_, reason, account), to_account)
     if as_json:
-        print(json.dumps({k: len(v) for k, v in result.items()}))
+        print(json.dumps({k: len(result[k]) for k in ("replayed", "stale", "missing", "unserved")}))
     else:
         out.print(
             f"replayed {len(result['replayed'])}, still stale {len(result['stale'])}, "
-            f"not found {len(result['missing'])}"
+            f"not found {len(result['missing'])}, refused {len(result['unserved'])}"
         )
-    raise typer.Exit(1 if result["missing"] and ids else 0)
+    if result["unserved"]:
+        err.print(
+            f"refused {len(result['unserved'])} entries of account {', '.join(result['unserved_accounts'])}: not in "
+            "ATTENTIVE_ACCOUNTS, so no worker consumes its queue; they are kept. Replay them as another "
+            "account's with --to-account NAME",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    raise typer.Exit(1 if (result["missing"] and ids) or result["unserved"] else 0)
 
 
 @dlq.command("purge")
@@ -323,6 +362,83 @@ def dlq_purge(
         print(json.dumps({"purged": purged}))
     else:
         out.print(f"purged {purged}")
+
+
+def _configured(settings: Settings, account: str) -> None:
+    """Exit 1 with a message naming ``account`` unless the settings configure it."""
+    if account not in settings.accounts:
+        err.print(f"account {account} is not in ATTENTIVE_ACCOUNTS", markup=False, highlight=False)
+        raise typer.Exit(1)
+
+
+@cli.command()
+def requeue(
+    from_account: Annotated[str, typer.Option("--from-account", help="Move this account's jobs.")],
+    to_account: Annotated[
+        str | None, typer.Option("--to-account", help="...onto this configured account's queue, as its jobs.")
+    ] = None,
+    dead_letter: Annotated[
+        bool, typer.Option("--dead-letter", help="...or to the dead-letter queue, as reason unknown_account.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count them; move nothing.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Move the queued, scheduled and waiting jobs of an account no worker serves (removed from
+    ATTENTIVE_ACCOUNTS) to another account, or dead-letter them as ``unknown_account``.
+
+    Exactly one of --to-account and --dead-letter. --to-account must be configured; the jobs
+    are then that account's (delivered with its token). Moving from a configured account is
+    refused: it would send one brand's customers to another's, except --to-account equal to
+    --from-account, which moves the jobs left on a queue the settings no longer name (after
+    ATTENTIVE_QUEUE was renamed) onto the account's queue. Jobs in flight are left to their
+    worker. Prints the jobs found by state, and how many moved or were dead-lettered; exit 1
+    when refused (naming the account), 2 on a usage error, 3 when Redis is down.
+    """
+    from producers.accounts import NAME
+    from worker.jobstore import JobStore
+
+    if (to_account is None) == (not dead_letter):
+        raise typer.BadParameter("give exactly one of --to-account or --dead-letter")
+    if not NAME.match(from_account):
+        raise typer.BadParameter("--from-account must be an account name (letters, digits, '-', '_')")
+    settings = _settings()
+    if to_account is not None:
+        _configured(settings, to_account)
+    configured = from_account in settings.accounts
+    if configured and (dead_letter or to_account != from_account):
+        err.print(
+            f"account {from_account} is configured (ATTENTIVE_ACCOUNTS): its workers deliver its jobs. Only "
+            "jobs of an account no worker serves are moved to another account or dead-lettered",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+    target = to_account or from_account
+    store = JobStore(
+        _client(settings),
+        settings.attentive_queue,
+        int(settings.attentive_lease_s * 1000),
+        settings.dlq_retention_ms,
+        int(settings.attentive_orphan_s * 1000),
+    )
+    detail = (
+        f"account {from_account} is not in ATTENTIVE_ACCOUNTS: no worker consumes its queue; "
+        "dead-lettered by attentive-relay requeue"
+    )
+    found = store.move_jobs(from_account, to_account, settings.queue_for(target), detail, dry_run)
+    if as_json:
+        print(json.dumps(found))
+        return
+    where = f"to account {to_account}" if to_account else "to the dead-letter queue"
+    out.print(
+        f"account {from_account}: {found['queued']} queued, {found['scheduled']} scheduled, {found['waiting']} "
+        f"waiting, {found['in_flight']} in flight (left alone); "
+        + ("nothing moved (dry run)" if dry_run else f"{found['moved'] + found['dead_lettered']} moved {where}"),
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _attentive(settings: Settings) -> Any:

@@ -10,6 +10,9 @@ expired ids lazily.
 Replay puts a job back on its account's queue with a fresh attempt count and a new ticket, in one
 transaction with removing the entry (WATCHed, so two operators replaying at once queue it
 once). The worker validates it again: a stale event stays refused unless it is fresh again.
+Replay never puts a job on a queue nobody consumes: an entry whose account is not in the
+settings (``ATTENTIVE_ACCOUNTS``) is refused and kept, unless the operator names a target
+account, which the job is then replayed as (its JSON and record name it).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import redis
 from producers import accounts, erasure, freshness, keys
 from producers.queue import add_job, job_record
 from producers.settings import Settings
+from worker.jobstore import job_with_account
 
 
 def account_of_entry(entry: dict[str, Any]) -> str:
@@ -81,16 +85,31 @@ class DeadLetters:
         found = self.entries([job_id])
         return found[0] if found else None
 
-    def replay(self, ids: Iterable[str]) -> dict[str, list[str]]:
-        """Queue these jobs again. Returns ``{"replayed": [...], "stale": [...], "missing": [...]}``."""
-        out: dict[str, list[str]] = {"replayed": [], "stale": [], "missing": []}
+    def replay(self, ids: Iterable[str], to_account: str | None = None) -> dict[str, list[str]]:
+        """Queue these jobs again, each on its account's queue. Returns lists of job ids:
+        ``{"replayed", "stale", "missing", "unserved"}``, and ``unserved_accounts``, the names
+        of the accounts of the ``unserved`` entries.
+
+        An entry whose account is not in the settings is ``unserved`` and kept, or with
+        ``to_account`` replayed as a job of that account (entries of configured accounts keep
+        theirs). Raises ``ValueError`` naming ``to_account`` if it is not in the settings.
+        """
+        if to_account is not None and to_account not in self.settings.accounts:
+            raise ValueError(f"account {to_account} is not in ATTENTIVE_ACCOUNTS")
+        out: dict[str, list[str]] = {"replayed": [], "stale": [], "missing": [], "unserved": []}
+        gone: set[str] = set()
         now = datetime.now(UTC)
         erasure_key = erasure.secret(self.client, self.settings)
         for job_id in ids:
-            out[self._replay_one(job_id, now, erasure_key)].append(job_id)
+            outcome = self._replay_one(job_id, now, erasure_key, to_account)
+            if outcome.startswith("unserved:"):
+                gone.add(outcome.partition(":")[2])
+                outcome = "unserved"
+            out[outcome].append(job_id)
+        out["unserved_accounts"] = sorted(gone)
         return out
 
-    def _replay_one(self, job_id: str, now: datetime, erasure_key: bytes) -> str:
+    def _replay_one(self, job_id: str, now: datetime, erasure_key: bytes, to_account: str | None) -> str:
         key = keys.dead(job_id)
         with self.client.pipeline(transaction=True) as pipe:
             try:
@@ -114,11 +133,19 @@ class DeadLetters:
                     )
                 ):
                     return "stale"
+                account = account_of_entry(entry)
+                replayed: dict[str, Any] = {"at": now.isoformat(), "replayed": True}
+                if account not in self.settings.accounts:
+                    # Its queue has no consumer: only where the operator says.
+                    if to_account is None:
+                        return f"unserved:{account}"
+                    account, text = to_account, job_with_account(text, to_account)
+                    replayed["account"] = to_account
                 now_ms = int(time.time() * 1000)
                 record = job_record(text, str(job.get("kind", "")), now_ms, round_=int(entry.get("round", 0)) + 1)
                 # the entry's job may be re-serialized (spaces after ':'), which account_of does not read
-                record["account"] = account_of_entry(entry)
-                record["history"] = json.dumps([*entry.get("attempts", []), {"at": now.isoformat(), "replayed": True}])
+                record["account"] = account
+                record["history"] = json.dumps([*entry.get("attempts", []), replayed])
                 pipe.multi()
                 pipe.delete(key)
                 pipe.zrem(keys.DEAD_INDEX, job_id)
