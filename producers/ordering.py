@@ -5,15 +5,21 @@ identifier after an identity call has linked that id to a phone number or an ema
 such an event is queued while an ``identity`` job for the same id (and the same account) has
 not ended yet (queued, scheduled for a retry or in flight), the event waits: state
 ``waiting``, no broker message, listed under the identity job (`producers.keys.waiters`).
-When the identity job ends, delivered or dead-lettered, its waiters are queued (in the same
-Lua script that records the end, `worker.jobstore`). Nothing else waits: an event with a
+When the identity job ends, delivered or dead-lettered, its waiters are queued: the first
+few by the Lua script that records the end, the rest by the promoters in short scripts
+(`worker.jobstore`), so no script grows with the list. Nothing else waits: an event with a
 phone or an email, or with an id no pending identity job links, is queued at once, and no
 customer's events wait for another customer's.
 
+An identity job takes at most ``ATTENTIVE_MAX_WAITERS`` waiters; a job past that is queued
+at once, unordered, and counted (``waiters_over_cap``): that many events for one id while its
+identity call is pending means an id many people share, which one call cannot link anyway.
+
 The link from an id to its identity job is a marker key named by a keyed hash of the account
 and the id (the erasure index's key, `producers.erasure`), so Redis key names never show an
-id. It expires with the job retention. If an identity job disappears without ending (erased,
-expired), the reconciler queues its waiters.
+id. It expires with the job retention. Identity jobs with waiters are indexed
+(`producers.keys.AWAITED`): if one disappears without ending (erased, expired), the
+reconciler finds it within about ``ATTENTIVE_ORPHAN_S`` and its waiters are queued.
 
 Which jobs wait: custom events, eCommerce events and custom attributes whose ``user`` has no
 ``phone`` and no ``email`` but has ``externalIdentifiers``.
