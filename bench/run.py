@@ -79,6 +79,11 @@ def quota_job(kind: str, i: int) -> dict[str, Any]:
     return {"kind": kind, "user": user, "items": [item], **extra}
 
 
+def purchase_job(account: int, i: int) -> dict[str, Any]:
+    item = {"productId": "p1", "productVariantId": "v1", "price": [{"value": 19.99, "currency": "USD"}]}
+    return {"kind": "purchase", "user": {"phone": "+14155552671"}, "orderId": f"order-{account}-{i}", "items": [item]}
+
+
 def body_of(i: int) -> dict[str, Any]:
     return {k: v for k, v in job(i).items() if k != "kind"}
 
@@ -92,7 +97,8 @@ class Bench:
         port = free_port()
         self.sandbox_url = f"http://127.0.0.1:{port}"
         self.sandbox = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "sandbox", "--port", str(port), "--token", TOKEN],
+            # Any token: the slow-API runs send for 12 accounts, each with its own.
+            [sys.executable, "-m", "worker.cli", "sandbox", "--port", str(port)],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -295,6 +301,88 @@ class Bench:
             "worker": f"1 process, pool=threads, concurrency={QUOTA_CONCURRENCY}",
         }
 
+    def under_load(self, scenario: str) -> dict[str, Any]:
+        """Issue 15's slow-API scenarios: purchases (no externalEventId, so a second send is an
+        order counted twice) from 12 accounts, one threads-pool worker, an API that answers
+        after several seconds. Counts the orders the API accepted more than once."""
+        concurrency, per_account, latency_s, lease_s, timeout_s = {
+            "6s": (48, 128, 6.0, 60.0, 10.0),
+            "4s": (24, 64, 4.0, 15.0, 5.0),
+        }[scenario]
+        if self.quick:
+            per_account //= 2
+        accounts = {f"brand-{b}": {"token": f"{TOKEN}-{b}"} for b in range(1, 12)}
+        self.reset(rate=10**6, latency_ms=int(latency_s * 1000))
+        overrides = {
+            "attentive_accounts": json.dumps(accounts),
+            "attentive_lease_s": lease_s,
+            "attentive_timeout_s": timeout_s,
+        }
+        producer = Producer(self.settings(**overrides), self.client)
+        n = 12 * per_account
+        for b in range(12):
+            account = {"account": f"brand-{b}"} if b else {}
+            producer.enqueue_many(purchase_job(b, i) | account for i in range(per_account))
+        worker = self.relay_worker("load", "threads", concurrency, **overrides)
+        t0 = time.monotonic()
+        deadline = t0 + n * latency_s / 10 + 120
+        while time.monotonic() < deadline:
+            s = stats(self.client, self.settings(**overrides))
+            if s["delivered"] + sum(s["dead_letter"].values()) >= n:
+                break
+            time.sleep(0.5)
+        elapsed = time.monotonic() - t0
+        worker.stop()
+        s = stats(self.client, self.settings(**overrides))
+        accepted: dict[str, int] = {}
+        for r in self.records():
+            if r["status"] == 200:
+                order = r["body"]["orderId"]
+                accepted[order] = accepted.get(order, 0) + 1
+        return {
+            "purchases": n,
+            "ended": s["delivered"] + sum(s["dead_letter"].values()),
+            "delivered": s["delivered"],
+            "accepted_twice": sum(1 for c in accepted.values() if c > 1),
+            "seconds": round(elapsed, 1),
+            "worker": f"1 process, pool=threads, concurrency={concurrency}; API {latency_s:g} s, "
+            f"lease {lease_s:g} s, timeout {timeout_s:g} s",
+        }
+
+    def isolation(self, latency_s: float) -> dict[str, Any]:
+        """Brand B's 40 custom events queued behind the default account's backlog of purchases
+        against a slow API: how long after enqueue they reach the API."""
+        accounts = {"brand-b": {"token": f"{TOKEN}-b"}}
+        self.reset(rate=10**6, latency_ms=int(latency_s * 1000))
+        overrides = {"attentive_accounts": json.dumps(accounts), "attentive_timeout_s": max(10.0, latency_s + 2)}
+        overrides["attentive_lease_s"] = max(60.0, overrides["attentive_timeout_s"] + 10)
+        settings = self.settings(**overrides)
+        producer = Producer(settings, self.client)
+        producer.enqueue_many(purchase_job(0, i) for i in range(1000))
+        worker = self.relay_worker("iso", "threads", CONCURRENCY, **overrides)
+        deadline = time.monotonic() + 60
+        while len(self.records()) < 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2)
+        queued_at = time.time()
+        b_job = {"kind": "custom_event", "type": "B", "user": {"phone": "+14155552671"}, "account": "brand-b"}
+        producer.enqueue_many([b_job] * 40)
+        deadline = time.monotonic() + 60
+        arrived: list[float] = []
+        while time.monotonic() < deadline:
+            arrived = [r["at"] for r in self.records() if (r["body"] or {}).get("type") == "B"]
+            if len(arrived) >= 40:
+                break
+            time.sleep(0.1)
+        worker.stop()
+        return {
+            "api_latency_s": latency_s,
+            "b_events": len(arrived),
+            "b_first_at_api_s": round(min(arrived) - queued_at, 2) if arrived else None,
+            "b_last_at_api_s": round(max(arrived) - queued_at, 2) if arrived else None,
+            "worker": f"1 process, pool=threads, concurrency={CONCURRENCY}; 1,000 purchases queued first",
+        }
+
     def enqueue_cost(self) -> dict[str, Any]:
         from bench.baseline import app
 
@@ -447,6 +535,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smaller runs (about half the time)")
     parser.add_argument("--redis-url", help="use this Redis (it is FLUSHDB'd!) instead of a private one")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--only", help="comma-separated steps to run (default: all)")
     args = parser.parse_args()
     server = None if args.redis_url else RedisServer().start()
     bench = Bench(args.redis_url or server.url, args.quick)  # type: ignore[union-attr]
@@ -461,7 +550,12 @@ def main() -> int:
             ("enqueue", bench.enqueue_cost),
             ("end_to_end", bench.end_to_end),
             ("memory", bench.memory),
+            ("under_load", lambda: {sc: bench.under_load(sc) for sc in ("6s", "4s")}),
+            ("isolation", lambda: {f"{lat:g}s": bench.isolation(lat) for lat in (6.0, 9.5)}),
         ]
+        if args.only:
+            wanted = set(args.only.split(","))
+            steps = [(name, step) for name, step in steps if name in wanted]
         for name, step in steps:
             t0 = time.monotonic()
             results[name] = step()
