@@ -23,10 +23,13 @@ def test_the_fence_renews_only_the_attempt_that_holds_the_job(settings, producer
     leases = Leases(redis_client, store.lease_ms)
     job_id = producer.enqueue(EVENT)
     claim = store.claim(job_id, ticket_for(job_id, 0), 1_000)
-    assert leases.fence(job_id, claim.ticket, 50_000)
-    assert redis_client.zscore(keys.LEASES, job_id) == 50_000 + store.lease_ms
+    leases.hold(job_id, claim.ticket, 1_000 + store.lease_ms)
+    assert leases.fence(job_id, claim.ticket, 2_000, need_ms=5_000), "the claim's lease outlasts the send"
+    assert redis_client.zscore(keys.LEASES, job_id) == 1_000 + store.lease_ms, "no round trip needed"
+    assert leases.fence(job_id, claim.ticket, 50_000, need_ms=5_000)
+    assert redis_client.zscore(keys.LEASES, job_id) == 50_000 + store.lease_ms, "renewed near its end"
     assert store.promote(50_000 + store.lease_ms + 1) == (0, 1), "the lease ended: taken over"
-    assert not leases.fence(job_id, claim.ticket, 50_000), "the old attempt no longer holds it"
+    assert not leases.fence(job_id, claim.ticket, 50_000 + store.lease_ms, need_ms=5_000), "no longer held"
     assert redis_client.zscore(keys.LEASES, job_id) is None
 
 
@@ -36,7 +39,7 @@ def test_a_live_process_keeps_the_leases_of_the_jobs_it_holds(settings, producer
     kept, lost = producer.enqueue(EVENT), producer.enqueue({**EVENT, "orderId": "o-2"})
     for job_id in (kept, lost):
         claim = store.claim(job_id, ticket_for(job_id, 0), 1_000)
-        leases.hold(job_id, claim.ticket)
+        leases.hold(job_id, claim.ticket, 1_000 + store.lease_ms)
     redis_client.hset(keys.job(lost), "ticket", "someone-else")
     assert leases.renew_held(90_000) == 1
     assert redis_client.zscore(keys.LEASES, kept) == 90_000 + store.lease_ms
@@ -49,15 +52,22 @@ def test_an_attempt_taken_over_while_it_waited_for_its_slot_does_not_send(settin
     queues the job again. When the slot comes, the fence stops the send."""
     job_id = producer.enqueue(EVENT)
     limiter = KindLimiter(redis_client, settings)
-    limiter.back_off("purchase", 0.3)  # the next slot is 0.3 s away
+    limiter.back_off("purchase", 1.5)  # the next slot is 1.5 s away: the thread sleeps
     store_view = delivery_for(settings, redis_client).store
 
+    stalled_s = [0.0]
+
+    def clock() -> float:
+        return time.time() + stalled_s[0]
+
     def sleep_while_taken_over(seconds: float) -> None:
-        store_view.promote(int(time.time() * 1000) + store_view.lease_ms + 1)  # as after a long stall
+        # The process froze for a whole lease (no renewals): the promoter took the job over.
+        stalled_s[0] += store_view.lease_ms / 1000 + 1
+        store_view.promote(int(clock() * 1000))
         time.sleep(seconds)
 
     delivery = delivery_for(settings, redis_client)
-    delivery.limiter, delivery.sleep = limiter.limiter, sleep_while_taken_over
+    delivery.limiter, delivery.sleep, delivery.clock = limiter.limiter, sleep_while_taken_over, clock
     assert delivery.run(job_id, ticket_for(job_id, 0)) == "skipped:taken_over"
     assert sandbox_requests(sandbox) == [], "nothing left for the API"
     assert redis_client.hget(keys.job(job_id), "ticket") == ticket_for(job_id, 1).encode(), "the new attempt has it"

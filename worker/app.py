@@ -129,6 +129,7 @@ def runtime() -> Runtime:
         with _runtime_lock:
             if _runtime is None:
                 _runtime = Runtime(settings)
+                _runtime.delivery.task_slots = _task_slots
     return _runtime
 
 
@@ -149,6 +150,18 @@ def _setup_logging(loglevel: int | str | None = None, **_: object) -> None:
 def _start_sentry(**_: object) -> None:
     if sentry.init(settings):
         log.info("Sentry is on (personal data scrubbed)")
+
+
+_task_slots = 1
+
+
+@signals.worker_init.connect
+def _count_task_slots(sender: object = None, **_: object) -> None:
+    # A threads-pool process runs `--concurrency` tasks at once on one Delivery; a prefork
+    # child runs one (see worker.delivery.Delivery._admit).
+    global _task_slots
+    if "thread" in str(getattr(sender, "pool_cls", "")).lower():
+        _task_slots = int(getattr(sender, "concurrency", 1) or 1)
 
 
 @signals.worker_ready.connect
@@ -180,6 +193,8 @@ def _stop_sending(**_: object) -> None:
         given = _runtime.delivery.close(settings.attentive_timeout_s + 1)
         if given:
             log.info("shutdown: %d attempts not yet started given back to the schedule", given)
+    # A prefork child leaves through os._exit, which runs no atexit hook: write what is queued.
+    logs.stop()
 
 
 __all__ = ["TASK_NAME", "app", "runtime", "settings"]

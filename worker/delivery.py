@@ -20,11 +20,12 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -38,7 +39,7 @@ from producers.errors import InvalidJob, RateLimited, Stale, WorkerLost
 from producers.queue import MAX_BATCH, job_of
 from producers.settings import Settings
 from producers.validation import parse_job
-from worker import sentry
+from worker import pipeline, sentry
 from worker.destinations import Bucket, Destination, Destinations, Outcome, account_of
 from worker.jobstore import Claim, JobStore
 from worker.lanes import Lanes
@@ -54,9 +55,15 @@ MAX_RESPONSE_KEPT = 2000
 SLOT_WAIT_S = 1.0
 #: Sender threads per process, shared fairly by the lanes (`worker.lanes`): one lane alone
 #: may use half of them, so another lane always finds some free.
-SENDER_THREADS = 8 * MAX_BATCH
+SENDER_THREADS = 16 * MAX_BATCH
 #: Tries to reserve a slot before a sender thread gives the job back to the schedule.
 MAX_SLOT_TRIES = 100
+#: How late a send may still use its slot; later, it would bunch up with the next slots' sends
+#: past Attentive's count for a second (at 10/s, one late send is one too many), so it takes a
+#: new one.
+LATE_SLOT_S = 0.025
+#: How much longer than a request's deadline its lease must last for it to leave without a renewal.
+FENCE_MARGIN_S = 5.0
 #: Pause for the whole bucket when Attentive reports x-ratelimit-remaining: 0 without a 429.
 EXHAUSTED_SECOND_PAUSE_S = 0.1
 
@@ -96,9 +103,21 @@ class Delivery:
         self.rand = rand
         self.sleep = sleep
         self.leases = Leases(store.client, store.lease_ms)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        #: A send needs its lease for its deadline and a margin for clocks that differ between
+        #: workers (the lease is scored in this worker's time, the takeover in another's).
+        self._fence_need_ms = int((settings.attentive_timeout_s + FENCE_MARGIN_S) * 1000)
         # An attempt admitted to a lane starts within this long at the lane's pace: its claim's
         # lease covers it twice over, and the request's own deadline after that.
-        self.lanes = Lanes(SENDER_THREADS, budget_s=(settings.attentive_lease_s - settings.attentive_timeout_s) / 2)
+        self.lanes = Lanes(
+            SENDER_THREADS, (settings.attentive_lease_s - settings.attentive_timeout_s) / 2, "attentive-lane"
+        )
+        self.task_slots = 1
+        """Tasks this process runs at once (the threads pool's concurrency; 1 in a prefork
+        child): up to three quarters of them may wait for room in a full lane."""
+        self._blocked = 0
+        self._blocking_lock = threading.Lock()
 
     def run(self, job_id: str, ticket: str) -> str:
         """Attempt the job if this message holds its ticket, and wait for the outcome's name."""
@@ -114,7 +133,7 @@ class Delivery:
             counts[_counted(started if isinstance(started, str) else started.result())] += 1
         return counts
 
-    def start(self, pairs: list[tuple[str, str]], batch_id: str | None = None) -> list[str | Future[str]]:
+    def start(self, pairs: list[tuple[str, str]], batch_id: str | None = None) -> list[str | Pending]:
         """Claim the jobs of one message (``batch_id`` for a batch message, else one job), check
         each again and hand it to its lane's sender threads. Returns, per job, the outcome
         already reached (skipped, refused, stale, parked) or the future of its send.
@@ -133,26 +152,47 @@ class Delivery:
             claims = [self.store.claim(pairs[0][0], pairs[0][1], now_ms)]
         else:
             claims = self.store.claim_many(batch_id, pairs, now_ms)
-        out: list[str | Future[str]] = []
+        out: list[str | Pending] = []
         by_lane: dict[str, list[tuple[int, Ready]]] = {}
         for (job_id, ticket), claim in zip(pairs, claims, strict=True):
             if isinstance(claim, str):
                 out.append(_skipped(job_id, ticket, claim))
                 continue
-            self.leases.hold(claim.job_id, claim.ticket)
+            self.leases.hold(claim.job_id, claim.ticket, now_ms + self.store.lease_ms)
             prepared = self._in_lane(claim, now_ms, lambda c=claim: self._prepare(c, now_ms))
             out.append(prepared if isinstance(prepared, str) else "")
             if isinstance(prepared, Ready):
                 by_lane.setdefault(RateLimiter.key(prepared.bucket), []).append((len(out) - 1, prepared))
         for lane, members in by_lane.items():
-            admitted = self.lanes.admit(lane, len(members))
-            for behind, (i, ready) in enumerate(members):
-                if behind < admitted:
-                    out[i] = self.lanes.submit(lane, lambda r=ready: self._on_lane(r), tag=ready)
-                else:
-                    turn_s = self.lanes.turn_s(lane, behind - admitted)
-                    out[i] = self._in_lane(ready.claim, now_ms, lambda r=ready, t=turn_s: self._park(r, now_ms, t))
+            admitted = self._admit(lane, len(members))
+            size = max(1, self.lanes.share())
+            for first in range(0, admitted, size):
+                group = members[first : min(admitted, first + size)]
+                readies = [ready for _, ready in group]
+                sent = self.lanes.submit(lane, lambda g=readies: self._on_lane(g), tag=readies, jobs=len(readies))
+                for k, (i, _) in enumerate(group):
+                    out[i] = Pending(sent, k)
+            for behind, (i, ready) in enumerate(members[admitted:]):
+                turn_s = self.lanes.turn_s(lane, behind)
+                out[i] = self._in_lane(ready.claim, now_ms, lambda r=ready, t=turn_s: self._park(r, now_ms, t))
         return out
+
+    def _admit(self, lane: str, count: int) -> int:
+        """`Lanes.admit`, waiting for room while enough task slots stay free for other
+        accounts' messages: the task slot held meanwhile is the back pressure that keeps the
+        consumer from taking more of a full lane's backlog (each parked job costs a claim, a
+        park and a message of its own when it comes back)."""
+        with self._blocking_lock:
+            may_wait = self._blocked < self.task_slots - max(1, self.task_slots // 4)
+            if may_wait:
+                self._blocked += 1
+        if not may_wait:
+            return self.lanes.admit(lane, count)
+        try:
+            return self.lanes.admit(lane, count, wait_s=self.lanes.budget_s / 2)
+        finally:
+            with self._blocking_lock:
+                self._blocked -= 1
 
     def close(self, timeout_s: float) -> int:
         """Stop sending: wait up to ``timeout_s`` for the requests under way, and give the
@@ -160,7 +200,7 @@ class Delivery:
         Returns how many were given back."""
         now_ms = int(self.clock() * 1000)
         given = 0
-        for ready in self.lanes.close(timeout_s):
+        for ready in (ready for group in self.lanes.close(timeout_s) for ready in group):
             try:
                 if self._park(ready, now_ms, 0.0) == "deferred":
                     given += 1
@@ -177,71 +217,146 @@ class Delivery:
             self.leases.let_go(claim.job_id)
         return result
 
-    def _on_lane(self, ready: Ready) -> str:
-        """On a sender thread: the slot, the fence, the send and its record."""
-        claim = ready.claim
+    def _on_lane(self, group: list[Ready]) -> list[str]:
+        """On a lane's thread: one lane's jobs of one message. Their send slots are reserved
+        together when near, each is sent at its own on a request thread (the sends overlap),
+        fenced right before it leaves, and the outcomes are recorded in one pipeline."""
+        ended: dict[str, str] = {}  # job id -> outcome, for the jobs that did not send
+        sends: list[tuple[Ready, Future[tuple[Decision, Outcome, int] | str]]] = []
         try:
-            return self._in_lane(claim, int(self.clock() * 1000), lambda: self._attempt(ready))
+            for ready, at_s in self._slots(group, ended):
+                sends.append((ready, self._requests().submit(self._send_at, ready, at_s, ended)))
         except redis.RedisError as exc:
-            self.leases.let_go(claim.job_id)
-            log.warning(
-                "job_id=%s: Redis failed mid-attempt (%s); the job comes back when its lease ends",
-                claim.job_id,
-                type(exc).__name__,
-                extra={"job_id": claim.job_id, "outcome": "skipped:redis"},
-            )
-            return "skipped:redis"
+            for ready in group:
+                if ready.claim.job_id not in ended and all(r is not ready for r, _ in sends):
+                    ended[ready.claim.job_id] = self._redis_failed(ready.claim, exc)
+        sent: list[tuple[Ready, Decision, Outcome, int]] = []
+        for ready, future in sends:
+            claim = ready.claim
+            try:
+                result = future.result()
+            except redis.RedisError as exc:
+                ended[claim.job_id] = self._redis_failed(claim, exc)
+                continue
+            except Exception as exc:
+                ended[claim.job_id] = self._in_lane(claim, int(self.clock() * 1000), lambda e=exc: _reraise(e))
+                continue
+            if isinstance(result, str):
+                ended[claim.job_id] = result
+            else:
+                sent.append((ready, *result))
+        if sent:
+            self._record_sent(sent, ended)
+        for ready in group:
+            self.leases.let_go(ready.claim.job_id)
+        return [ended[ready.claim.job_id] for ready in group]
 
-    def _attempt(self, ready: Ready) -> str:
-        if self.limiter is not None:
-            parked = self._wait_for_slot(ready)
-            if parked is not None:
-                return parked
+    def _slots(self, group: list[Ready], ended: dict[str, str]) -> Iterator[tuple[Ready, float]]:
+        """Each job of the group with the time (``clock``) of its send slot, reserved only when
+        at most `SLOT_WAIT_S` away: the first few at once, the others as their turn nears. Past
+        the lane's budget, the rest are parked (their outcome put in ``ended``)."""
+        if self.limiter is None:
+            now = self.clock()
+            for ready in group:
+                yield ready, now
+            return
+        pending, started = list(group), self.clock()
+        for _ in range(MAX_SLOT_TRIES):
+            slots, next_at = self.limiter.reserve_up_to(pending[0].bucket, len(pending), SLOT_WAIT_S)
+            # The limiter's times are time.time()'s; this clock may be a test's.
+            shift = self.clock() - time.time()
+            for ready, at in zip(pending, slots, strict=False):
+                yield ready, at + shift
+            pending = pending[len(slots) :]
+            if not pending:
+                return
+            if not slots:
+                next_s = next_at - time.time()
+                if self.clock() - started + next_s > self.lanes.budget_s:
+                    break
+                self.sleep(next_s - SLOT_WAIT_S / 2)
+        now_ms = int(self.clock() * 1000)
+        for ready in pending:
+            ended[ready.claim.job_id] = self._in_lane(
+                ready.claim, now_ms, lambda r=ready: self._park(r, now_ms, SLOT_WAIT_S / 2)
+            )
+
+    def _send_at(self, ready: Ready, at_s: float, ended: dict[str, str]) -> tuple[Decision, Outcome, int] | str:
+        """On a request thread: wait for the slot, then fence and send. A slot reserved before
+        a 429 held the bucket back is void, and so is one this thread woke too late for (a
+        busy process): a new one is taken (or the job parked)."""
+        wait_s = at_s - self.clock()
+        if wait_s > 0:
+            self.sleep(wait_s)
+        if self.limiter is not None and (
+            self.clock() - at_s > LATE_SLOT_S
+            or self.limiter.held(ready.bucket, ask_redis=wait_s > self.settings.attentive_rate_max_wait_s)
+        ):
+            for _, again_s in self._slots([ready], ended):
+                if again_s > self.clock():
+                    self.sleep(again_s - self.clock())
+            if ready.claim.job_id in ended:
+                return ended.pop(ready.claim.job_id)
         claim = ready.claim
-        if not self.leases.fence(claim.job_id, claim.ticket, int(self.clock() * 1000)):
+        if not self.leases.fence(claim.job_id, claim.ticket, int(self.clock() * 1000), self._fence_need_ms):
             log.warning(
                 "job_id=%s not sent: the job was taken over before its send",
                 claim.job_id,
                 extra={"job_id": claim.job_id, "outcome": "skipped:taken_over"},
             )
             return "skipped:taken_over"
-        decision, outcome, done_ms = self._send(ready)
-        return self._record_sent(ready, done_ms, decision, outcome)
+        return self._send(ready)
 
-    def _record_sent(self, ready: Ready, done_ms: int, decision: Decision, outcome: Outcome) -> str:
-        """Record a send's outcome, retrying through a Redis blip for up to half a lease (the
-        lease is renewed meanwhile): an outcome given up here is a job sent again."""
+    def _record_sent(self, sent: list[tuple[Ready, Decision, Outcome, int]], ended: dict[str, str]) -> None:
+        """Record the sends' outcomes in one pipeline, retrying through a Redis blip for up to
+        half a lease (the leases are renewed meanwhile): an outcome given up here is a job
+        sent again when its lease ends."""
         give_up = self.clock() + self.store.lease_ms / 2000
         pause_s = 0.05
         while True:
             try:
-                return self._record(ready.claim, done_ms, ready.history, decision, outcome)
-            except redis.RedisError:
+                kept = pipeline.run(
+                    self.store.client,
+                    [
+                        lambda pipe, r=ready, d=decision, o=outcome, t=done_ms: self._record(
+                            r.claim, t, r.history, d, o, pipe
+                        )
+                        for ready, decision, outcome, done_ms in sent
+                    ],
+                )
+                break
+            except redis.RedisError as exc:
                 if self.clock() + pause_s > give_up:
-                    raise
+                    for ready, *_ in sent:
+                        ended[ready.claim.job_id] = self._redis_failed(ready.claim, exc)
+                    return
                 self.sleep(pause_s)
                 pause_s = min(2.0, pause_s * 2)
-
-    def _wait_for_slot(self, ready: Ready) -> str | None:
-        """Reserve the job's send slot when it is near, and sleep until it. None: send now.
-
-        A slot reserved before a 429 held the bucket back is void: a new one is taken. When
-        the slot is further off than the lane's budget, the job is parked until near it."""
-        assert self.limiter is not None
-        bucket, budget_s = ready.bucket, self.lanes.budget_s
-        started = self.clock()
-        for _ in range(MAX_SLOT_TRIES):
-            reserved, wait_s = self.limiter.reserve_within(bucket, SLOT_WAIT_S)
-            if reserved:
-                if wait_s > 0:
-                    self.sleep(wait_s)
-                if not self.limiter.held(bucket, ask_redis=wait_s > self.settings.attentive_rate_max_wait_s):
-                    return None
+        for (ready, decision, _, _), was_kept in zip(sent, kept, strict=True):
+            if isinstance(was_kept, redis.RedisError):  # this job's script failed, not Redis
+                ended[ready.claim.job_id] = self._redis_failed(ready.claim, was_kept)
                 continue
-            if self.clock() - started + wait_s > budget_s:
-                return self._park(ready, int(self.clock() * 1000), wait_s - SLOT_WAIT_S / 2)
-            self.sleep(wait_s - SLOT_WAIT_S / 2)
-        return self._park(ready, int(self.clock() * 1000), SLOT_WAIT_S)
+            ended[ready.claim.job_id] = _name(decision)
+            if not was_kept:
+                _taken_over(ready.claim, decision)
+
+    def _redis_failed(self, claim: Claim, exc: redis.RedisError) -> str:
+        log.warning(
+            "job_id=%s: Redis failed mid-attempt (%s); the job comes back when its lease ends",
+            claim.job_id,
+            type(exc).__name__,
+            extra={"job_id": claim.job_id, "outcome": "skipped:redis"},
+        )
+        return "skipped:redis"
+
+    def _requests(self) -> ThreadPoolExecutor:
+        # Built on first use, so in a prefork child after the fork. The lanes' shares keep each
+        # lane's sends under SENDER_THREADS // (busy lanes + 1): a new lane finds threads free.
+        if self._pool is None:
+            with self._pool_lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(SENDER_THREADS, thread_name_prefix="attentive-send")
+        return self._pool
 
     def _crash_guard(self, claim: Claim, now_ms: int, step: Callable[[], T]) -> T | str:
         try:
@@ -480,3 +595,18 @@ def _name(decision: Decision) -> str:
     if isinstance(decision, Retry):
         return f"retry_in_{decision.delay_s:.1f}s"
     return f"dead:{decision.reason}"
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A job handed to its lane: ``result()`` waits for its outcome's name."""
+
+    group: Future[list[str]]
+    index: int
+
+    def result(self) -> str:
+        return self.group.result()[self.index]
+
+
+def _reraise(exc: Exception) -> str:
+    raise exc

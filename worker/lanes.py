@@ -1,24 +1,25 @@
-"""Sender threads shared fairly between lanes, so one slow or backlogged brand never holds
+"""Sending capacity shared fairly between lanes, so one slow or backlogged brand never holds
 up another.
 
 A *lane* is where a job is sent: one account's credential at one endpoint (the rate-limit
-`Bucket`'s key). Every lane has its own queue of attempts waiting for a thread; the threads
-(at most ``threads`` per process, started as work arrives) take from the lanes in turn, and
-no lane may run more than its share at once::
+`Bucket`'s key). Work comes in groups (the jobs of one message for one lane, sent together);
+every lane has its own queue of groups waiting for a thread. The threads (started as work
+arrives) take from the lanes in turn, and no lane may have more than its share of jobs under
+way at once (a group may start alone in its lane even if larger)::
 
     share = threads // (lanes with work + 1)
 
-The ``+ 1`` keeps a share free for a lane that has none yet: brand B's first job finds a
-thread at once even while brand A's 6-second API holds every thread A may use. This is the
+The ``+ 1`` keeps a share free for a lane that has none yet: brand B's first job starts at
+once even while brand A's 6-second API holds all that A may use. This is the
 idea of RudderStack's per-destination workers and Segment Centrifuge's per-endpoint
 isolation, inside one worker process.
 
 `Lanes.admit` is the back pressure: it says how many more attempts a lane can take now so
 that each starts within ``budget_s`` at the lane's current pace (the time an attempt holds
 a thread, an average of the last ones, or the age of the oldest running one if that is
-longer: a stalled API shows at once). What it does not admit, the caller parks in the job
-store until `Lanes.turn_s` says the lane will have room, so a process never hoards a backlog
-that other workers could be sending.
+longer: a stalled API shows at once), waiting a while for room if asked to. What it does not
+admit, the caller parks in the job store until `Lanes.turn_s` says the lane will have room,
+so a process never hoards a backlog that other workers could be sending.
 
 Failure contract: a submitted function's exception is set on its future; the thread lives on.
 """
@@ -43,10 +44,13 @@ MAX_FILLS = 8
 
 @dataclass
 class _Lane:
-    waiting: deque[tuple[Callable[[], Any], Future[Any], Any]] = field(default_factory=deque)
-    running: dict[int, float] = field(default_factory=dict)  # thread id -> when it started
+    waiting: deque[tuple[Callable[[], Any], Future[Any], Any, int]] = field(default_factory=deque)
+    running: dict[int, tuple[float, int]] = field(default_factory=dict)  # thread id -> (started, jobs)
     pace_s: float = FIRST_PACE_S
     seen: bool = False
+    waiting_jobs: int = 0
+    running_jobs: int = 0
+    wanting_room: int = 0  # `admit` calls waiting for room in this lane
 
 
 class Lanes:
@@ -63,16 +67,19 @@ class Lanes:
         self.budget_s = budget_s
         self._name = name
         self._clock = clock
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # sender threads wait here for work
+        self._roomy = threading.Condition(lock)  # `admit` and `close` wait here
         self._lanes: dict[str, _Lane] = {}
         self._turns: deque[str] = deque()  # lanes with waiting work, in the order they are served
         self._started = 0
         self._idle = 0
         self._closed = False
 
-    def submit(self, lane: str, fn: Callable[[], Any], tag: Any = None) -> Future[Any]:
-        """Queue ``fn`` in ``lane``; it runs on a sender thread when the lane's turn comes.
-        ``tag`` is handed back by `close` if ``fn`` never started."""
+    def submit(self, lane: str, fn: Callable[[], Any], tag: Any = None, jobs: int = 1) -> Future[Any]:
+        """Queue ``fn``, which attempts ``jobs`` jobs at once, in ``lane``; it runs on a sender
+        thread when the lane's turn comes. ``tag`` is handed back by `close` if ``fn`` never
+        started."""
         future: Future[Any] = Future()
         with self._cond:
             if self._closed:
@@ -80,7 +87,8 @@ class Lanes:
             state = self._lanes.setdefault(lane, _Lane())
             if not state.waiting:
                 self._turns.append(lane)
-            state.waiting.append((fn, future, tag))
+            state.waiting.append((fn, future, tag, jobs))
+            state.waiting_jobs += jobs
             if self._idle == 0 and self._started < self.threads:
                 self._start_thread()
             else:
@@ -88,7 +96,7 @@ class Lanes:
         return future
 
     def share(self) -> int:
-        """How many threads one lane may use at once now."""
+        """How many jobs one lane may have under way at once now."""
         with self._cond:
             return self._share()
 
@@ -103,19 +111,32 @@ class Lanes:
 
     def _pace(self, state: _Lane) -> float:
         now = self._clock()
-        oldest = max((now - t for t in state.running.values()), default=0.0)
+        oldest = max((now - t for t, _ in state.running.values()), default=0.0)
         return max(state.pace_s, oldest, 0.001)
 
-    def admit(self, lane: str, count: int) -> int:
+    def admit(self, lane: str, count: int, wait_s: float = 0.0) -> int:
         """How many of ``count`` new attempts ``lane`` can take so that each starts within
         ``budget_s``; the caller parks the rest (see `turn_s`). At least one thread-full is
-        always admitted to an idle lane."""
+        always admitted to an idle lane. With ``wait_s``, waits up to that long for room
+        when there is none."""
+        deadline = self._clock() + wait_s
         with self._cond:
-            state = self._lanes.get(lane) or _Lane()
-            share = self._share(joining=0 if (state.waiting or state.running) else 1)
-            fills = min(MAX_FILLS, max(1.0, self.budget_s / self._pace(state)))
-            room = int(share * fills) - len(state.waiting) - len(state.running)
-            return max(0, min(count, room))
+            state = self._lanes.setdefault(lane, _Lane())
+            while True:
+                room = self._room(lane)
+                if room > 0 or self._closed or self._clock() >= deadline:
+                    return max(0, min(count, room))
+                state.wanting_room += 1
+                try:
+                    self._roomy.wait(min(1.0, max(0.01, deadline - self._clock())))
+                finally:
+                    state.wanting_room -= 1
+
+    def _room(self, lane: str) -> int:
+        state = self._lanes.get(lane) or _Lane()
+        share = self._share(joining=0 if (state.waiting or state.running) else 1)
+        fills = min(MAX_FILLS, max(1.0, self.budget_s / self._pace(state)))
+        return int(share * fills) - state.waiting_jobs - state.running_jobs
 
     def turn_s(self, lane: str, behind: int) -> float:
         """Seconds until ``lane`` will have room for an attempt that has ``behind`` others
@@ -127,7 +148,7 @@ class Lanes:
     def load(self) -> dict[str, tuple[int, int]]:
         """(waiting, running) per lane with work, for stats and tests."""
         with self._cond:
-            return {name: (len(s.waiting), len(s.running)) for name, s in self._lanes.items() if s.waiting or s.running}
+            return {name: (s.waiting_jobs, s.running_jobs) for name, s in self._lanes.items() if s.waiting or s.running}
 
     def close(self, timeout_s: float) -> list[Any]:
         """Stop taking work; wait up to ``timeout_s`` for running attempts. Returns the tags of
@@ -136,13 +157,15 @@ class Lanes:
         deadline = self._clock() + timeout_s
         with self._cond:
             self._closed = True
-            dropped = [(future, tag) for s in self._lanes.values() for _, future, tag in s.waiting]
+            dropped = [(future, tag) for s in self._lanes.values() for _, future, tag, _ in s.waiting]
             for s in self._lanes.values():
                 s.waiting.clear()
+                s.waiting_jobs = 0
             self._turns.clear()
             self._cond.notify_all()
+            self._roomy.notify_all()
             while any(s.running for s in self._lanes.values()) and self._clock() < deadline:
-                self._cond.wait(max(0.01, deadline - self._clock()))
+                self._roomy.wait(max(0.01, deadline - self._clock()))
         for future, _ in dropped:
             future.cancel()
         return [tag for _, tag in dropped]
@@ -151,21 +174,22 @@ class Lanes:
         self._started += 1
         threading.Thread(target=self._serve, name=f"{self._name}-{self._started}", daemon=True).start()
 
-    def _next(self) -> tuple[str, Callable[[], Any], Future[Any]] | None:
-        """The next attempt to run: from the first lane in turn that is under its share."""
+    def _next(self) -> tuple[str, Callable[[], Any], Future[Any], int] | None:
+        """The next work to run: from the first lane in turn that stays within its share."""
         share = self._share()
         for _ in range(len(self._turns)):
             lane = self._turns.popleft()
             state = self._lanes[lane]
             if not state.waiting:
                 continue
-            if len(state.running) >= share:
+            if state.running_jobs and state.running_jobs + state.waiting[0][3] > share:
                 self._turns.append(lane)
                 continue
-            fn, future, _ = state.waiting.popleft()
+            fn, future, _, jobs = state.waiting.popleft()
+            state.waiting_jobs -= jobs
             if state.waiting:
                 self._turns.append(lane)
-            return lane, fn, future
+            return lane, fn, future, jobs
         return None
 
     def _serve(self) -> None:
@@ -180,10 +204,11 @@ class Lanes:
                         return
                     self._cond.wait()
                 self._idle -= 1
-                lane, fn, future = work
+                lane, fn, future, jobs = work
                 state = self._lanes[lane]
                 started = self._clock()
-                state.running[me] = started
+                state.running[me] = (started, jobs)
+                state.running_jobs += jobs
                 if state.waiting and self._idle == 0 and self._started < self.threads:
                     self._start_thread()
             if future.set_running_or_notify_cancel():
@@ -193,7 +218,15 @@ class Lanes:
                     future.set_exception(exc)
             with self._cond:
                 del state.running[me]
+                state.running_jobs -= jobs
                 took = self._clock() - started
                 state.pace_s = took if not state.seen else (1 - PACE_WEIGHT) * state.pace_s + PACE_WEIGHT * took
                 state.seen = True
-                self._cond.notify_all()
+                # The finishing thread takes the next work itself; others are woken only when
+                # a lane fell idle, which raises every other lane's share (waking all idle
+                # threads after every attempt cost more CPU than the sends).
+                if not state.running and not state.waiting:
+                    self._cond.notify_all()
+                # Only a wait for room in this lane (or `close`) can use what just ended.
+                if (state.wanting_room and self._room(lane) > 0) or self._closed:
+                    self._roomy.notify_all()

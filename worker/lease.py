@@ -5,10 +5,11 @@ ends, the promoter takes the job over: a new ticket, queued again. A send that l
 that would be a second delivery, and for purchases, add-to-cart and product views (no
 ``externalEventId`` at Attentive) a double-counted order. So:
 
-- `Leases.fence` is called right before each request leaves. It renews the lease only if the
-  job still carries this attempt's ticket and is ``running``; otherwise the attempt does not
-  send. The request then has a whole lease to finish, and its own deadline
-  (``ATTENTIVE_TIMEOUT_S``, `worker.destinations.transport`) is shorter.
+- `Leases.fence` is called right before each request leaves. Unless the lease this process
+  last set outlasts the request's deadline (``ATTENTIVE_TIMEOUT_S``,
+  `worker.destinations.transport`) with a margin, it renews the lease, only if the job still
+  carries this attempt's ticket and is ``running``; otherwise the attempt does not send. The
+  request then has a whole lease to finish.
 - While the process is alive it renews, every third of a lease, the lease of every job it
   holds (claimed, not yet recorded): an attempt waiting its turn behind a slow API is not
   taken over. Only a dead or frozen process loses its leases.
@@ -60,28 +61,43 @@ class Leases:
         self.lease_ms = lease_ms
         self._renew = client.register_script(_RENEW)
         self._held: dict[str, str] = {}  # job id -> ticket
+        self._expires: dict[str, int] = {}  # job id -> when its lease ends, as last set here
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
-    def hold(self, job_id: str, ticket: str) -> None:
-        """Keep renewing this job's lease until `let_go`."""
+    def hold(self, job_id: str, ticket: str, expires_ms: int) -> None:
+        """Keep renewing this job's lease (which ends at ``expires_ms``) until `let_go`."""
         with self._lock:
             self._held[job_id] = ticket
+            self._expires[job_id] = expires_ms
         self._keep_renewing()
 
     def let_go(self, job_id: str) -> None:
         with self._lock:
             self._held.pop(job_id, None)
+            self._expires.pop(job_id, None)
 
     def held(self) -> int:
         with self._lock:
             return len(self._held)
 
-    def fence(self, job_id: str, ticket: str, now_ms: int) -> bool:
-        """Renew the lease if this attempt still holds the job: True means send now; False,
-        the job was taken over (or ended) and this attempt must not send."""
-        return bool(self.renew([(job_id, ticket)], now_ms)[0])
+    def fence(self, job_id: str, ticket: str, now_ms: int, need_ms: int) -> bool:
+        """Whether this attempt may send now: True when its lease is held for at least
+        ``need_ms`` more (the request's deadline and a margin). A lease that this process set
+        and that ends later than that needs no round trip: no other worker can take the job
+        before it ends. Otherwise the lease is renewed, only if the job still carries this
+        attempt's ticket and is ``running``; False means it was taken over (or ended) and
+        this attempt must not send."""
+        with self._lock:
+            if self._held.get(job_id) == ticket and self._expires.get(job_id, 0) - now_ms >= need_ms:
+                return True
+        args = [now_ms + self.lease_ms, keys.PREFIX, job_id, ticket]
+        held = bool(self._renew(keys=[keys.LEASES], args=args)[0])
+        with self._lock:
+            if held and job_id in self._held:
+                self._expires[job_id] = now_ms + self.lease_ms
+        return held
 
     def renew(self, pairs: list[tuple[str, str]], now_ms: int) -> list[bool]:
         """Renew each (job_id, ticket) still held: whether it was."""
@@ -98,11 +114,15 @@ class Leases:
         many it still holds."""
         with self._lock:
             pairs = list(self._held.items())
-        lost = [job_id for (job_id, _), kept in zip(pairs, self.renew(pairs, now_ms), strict=True) if not kept]
+        renewed = self.renew(pairs, now_ms)
         with self._lock:
-            for job_id in lost:
-                self._held.pop(job_id, None)
-        return len(pairs) - len(lost)
+            for (job_id, _), kept in zip(pairs, renewed, strict=True):
+                if not kept:
+                    self._held.pop(job_id, None)
+                    self._expires.pop(job_id, None)
+                elif job_id in self._held:
+                    self._expires[job_id] = now_ms + self.lease_ms
+        return sum(renewed)
 
     def _keep_renewing(self) -> None:
         if self._thread is None:

@@ -11,9 +11,12 @@ never carry values.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
 import os
+import queue
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -44,17 +47,38 @@ def wants_json() -> bool:
     return choice == "json" or (choice != "text" and not sys.stderr.isatty())
 
 
+class _Enqueue(logging.handlers.QueueHandler):
+    """Hands records to the writer thread as they are: formatting happens there."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record.msg, record.args = record.getMessage(), None  # arguments may not outlive the call
+        return record
+
+
+_listener: logging.handlers.QueueListener | None = None
+
+
 def configure(level: int | str = logging.INFO) -> None:
-    """Root logger to stderr, JSON or text. Called from Celery's ``setup_logging`` signal."""
+    """Root logger to stderr, JSON or text. Called from Celery's ``setup_logging`` signal.
+
+    Records go through a queue to one writer thread: the worker's sender threads log an
+    attempt each, and contending for the stream handler's lock cost more CPU than writing."""
+    global _listener
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter()
         if wants_json()
         else logging.Formatter("[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s")
     )
+    stop()
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    enqueue = _Enqueue(records)
+    _listener = logging.handlers.QueueListener(records, handler)
+    _listener.start()
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [enqueue]
     root.setLevel(level)
+    _writers.append((enqueue, handler))
     # httpx logs every request URL at INFO (with credentials, if a URL carries them), doubling
     # the volume; the delivery's own line already records each attempt.
     for name in ("httpx", "httpcore"):
@@ -64,3 +88,32 @@ def configure(level: int | str = logging.INFO) -> None:
         # "succeeded" lines would triple the log volume (and its CPU) for nothing new.
         for name in ("celery.app.trace", "celery.worker.strategy"):
             logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def stop() -> None:
+    """Write what is queued and stop the writer thread (before a process exits)."""
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+        _listener = None
+
+
+#: The queue handlers configured in this process and their writers, to restart after a fork.
+_writers: list[tuple[logging.handlers.QueueHandler, logging.Handler]] = []
+
+
+def _restart_after_fork() -> None:
+    # A forked child (a prefork pool process) has the queue but not the writer thread.
+    global _listener
+    if not _writers:
+        return
+    enqueue, handler = _writers[-1]
+    _writers[:] = [(enqueue, handler)]
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    enqueue.queue = records
+    _listener = logging.handlers.QueueListener(records, handler)
+    _listener.start()
+
+
+atexit.register(stop)
+os.register_at_fork(after_in_child=_restart_after_fork)

@@ -23,25 +23,33 @@ works on Redis Cluster as well as on a single Redis or a Sentinel-managed primar
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 
 import redis
 
 from producers import keys
 from worker.destinations.base import Bucket
 
-# Several consecutive slots at once: the first one's wait; the others follow at the interval.
-# With a maximum wait (ARGV[3] >= 0), nothing is reserved when the first slot is further off:
-# the answer is then the wait, negated.
+# Several consecutive slots at once: {how many, the first one's wait}; the others follow at the
+# interval. With a maximum wait (ARGV[3] >= 0), only the slots at most that far off are
+# reserved: none, when the first is further (its wait is still returned).
 _RESERVE_MANY = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
-if tonumber(ARGV[3]) >= 0 and tat - now > tonumber(ARGV[3]) then return string.format('%.0f', now - tat) end
-local new = tat + tonumber(ARGV[1]) * tonumber(ARGV[2])
-redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.floor((new - now) / 1000) + 1000)
-return string.format('%.0f', tat - now)
+local interval, count, max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if max >= 0 then
+  local fit = math.floor((max - (tat - now)) / interval) + 1
+  if fit < count then count = math.max(fit, 0) end
+end
+if count > 0 then
+  local new = tat + interval * count
+  redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.floor((new - now) / 1000) + 1000)
+end
+return {count, string.format('%.0f', tat - now), string.format('%.0f', now)}
 """
 
 _BACK_OFF = """
@@ -67,6 +75,8 @@ class RateLimiter:
         self._reserve_many = client.register_script(_RESERVE_MANY)
         self._back_off = client.register_script(_BACK_OFF)
         self._held: dict[str, float] = {}
+        self._offsets: deque[float] = deque(maxlen=64)
+        self._offset_lock = threading.Lock()
 
     def rate(self, bucket: Bucket) -> float:
         """The rate this relay aims at in ``bucket``: its limit times the headroom."""
@@ -83,16 +93,32 @@ class RateLimiter:
     def reserve_many(self, bucket: Bucket, count: int) -> list[float]:
         """Reserve ``count`` consecutive slots in one call: seconds until each."""
         interval_us = round(1_000_000 / self.rate(bucket))
-        first_us = int(self._reserve_many(keys=[self.key(bucket)], args=[interval_us, count, -1]))
-        return [(first_us + i * interval_us) / 1_000_000 for i in range(count)]
+        _, wait_us, _ = self._reserve_many(keys=[self.key(bucket)], args=[interval_us, count, -1])
+        return [(int(wait_us) + i * interval_us) / 1_000_000 for i in range(count)]
 
-    def reserve_within(self, bucket: Bucket, max_wait_s: float) -> tuple[bool, float]:
-        """Reserve the next slot only if it is at most ``max_wait_s`` away: (reserved, seconds
-        until the slot). Nothing is held when it is further: the caller comes back nearer its
-        turn, so no slot is ever reserved for a job that may miss it."""
+    def reserve_up_to(self, bucket: Bucket, count: int, max_wait_s: float) -> tuple[list[float], float]:
+        """Reserve up to ``count`` consecutive slots, only those at most ``max_wait_s`` away
+        (any, if negative): (when each reserved slot is, when the next free one is), as
+        ``time.time()`` values. Nothing is held beyond that: a job whose slot is further off
+        comes back nearer its turn, so no slot is ever reserved for a job that may miss it.
+
+        The times come from Redis's clock, mapped to this process's by the smallest offset
+        seen (`_to_local`): a thread held up between the answer and reading its clock would
+        otherwise shift its slots late, into the next ones."""
         interval_us = round(1_000_000 / self.rate(bucket))
-        wait_us = int(self._reserve_many(keys=[self.key(bucket)], args=[interval_us, 1, round(max_wait_s * 1e6)]))
-        return wait_us >= 0, abs(wait_us) / 1_000_000
+        args = [interval_us, count, round(max_wait_s * 1e6) if max_wait_s >= 0 else -1]
+        got, wait, redis_now = self._reserve_many(keys=[self.key(bucket)], args=args)
+        first = self._to_local(int(redis_now), time.time()) + int(wait) / 1_000_000
+        return [first + i * interval_us / 1_000_000 for i in range(int(got))], first
+
+    def _to_local(self, redis_now_us: int, local_after: float) -> float:
+        """Redis's ``now`` on this process's clock. The answer arrived at or after Redis's
+        ``now``: the smallest (local - Redis) difference seen lately is the truest offset."""
+        seen = local_after - redis_now_us / 1_000_000
+        with self._offset_lock:
+            self._offsets.append(seen)
+            offset = min(self._offsets)
+        return redis_now_us / 1_000_000 + offset
 
     def back_off(self, bucket: Bucket, seconds: float) -> None:
         """Push the bucket's next free slot at least ``seconds`` into the future, for every
