@@ -55,7 +55,7 @@ MAX_RESPONSE_KEPT = 2000
 SLOT_WAIT_S = 1.0
 #: Sender threads per process, shared fairly by the lanes (`worker.lanes`): one lane alone
 #: may use half of them, so another lane always finds some free.
-SENDER_THREADS = 16 * MAX_BATCH
+SENDER_THREADS = 8 * MAX_BATCH
 #: Tries to reserve a slot before a sender thread gives the job back to the schedule.
 MAX_SLOT_TRIES = 100
 #: How late a send may still use its slot; later, it would bunch up with the next slots' sends
