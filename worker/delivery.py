@@ -62,6 +62,8 @@ MAX_SLOT_TRIES = 100
 #: past Attentive's count for a second (at 10/s, one late send is one too many), so it takes a
 #: new one.
 LATE_SLOT_S = 0.025
+#: A bucket whose next free slot is this far ahead is crowded: late sends there bunch up.
+CROWDED_S = 0.01
 #: How much longer than a request's deadline its lease must last for it to leave without a renewal.
 FENCE_MARGIN_S = 5.0
 #: Pause for the whole bucket when Attentive reports x-ratelimit-remaining: 0 without a 429.
@@ -224,8 +226,8 @@ class Delivery:
         ended: dict[str, str] = {}  # job id -> outcome, for the jobs that did not send
         sends: list[tuple[Ready, Future[tuple[Decision, Outcome, int] | str]]] = []
         try:
-            for ready, at_s in self._slots(group, ended):
-                sends.append((ready, self._requests().submit(self._send_at, ready, at_s, ended)))
+            for ready, at_s, crowded in self._slots(group, ended):
+                sends.append((ready, self._requests().submit(self._send_at, ready, at_s, crowded, ended)))
         except redis.RedisError as exc:
             for ready in group:
                 if ready.claim.job_id not in ended and all(r is not ready for r, _ in sends):
@@ -251,22 +253,25 @@ class Delivery:
             self.leases.let_go(ready.claim.job_id)
         return [ended[ready.claim.job_id] for ready in group]
 
-    def _slots(self, group: list[Ready], ended: dict[str, str]) -> Iterator[tuple[Ready, float]]:
+    def _slots(self, group: list[Ready], ended: dict[str, str]) -> Iterator[tuple[Ready, float, bool]]:
         """Each job of the group with the time (``clock``) of its send slot, reserved only when
-        at most `SLOT_WAIT_S` away: the first few at once, the others as their turn nears. Past
-        the lane's budget, the rest are parked (their outcome put in ``ended``)."""
+        at most `SLOT_WAIT_S` away: the first few at once, the others as their turn nears; and
+        whether the bucket was crowded (its next free slot already ahead, so the slots after
+        these are others'). Past the lane's budget, the rest are parked (their outcome put in
+        ``ended``)."""
         if self.limiter is None:
             now = self.clock()
             for ready in group:
-                yield ready, now
+                yield ready, now, False
             return
         pending, started = list(group), self.clock()
         for _ in range(MAX_SLOT_TRIES):
             slots, next_at = self.limiter.reserve_up_to(pending[0].bucket, len(pending), SLOT_WAIT_S)
             # The limiter's times are time.time()'s; this clock may be a test's.
             shift = self.clock() - time.time()
+            crowded = next_at - time.time() > CROWDED_S
             for ready, at in zip(pending, slots, strict=False):
-                yield ready, at + shift
+                yield ready, at + shift, crowded
             pending = pending[len(slots) :]
             if not pending:
                 return
@@ -281,18 +286,20 @@ class Delivery:
                 ready.claim, now_ms, lambda r=ready: self._park(r, now_ms, SLOT_WAIT_S / 2)
             )
 
-    def _send_at(self, ready: Ready, at_s: float, ended: dict[str, str]) -> tuple[Decision, Outcome, int] | str:
+    def _send_at(
+        self, ready: Ready, at_s: float, crowded: bool, ended: dict[str, str]
+    ) -> tuple[Decision, Outcome, int] | str:
         """On a request thread: wait for the slot, then fence and send. A slot reserved before
-        a 429 held the bucket back is void, and so is one this thread woke too late for (a
-        busy process): a new one is taken (or the job parked)."""
+        a 429 held the bucket back is void, and so is one in a crowded bucket that this thread
+        woke too late for (a busy process): a new one is taken (or the job parked)."""
         wait_s = at_s - self.clock()
         if wait_s > 0:
             self.sleep(wait_s)
         if self.limiter is not None and (
-            self.clock() - at_s > LATE_SLOT_S
+            (crowded and self.clock() - at_s > LATE_SLOT_S)
             or self.limiter.held(ready.bucket, ask_redis=wait_s > self.settings.attentive_rate_max_wait_s)
         ):
-            for _, again_s in self._slots([ready], ended):
+            for _, again_s, _ in self._slots([ready], ended):
                 if again_s > self.clock():
                     self.sleep(again_s - self.clock())
             if ready.claim.job_id in ended:
