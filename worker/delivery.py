@@ -226,8 +226,11 @@ class Delivery:
         ended: dict[str, str] = {}  # job id -> outcome, for the jobs that did not send
         sends: list[tuple[Ready, Future[tuple[Decision, Outcome, int] | str]]] = []
         try:
+            lane = RateLimiter.key(group[0].bucket)
             for ready, at_s, crowded in self._slots(group, ended):
-                sends.append((ready, self._requests().submit(self._send_at, ready, at_s, crowded, ended)))
+                future = self._requests().submit(self._send_at, ready, at_s, crowded, ended)
+                future.add_done_callback(lambda _, lane=lane: self.lanes.release(lane))
+                sends.append((ready, future))
         except redis.RedisError as exc:
             for ready in group:
                 if ready.claim.job_id not in ended and all(r is not ready for r, _ in sends):

@@ -51,6 +51,7 @@ class _Lane:
     waiting_jobs: int = 0
     running_jobs: int = 0
     wanting_room: int = 0  # `admit` calls waiting for room in this lane
+    released: int = 0  # jobs of running groups that ended early (`Lanes.release`)
 
 
 class Lanes:
@@ -94,6 +95,21 @@ class Lanes:
             else:
                 self._cond.notify()
         return future
+
+    def release(self, lane: str, jobs: int = 1) -> None:
+        """``jobs`` of a running group in ``lane`` are done before the group: their room is
+        free now (a group waits for its slowest send, and its fast ones should not hold the
+        lane's share meanwhile)."""
+        with self._cond:
+            state = self._lanes.get(lane)
+            if state is None or state.running_jobs < jobs:
+                return
+            state.running_jobs -= jobs
+            state.released += jobs
+            if state.waiting:
+                self._cond.notify()
+            if state.wanting_room:
+                self._roomy.notify_all()
 
     def share(self) -> int:
         """How many jobs one lane may have under way at once now."""
@@ -218,7 +234,9 @@ class Lanes:
                     future.set_exception(exc)
             with self._cond:
                 del state.running[me]
-                state.running_jobs -= jobs
+                early = min(state.released, jobs)
+                state.released -= early
+                state.running_jobs -= jobs - early
                 took = self._clock() - started
                 state.pace_s = took if not state.seen else (1 - PACE_WEIGHT) * state.pace_s + PACE_WEIGHT * took
                 state.seen = True
