@@ -137,17 +137,18 @@ class Delivery:
 
     def start(self, pairs: list[tuple[str, str]], batch_id: str | None = None) -> list[str | Pending]:
         """Claim the jobs of one message (``batch_id`` for a batch message, else one job), check
-        each again and hand it to its lane's sender threads. Returns, per job, the outcome
-        already reached (skipped, refused, stale, parked) or the future of its send.
+        each again and hand them, a group per lane, to the lanes' threads. Returns, per job,
+        the outcome already reached (skipped, refused, stale, parked) or its `Pending` send.
 
-        Nothing waits here for a send: the Celery task returns at once, so a slow API holds no
-        task slot and every account's messages keep being taken. A lane that has more than it
-        can start within its budget parks the rest in the schedule until its turn
-        (`worker.lanes`): a process holds only what it can send in time, and leaves the rest
-        of a backlog to other workers. A failure in one job's steps dead-letters that job as
-        ``crashed`` and leaves the others alone. A Redis error in the claim is raised (the
-        task hands the message back); after the claim, a job whose steps cannot reach Redis
-        comes back when its lease ends.
+        Nothing waits here for a send: a slow API holds no task slot, and every account's
+        messages keep being taken. Only a full lane makes the task wait for room, and only
+        while a quarter of the task slots stay free (`_admit`); what a lane still cannot start
+        within its budget is parked in the schedule until its turn (`worker.lanes`): a process
+        holds only what it can send in time, and leaves the rest of a backlog to others.
+
+        A failure in one job's steps dead-letters that job as ``crashed`` and leaves the
+        others alone. A Redis error in the claim is raised (the task hands the message back);
+        after the claim, a job whose steps cannot reach Redis comes back when its lease ends.
         """
         now_ms = int(self.clock() * 1000)
         if batch_id is None:
