@@ -27,6 +27,13 @@ from worker.processes import RedisServer, WorkerProcess
 from worker.sandbox import Sandbox
 
 TOKEN = "test-token"
+PURCHASE = {
+    "kind": "purchase",
+    "user": {"phone": "+14155552671"},
+    "orderId": "o-1",
+    "items": [{"productId": "p", "productVariantId": "v", "price": [{"value": 1.5, "currency": "USD"}]}],
+}
+"""A purchase: Attentive takes it without an externalEventId, so one sent twice counts twice."""
 TEST_ERASURE_KEY = b"test-erasure-key"
 """For tests that queue jobs with `producers.queue.push_jobs` directly, bypassing validation."""
 

@@ -19,7 +19,7 @@ from producers.queue import push_jobs, ticket_for
 from worker.delivery import Delivery
 from worker.sandbox import Sandbox
 
-from conftest import TEST_ERASURE_KEY, KindLimiter, add_fault, delivery_for, make_settings, sandbox_requests
+from conftest import PURCHASE, TEST_ERASURE_KEY, KindLimiter, add_fault, delivery_for, make_settings, sandbox_requests
 
 EVENT = {"kind": "custom_event", "type": "Order Shipped", "user": {"phone": "+14155552671"}}
 
@@ -117,14 +117,6 @@ def test_a_timeout_is_a_network_error(redis_server, redis_client, sandbox):
     job_id = Producer(settings, redis_client).enqueue(EVENT)
     assert delivery_for(settings, redis_client).run(job_id, ticket_for(job_id, 0)) == "dead:network_error"
     assert "timeout" in dead_entry(redis_client, job_id)["detail"]
-
-
-PURCHASE = {
-    "kind": "purchase",
-    "user": {"phone": "+14155552671"},
-    "orderId": "o-1",
-    "items": [{"productId": "p", "productVariantId": "v", "price": [{"value": 1.5, "currency": "USD"}]}],
-}
 
 
 def test_a_purchase_with_no_answer_is_not_sent_again(redis_server, redis_client, sandbox):

@@ -8,20 +8,14 @@ from producers import keys
 from producers.queue import ticket_for
 from worker.lease import Leases
 
-from conftest import KindLimiter, delivery_for, sandbox_requests
+from conftest import PURCHASE, KindLimiter, delivery_for, sandbox_requests
 
-EVENT = {
-    "kind": "purchase",
-    "user": {"phone": "+14155552671"},
-    "orderId": "o-1",
-    "items": [{"productId": "p", "productVariantId": "v", "price": [{"value": 1.5, "currency": "USD"}]}],
-}
 
 
 def test_the_fence_renews_only_the_attempt_that_holds_the_job(settings, producer, redis_client):
     store = delivery_for(settings, redis_client).store
     leases = Leases(redis_client, store.lease_ms)
-    job_id = producer.enqueue(EVENT)
+    job_id = producer.enqueue(PURCHASE)
     claim = store.claim(job_id, ticket_for(job_id, 0), 1_000)
     leases.hold(job_id, claim.ticket, 1_000 + store.lease_ms)
     assert leases.fence(job_id, claim.ticket, 2_000, need_ms=5_000), "the claim's lease outlasts the send"
@@ -36,7 +30,7 @@ def test_the_fence_renews_only_the_attempt_that_holds_the_job(settings, producer
 def test_a_live_process_keeps_the_leases_of_the_jobs_it_holds(settings, producer, redis_client):
     store = delivery_for(settings, redis_client).store
     leases = Leases(redis_client, store.lease_ms)
-    kept, lost = producer.enqueue(EVENT), producer.enqueue({**EVENT, "orderId": "o-2"})
+    kept, lost = producer.enqueue(PURCHASE), producer.enqueue({**PURCHASE, "orderId": "o-2"})
     for job_id in (kept, lost):
         claim = store.claim(job_id, ticket_for(job_id, 0), 1_000)
         leases.hold(job_id, claim.ticket, 1_000 + store.lease_ms)
@@ -50,7 +44,7 @@ def test_a_live_process_keeps_the_leases_of_the_jobs_it_holds(settings, producer
 def test_an_attempt_taken_over_while_it_waited_for_its_slot_does_not_send(settings, producer, redis_client, sandbox):
     """The attempt waits for its rate-limit slot; meanwhile its lease ends and the promoter
     queues the job again. When the slot comes, the fence stops the send."""
-    job_id = producer.enqueue(EVENT)
+    job_id = producer.enqueue(PURCHASE)
     limiter = KindLimiter(redis_client, settings)
     limiter.back_off("purchase", 1.5)  # the next slot is 1.5 s away: the thread sleeps
     store_view = delivery_for(settings, redis_client).store
