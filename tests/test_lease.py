@@ -11,7 +11,6 @@ from worker.lease import Leases
 from conftest import PURCHASE, KindLimiter, delivery_for, sandbox_requests
 
 
-
 def test_the_fence_renews_only_the_attempt_that_holds_the_job(settings, producer, redis_client):
     store = delivery_for(settings, redis_client).store
     leases = Leases(redis_client, store.lease_ms)
