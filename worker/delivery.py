@@ -50,13 +50,13 @@ from worker.ratelimit import RateLimiter
 T = TypeVar("T")
 log = logging.getLogger("attentive_relay.delivery")
 MAX_RESPONSE_KEPT = 2000
-#: How far off a send slot may be for a sender thread to reserve it and wait; further off, the
-#: thread reserves nothing and comes back nearer the slot (see `worker.ratelimit`).
+#: How far off a send slot may be for a lane to reserve it and wait; further off, the lane
+#: reserves nothing and comes back nearer the slot (see `worker.ratelimit`).
 SLOT_WAIT_S = 1.0
-#: Sender threads per process, shared fairly by the lanes (`worker.lanes`): one lane alone
-#: may use half of them, so another lane always finds some free.
+#: Jobs a process sends at once (its request threads), shared fairly by the lanes
+#: (`worker.lanes`): one lane alone may use half, so another lane always finds room.
 SENDER_THREADS = 8 * MAX_BATCH
-#: Tries to reserve a slot before a sender thread gives the job back to the schedule.
+#: Tries to reserve slots before a lane gives the rest of a group back to the schedule.
 MAX_SLOT_TRIES = 100
 #: How late a send may still use its slot; later, it would bunch up with the next slots' sends
 #: past Attentive's count for a second (at 10/s, one late send is one too many), so it takes a

@@ -1,16 +1,16 @@
 """One rate limit per endpoint and credential, shared by every worker on every machine.
 
 A GCRA (generic cell rate algorithm) bucket in Redis, one key per `Bucket` (a credential and
-an endpoint, as each destination defines them: Attentive's token and endpoint, Yotpo's store), updated
-by a Lua script that reads Redis's own clock, so worker clocks don't matter. Each call
+an endpoint, as each destination defines them: Attentive's token and endpoint, Yotpo's store),
+updated by a Lua script that reads Redis's own clock, so worker clocks don't matter. Each call
 *reserves* the next free send slot and returns how long until it: requests leave evenly
 spaced at ``rate`` per second, however many workers ask.
 
-A sender thread reserves a slot only when it is about to send (`RateLimiter.reserve_within`):
-when the next free slot is further off, nothing is reserved and the thread comes back nearer
-its turn (or, past the lane's budget, the job is parked in the retry schedule without burning
-an attempt). A reserved slot is therefore always used on time, and parked jobs never return
-late to a slot of theirs and bunch up past Attentive's count for a second. Each endpoint is
+A lane reserves slots only when they are near (`RateLimiter.reserve_up_to`): when the next
+free slot is further off, nothing is reserved and the lane comes back nearer its turn (or,
+past its budget, the job is parked in the retry schedule without burning an attempt). A
+reserved slot is therefore used on time, and parked jobs never return late to a slot of
+theirs and bunch up past Attentive's count for a second. Each endpoint is
 its own lane (`worker.lanes`), so identity calls queued at 10/s never hold up custom events
 at 150/s.
 
