@@ -2,9 +2,10 @@
 
 In the Celery task (`Delivery.start`): claim (fencing; one script for a batch message) -> a
 lost previous attempt -> validate again -> freshness -> admission to the job's lane (or
-parked until its turn). Then on a sender thread (`worker.lanes`): the rate-limit slot,
-reserved only when near -> the lease fence, renewed right before the request leaves
-(`worker.lease`) -> send -> retry policy -> record the decision.
+parked until its turn). Then a group per lane and message, on a lane's thread
+(`worker.lanes`): the group's rate-limit slots, reserved only when near; on a request thread
+per job: the lease fence right before the request leaves (`worker.lease`) -> send -> retry
+policy; and the group's decisions recorded in one pipeline.
 
 Any exception in a job's steps is a poison job: it is dead-lettered as ``crashed`` with a
 traceback summary (exception type and code locations, never values), so it cannot loop,
