@@ -8,10 +8,10 @@ Configuration choices, and why (see ../README.md, "Operations"):
   attempt is recorded, and requeued if the pool process dies.
 - ``worker_disable_prefetch`` and a prefetch multiplier of 1: a worker holds only messages it
   is running, so the queue length is the real backlog and nothing waits in memory.
-- The hard time limit and the soft-shutdown window derive from ``ATTENTIVE_LEASE_S``. A
-  task only claims and hands its jobs to the sender threads (`worker.delivery`); each
-  request has its own deadline and its lease is renewed when it starts (`worker.lease`), in
-  every pool. A shutdown lets the requests under way finish.
+- The hard time limit derives from ``ATTENTIVE_LEASE_S``, the soft-shutdown window from
+  ``ATTENTIVE_TIMEOUT_S``. A task only claims and hands its jobs to the lanes
+  (`worker.delivery`); each request has its own deadline and its lease is renewed when it
+  starts (`worker.lease`), in every pool. A shutdown lets the requests under way finish.
 - ``ack_emulation`` off: kombu keeps no ``unacked`` hash and runs no restore sweep. The relay
   recovers every job itself from its job store (leases for claimed jobs, the reconciler for
   queued jobs whose message was lost; see `worker.jobstore`), sooner than kombu's visibility
@@ -72,9 +72,11 @@ def configure(app: Celery, settings: Settings) -> None:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_time_limit=int(lease - 5),
-        # On SIGQUIT (what REMAP_SIGTERM=SIGQUIT makes of a platform's SIGTERM), let running
-        # attempts finish for up to this long before the cold shutdown: it covers the time limit.
-        worker_soft_shutdown_timeout=float(int(lease)),
+        # On SIGQUIT (what REMAP_SIGTERM=SIGQUIT makes of a platform's SIGTERM) Celery sleeps
+        # this whole window if any task is running, and its parent reads no result meanwhile
+        # (so a child may then wait 30 s in billiard's _ensure_messages_consumed). A task only
+        # hands its jobs over, so the window need only cover a request under way.
+        worker_soft_shutdown_timeout=settings.attentive_timeout_s + 1,
         worker_prefetch_multiplier=1,
         worker_disable_prefetch=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
