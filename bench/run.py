@@ -565,10 +565,12 @@ def main() -> int:
         if server is not None:
             server.stop()
     results["seconds"] = round(time.monotonic() - started)
-    print()
-    print(table(results))
+    if not args.only:
+        print()
+        print(table(results))
     print(f"\n{results['machine']['cores']} cores, {results['machine']['cpu']}; {results['seconds']} s")
-    write_results(Path(args.out), results)
+    # A run of some steps never replaces the whole run's latest.json.
+    write_results(Path(args.out), results, prefix="partial-" if args.only else "")
     return 0
 
 
