@@ -93,14 +93,18 @@ class Erased:
     """Job records deleted (queued, scheduled or in flight)."""
     dead_letters: int
     """Dead-letter entries deleted."""
+    accounts: tuple[str, ...] = ()
+    """The accounts the erased jobs and dead letters were queued under, sorted."""
 
 
 def erase(client: redis.Redis, settings: Settings, person: str) -> Erased:
     """Delete every job and dead letter that mentions ``person`` (see `identifier`)."""
+    index = person_key(secret(client, settings), person)
+    found = _accounts(client, [m.decode() for m in client.smembers(index)])
     script = client.register_script(_ERASE)
     jobs, dead = script(
         keys=[
-            person_key(secret(client, settings), person),
+            index,
             keys.QUEUED,
             keys.SCHEDULE,
             keys.LEASES,
@@ -110,4 +114,29 @@ def erase(client: redis.Redis, settings: Settings, person: str) -> Erased:
         ],
         args=[keys.PREFIX],
     )
-    return Erased(int(jobs), int(dead))
+    return Erased(int(jobs), int(dead), found)
+
+
+def _accounts(client: redis.Redis, ids: list[str]) -> tuple[str, ...]:
+    """The accounts of these jobs (live records and dead letters)."""
+    import json
+
+    from producers import accounts
+
+    found: set[str] = set()
+    pipe = client.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hget(keys.job(job_id), "account")
+        pipe.get(keys.dead(job_id))
+    replies = pipe.execute() if ids else []
+    for account, dead in zip(replies[::2], replies[1::2], strict=True):
+        if account:
+            found.add(account.decode())
+        if dead:
+            try:
+                job = json.loads(dead).get("job")
+                job = json.loads(job) if isinstance(job, str) else job
+                found.add(str(job.get("account") or accounts.DEFAULT))
+            except (ValueError, AttributeError):
+                found.add(accounts.DEFAULT)
+    return tuple(sorted(found))
