@@ -1,33 +1,51 @@
-"""The erasure index, and erasing a person: every job and dead letter that mentions them.
+"""The erasure index, and erasing a person: every job and dead letter that is about them.
 
-A deletion request (CCPA, GDPR) names a phone number or an email. Scanning every value in
-Redis for it would be slow and would need the value in the clear; instead, at enqueue each job
-id is added to one set per person it mentions (`producers.keys.person`), named by a keyed hash
-(HMAC-SHA256) of the normalized phone number or the lower-cased email. The key is
+A deletion request (CCPA, GDPR) names a phone number, an email or a customer id. Scanning
+every value in Redis for it would be slow and would need the value in the clear; instead, at
+enqueue each job id is added to one set per identifier it holds (`producers.keys.person`),
+named by a keyed hash (HMAC-SHA256) of the identifier's canonical form. The key is
 ``ATTENTIVE_ERASURE_KEY`` or, when unset, a random key created once in Redis: without the key
 a set's name does not reveal whose it is, even for a value as guessable as a phone number.
 
-What counts as mentioning a person: the ``phone`` fields (a user's, an identity call's) and
-Yotpo's ``phone_number`` (always E.164 by then), and every email address anywhere in the job,
-properties included. A phone number written inside free text is not found.
+Canonical forms, one per identifier, used by enqueue, the index and `erase` alike:
 
-`erase` deletes, in one Lua script (so it works while workers run), the job records (in any
-state: queued, scheduled, in flight), their index entries and the dead letters of every job in
-the person's set, then the set itself. A delivery in flight at that moment finds its job gone
-and records nothing. Afterwards no Redis key holds the value; copies in the append-only file
-or an RDB snapshot go only when Redis rewrites them (README, "Erasure").
+- a phone number: E.164, as validation normalizes it (`producers.rules.normalize_phone`);
+- an email: the whole address validation accepts (`producers.rules.check_email`), lower-cased
+  and in Unicode NFC, so ``Jöe@Exämple.com`` typed either way is one person, and
+  ``o'brien@example.com`` is never ``brien@example.com``;
+- a customer id: its kind and value within its account (``clientUserId``, ``shopifyId``,
+  ``klaviyoId``, a custom identifier's name and value, Yotpo's ``external_id``): the same
+  ``clientUserId`` in two brands is two people.
+
+What a job holds: every ``phone``/``phone_number`` field in E.164, every string that is a whole
+email address (properties included; in free text, each whitespace-separated word that is one),
+and its customer ids. A phone number written inside free text is not found.
+
+`erase` follows the links the relay itself holds: from the person's jobs it learns their
+customer ids, then takes every job that carries one of those ids too (an event known only by a
+``clientUserId``, waiting for its identity call), for a few rounds. It deletes, in one Lua
+script (so it works while workers run), the job records in any state (waiting, queued,
+scheduled, batched, in flight), their index entries, their dead letters, the ordering markers
+and waiter lists of their identity jobs, and the sets. Then `worker.lease` fences any attempt
+in flight: `erase` bumps `producers.keys.ERASURE_EPOCH` and waits `FENCE_WAIT_S` (only when one
+of the jobs was running), after which no worker sends one of them. Copies in the append-only
+file or an RDB snapshot go only when Redis rewrites them (README, "Erasure").
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
+import time
+import unicodedata
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from producers import keys
+from producers import accounts, keys, ordering
 from producers.errors import InvalidJob, Problem
 from producers.rules import check_email, normalize_phone
 
@@ -36,26 +54,131 @@ if TYPE_CHECKING:
 
     from producers.settings import Settings
 
-_PHONE_FIELD = re.compile(r'"phone(?:_number)?":"(\+[0-9]{4,20})"')
-_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+")
+_E164 = re.compile(r"\+[0-9]{4,20}")
+_PHONE_KEYS = frozenset({"phone", "phone_number"})
+#: What separates words in free text: the characters an email address may not hold.
+_WORDS = re.compile(r'[\s"<>,;]+')
+#: Punctuation around an address in free text ("(mail a@b.com).").
+_AROUND = "()[]{}'.:!?*"
+#: Customer-id fields, wherever a job kind puts them.
+_ID_FIELDS = ("clientUserId", "shopifyId", "klaviyoId")
+#: Rounds of following customer ids to more jobs; a person has few ids, so two suffice.
+MAX_ROUNDS = 4
+#: How long `erase` waits, when one of its jobs was in flight, for every worker to have
+#: looked at the erasure epoch (`worker.lease.EPOCH_FRESH_S`) plus a request's start.
+FENCE_WAIT_S = 3.0
 
 _ERASE = """
-local jobs, dead = 0, 0
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+local jobs, dead, running = 0, 0, 0
+local gone = {}
+for i = 1, tonumber(ARGV[2]) do gone[ARGV[2 + i]] = true end
+for id in pairs(gone) do
   jobs = jobs + redis.call('DEL', ARGV[1] .. 'job:' .. id)
   dead = dead + redis.call('DEL', ARGV[1] .. 'dead:' .. id)
-  for i = 2, 6 do redis.call('ZREM', KEYS[i], id) end
+  redis.call('DEL', ARGV[1] .. 'waiters:' .. id)
+  if redis.call('ZSCORE', KEYS[4], id) then running = 1 end
+  for i = 2, 7 do redis.call('ZREM', KEYS[i], id) end
 end
-redis.call('DEL', KEYS[1])
-if jobs > 0 then redis.call('HINCRBY', KEYS[7], 'erased', jobs) end
-return {jobs, dead}
+local first = 3 + tonumber(ARGV[2])
+for i = first, #ARGV do
+  local marker = ARGV[i]
+  local holder = redis.call('GET', marker)
+  if holder and gone[holder] then redis.call('DEL', marker) end
+end
+for i = 9, #KEYS do redis.call('DEL', KEYS[i]) end
+if jobs > 0 then redis.call('HINCRBY', KEYS[1], 'erased', jobs) end
+redis.call('INCR', KEYS[8])
+return {jobs, dead, running}
 """
 
 
-def mentions(job_json: str) -> set[str]:
-    """The people a job mentions, normalized: E.164 phone numbers and lower-cased emails."""
-    found = {m.group(1) for m in _PHONE_FIELD.finditer(job_json)}
-    found.update(m.group(0).lower() for m in _EMAIL.finditer(job_json))
+def canonical_email(raw: str) -> str:
+    """The form an email is indexed and erased by; `ValueError` if validation refuses it."""
+    return unicodedata.normalize("NFC", check_email(raw).lower())
+
+
+def customer_id(account: str, kind: str, value: str) -> str:
+    """The canonical form of a customer id: ``kind`` (``clientUserId``, ``shopifyId``,
+    ``klaviyoId``, ``custom:<name>``, ``yotpo``) and ``value`` within ``account``."""
+    return f"id\x00{account}\x00{kind}\x00{value}"
+
+
+def _emails_in(text: str) -> Iterator[str]:
+    try:
+        yield canonical_email(text)
+        return
+    except ValueError:
+        pass
+    for word in _WORDS.split(text):
+        if "@" not in word:
+            continue
+        for candidate in (word, word.strip(_AROUND)):
+            try:
+                yield canonical_email(candidate)
+                break
+            except ValueError:
+                continue
+
+
+def people(job: Any) -> set[str]:
+    """The phone numbers and emails ``job`` (parsed JSON) holds, in canonical form."""
+    found: set[str] = set()
+    stack: list[tuple[Any, Any]] = [(None, job)]
+    while stack:
+        name, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.items())
+            found.update(e for k in value if isinstance(k, str) and "@" in k for e in _emails_in(k))
+        elif isinstance(value, list):
+            stack.extend((name, v) for v in value)
+        elif isinstance(value, str):
+            if name in _PHONE_KEYS and _E164.fullmatch(value):
+                found.add(value)
+            elif "@" in value:
+                found.update(_emails_in(value))
+    return found
+
+
+def customer_ids(job: Any, account: str) -> set[str]:
+    """The customer ids ``job`` holds (an identity call's, a user's external identifiers,
+    Yotpo's ``external_id``), in canonical form."""
+    if not isinstance(job, dict):
+        return set()
+    user = job.get("user")
+    customer = job.get("customer")
+    sources = [
+        job if job.get("kind") == "identity" else None,
+        user.get("externalIdentifiers") if isinstance(user, dict) else None,
+    ]
+    found: set[str] = set()
+    for source in sources:
+        if not isinstance(source, dict):
+            continue
+        for name in _ID_FIELDS:
+            if isinstance(source.get(name), str) and source[name]:
+                found.add(customer_id(account, name, source[name]))
+        for custom in source.get("customIdentifiers") or ():
+            if (
+                isinstance(custom, dict)
+                and isinstance(custom.get("name"), str)
+                and isinstance(custom.get("value"), str)
+            ):
+                found.add(customer_id(account, f"custom:{custom['name']}", custom["value"]))
+    if isinstance(customer, dict) and isinstance(customer.get("external_id"), str) and customer["external_id"]:
+        found.add(customer_id(account, "yotpo", customer["external_id"]))
+    return found
+
+
+def mentions(job_json: str, account: str | None = None) -> set[str]:
+    """Every identifier a stored job holds, in canonical form: its people and, given its
+    ``account``, its customer ids."""
+    try:
+        job = json.loads(job_json)
+    except ValueError:
+        return set()
+    found = people(job)
+    if account is not None:
+        found |= customer_ids(job, account)
     return found
 
 
@@ -70,17 +193,17 @@ def secret(client: redis.Redis, settings: Settings) -> bytes:
 
 
 def person_key(key: bytes, identifier: str) -> str:
-    """The Redis key of the set of jobs that mention ``identifier`` (already normalized)."""
-    return keys.person(hmac.new(key, identifier.encode(), hashlib.sha256).hexdigest())
+    """The Redis key of the set of jobs that hold ``identifier`` (in canonical form)."""
+    return keys.person(hmac.new(key, identifier.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest())
 
 
 def identifier(settings: Settings, phone: str | None = None, email: str | None = None) -> str:
-    """A phone number or an email normalized as `mentions` finds it; `InvalidJob` naming the field."""
+    """A phone number or an email in canonical form; `InvalidJob` naming the field."""
     try:
         if phone is not None:
             return normalize_phone(phone, settings.attentive_default_region)
         if email is not None:
-            return check_email(email.strip()).lower()
+            return canonical_email(email)
     except ValueError as exc:
         field = "phone" if phone is not None else "email"
         raise InvalidJob([Problem(field, str(exc))]) from None
@@ -90,53 +213,91 @@ def identifier(settings: Settings, phone: str | None = None, email: str | None =
 @dataclass(frozen=True)
 class Erased:
     jobs: int
-    """Job records deleted (queued, scheduled or in flight)."""
+    """Job records deleted (waiting, queued, scheduled or in flight)."""
     dead_letters: int
     """Dead-letter entries deleted."""
     accounts: tuple[str, ...] = ()
     """The accounts the erased jobs and dead letters were queued under, sorted."""
+    fenced_s: float = 0.0
+    """How long `erase` waited for attempts in flight to be fenced (0 if none was)."""
 
 
-def erase(client: redis.Redis, settings: Settings, person: str) -> Erased:
-    """Delete every job and dead letter that mentions ``person`` (see `identifier`)."""
-    index = person_key(secret(client, settings), person)
-    found = _accounts(client, [m.decode() for m in client.smembers(index)])
+def erase(
+    client: redis.Redis,
+    settings: Settings,
+    person: str | None = None,
+    ids: Iterable[str] = (),
+    fence_wait_s: float = FENCE_WAIT_S,
+) -> Erased:
+    """Delete every job and dead letter that holds ``person`` (see `identifier`) or one of
+    ``ids`` (see `customer_id`), and every job that holds a customer id learned from them.
+    Returns once no worker will send one of them (see the module docstring)."""
+    key = secret(client, settings)
+    seeds = set(ids) | ({person} if person else set())
+    sets: set[str] = set()
+    found: dict[str, tuple[str, Any]] = {}  # job id -> (account, job)
+    for _ in range(MAX_ROUNDS):
+        new_sets = {person_key(key, s) for s in seeds} - sets
+        if not new_sets:
+            break
+        sets |= new_sets
+        fresh = [m.decode() for m in client.sunion(sorted(new_sets))]
+        for job_id, account, job in _read(client, [i for i in fresh if i not in found]):
+            found[job_id] = (account, job)
+            seeds |= customer_ids(job, account)
+    markers = sorted(
+        {
+            ordering.marker(key, account, link)
+            for account, job in found.values()
+            if isinstance(job, dict)
+            for link in ordering.links(job)
+        }
+    )
     script = client.register_script(_ERASE)
-    jobs, dead = script(
+    ids_list = sorted(found)
+    jobs, dead, running = script(
         keys=[
-            index,
+            keys.STATS,
             keys.QUEUED,
             keys.SCHEDULE,
             keys.LEASES,
             keys.DEAD_INDEX,
             keys.WAITING,
-            keys.STATS,
+            keys.AWAITED,
+            keys.ERASURE_EPOCH,
+            *sorted(sets),
         ],
-        args=[keys.PREFIX],
+        args=[keys.PREFIX, len(ids_list), *ids_list, *markers],
     )
-    return Erased(int(jobs), int(dead), found)
+    waited = 0.0
+    if running:
+        time.sleep(fence_wait_s)
+        waited = fence_wait_s
+    return Erased(int(jobs), int(dead), tuple(sorted({a for a, _ in found.values()})), waited)
 
 
-def _accounts(client: redis.Redis, ids: list[str]) -> tuple[str, ...]:
-    """The accounts of these jobs (live records and dead letters)."""
-    import json
-
-    from producers import accounts
-
-    found: set[str] = set()
+def _read(client: redis.Redis, ids: list[str]) -> Iterator[tuple[str, str, Any]]:
+    """(job id, account, parsed job) of each live record or dead letter among ``ids``."""
+    if not ids:
+        return
     pipe = client.pipeline(transaction=False)
     for job_id in ids:
-        pipe.hget(keys.job(job_id), "account")
+        pipe.hmget(keys.job(job_id), "account", "job")
         pipe.get(keys.dead(job_id))
-    replies = pipe.execute() if ids else []
-    for account, dead in zip(replies[::2], replies[1::2], strict=True):
-        if account:
-            found.add(account.decode())
-        if dead:
-            try:
-                job = json.loads(dead).get("job")
-                job = json.loads(job) if isinstance(job, str) else job
-                found.add(str(job.get("account") or accounts.DEFAULT))
-            except (ValueError, AttributeError):
-                found.add(accounts.DEFAULT)
-    return tuple(sorted(found))
+    replies = pipe.execute()
+    for job_id, (account, text), dead in zip(ids, replies[::2], replies[1::2], strict=True):
+        if text is None and dead is not None:
+            entry = _json(dead)
+            text = entry.get("job") if isinstance(entry, dict) else None
+        job = _json(text) if isinstance(text, str | bytes) else text
+        if account is None:
+            account = job.get("account") if isinstance(job, dict) else None
+        name = account.decode() if isinstance(account, bytes) else account
+        yield job_id, str(name or accounts.DEFAULT), job
+
+
+def _json(raw: str | bytes | None) -> Any:
+    try:
+        return json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None

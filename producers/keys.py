@@ -55,6 +55,9 @@ RECONCILE_CURSOR = PREFIX + "reconcile-cursor"
 every job is looked at in turn, not the same oldest ones again and again."""
 
 
+ERASURE_EPOCH = PREFIX + "erasure-epoch"
+"""Counter bumped by every erasure: a worker that sees it change checks its held jobs again
+before it sends without a round trip (`worker.lease`)."""
 ERASURE_KEY = PREFIX + "erasure-key"
 """String holding the key of the erasure index's keyed hash, when ATTENTIVE_ERASURE_KEY is unset."""
 
@@ -123,3 +126,24 @@ def rate_hold(token_tag: str, kind: str) -> str:
     """String present while a bucket is held back after a 429 (`worker.ratelimit.RateLimiter.back_off`),
     in the same Redis Cluster slot as its bucket."""
     return f"{PREFIX}rate-hold:{{{token_tag}:{kind}}}"
+
+
+PRIVACY_REQUESTS = PREFIX + "privacy-requests"
+"""Sorted set of the ids of deletion requests forwarded to Attentive (`worker.privacy`), scored
+by when they were made (epoch ms): what ``attentive-relay erase --status`` lists."""
+
+PRIVACY_DUE = PREFIX + "privacy-due"
+"""Sorted set of the ids of deletion requests still to file or to check, scored by when next
+(epoch ms); a request leaves it once Attentive processed it or it failed."""
+
+
+def privacy_request(request: str) -> str:
+    """Hash of one deletion request: the keyed hash of the person, the account, its state,
+    Attentive's request id and times. Never the phone number or email."""
+    return f"{PREFIX}privacy:{request}"
+
+
+def privacy_subject(request: str) -> str:
+    """String holding the phone number or email a deletion request names, only until it is
+    filed with Attentive (or fails): Attentive's API needs the value, so nothing else can."""
+    return f"{PREFIX}privacy-subject:{request}"

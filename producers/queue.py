@@ -264,7 +264,7 @@ def _entry(settings: Settings, job_id: str, record: Mapping[str, Any], erasure_k
         queue,
         ticket,
         kind,
-        [erasure.person_key(erasure_key, person) for person in erasure.mentions(text)],
+        [erasure.person_key(erasure_key, person) for person in erasure.mentions(text, account)],
     )
     # Cheap test first: a job can need a link only if it names external identifiers at all.
     if order and (kind == "identity" or (kind in ordering.USER_KINDS and '"externalIdentifiers"' in text)):

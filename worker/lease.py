@@ -13,6 +13,11 @@ that would be a second delivery, and for purchases, add-to-cart and product view
 - While the process is alive it renews, every third of a lease, the lease of every job it
   holds (claimed, not yet recorded): an attempt waiting its turn behind a slow API is not
   taken over. Only a dead or frozen process loses its leases.
+- Erasure (`producers.erasure`) deletes jobs that may be held here. The same thread reads the
+  erasure epoch every `EPOCH_POLL_S`; when it changed, it renews every held lease at once,
+  which forgets the erased jobs. The fence skips its round trip only while that check is at
+  most `EPOCH_FRESH_S` old, so once ``erase`` has waited `producers.erasure.FENCE_WAIT_S`
+  no attempt of an erased job leaves.
 
 What a crash can still double: a process that dies after a request left but before its
 outcome was recorded loses that job's lease; the job is sent again. Kinds with an
@@ -52,6 +57,11 @@ return held
 
 #: Leases renewed in one script, at most: keeps each script short at any backlog.
 RENEW_CHUNK = 500
+#: How often a process holding jobs reads the erasure epoch.
+EPOCH_POLL_S = 0.5
+#: The fence trusts its local lease only if the epoch was checked at most this long ago
+#: (`producers.erasure.FENCE_WAIT_S` is longer, with room for a request to start).
+EPOCH_FRESH_S = 1.5
 
 
 class Leases:
@@ -59,7 +69,10 @@ class Leases:
 
     def __init__(self, client: redis.Redis, lease_ms: int) -> None:
         self.lease_ms = lease_ms
+        self._client = client
         self._renew = client.register_script(_RENEW)
+        self._epoch: bytes | None = None
+        self._checked = float("-inf")  # time.monotonic() of the last read of a current epoch
         self._held: dict[str, str] = {}  # job id -> ticket
         self._expires: dict[str, int] = {}  # job id -> when its lease ends, as last set here
         self._lock = threading.Lock()
@@ -88,9 +101,13 @@ class Leases:
         and that ends later than that needs no round trip: no other worker can take the job
         before it ends. Otherwise the lease is renewed, only if the job still carries this
         attempt's ticket and is ``running``; False means it was taken over (or ended) and
-        this attempt must not send."""
+        this attempt must not send (or the job was erased)."""
         with self._lock:
-            if self._held.get(job_id) == ticket and self._expires.get(job_id, 0) - now_ms >= need_ms:
+            if (
+                self._held.get(job_id) == ticket
+                and self._expires.get(job_id, 0) - now_ms >= need_ms
+                and time.monotonic() - self._checked <= EPOCH_FRESH_S
+            ):
                 return True
         args = [now_ms + self.lease_ms, keys.PREFIX, job_id, ticket]
         held = bool(self._renew(keys=[keys.LEASES], args=args)[0])
@@ -131,15 +148,31 @@ class Leases:
                     self._thread = threading.Thread(target=self._run, name="attentive-leases", daemon=True)
                     self._thread.start()
 
+    def check_epoch(self) -> None:
+        """Read the erasure epoch; if it changed, renew every held lease now (forgetting the
+        erased jobs) before the fence may trust its local leases again."""
+        started = time.monotonic()
+        epoch = self._client.get(keys.ERASURE_EPOCH)
+        if epoch != self._epoch:
+            self.renew_held(int(time.time() * 1000))
+            self._epoch = epoch
+        self._checked = started
+
     def _run(self) -> None:
         every_s = self.lease_ms / 3000
-        while not self._stop.wait(every_s):
+        next_renewal = time.monotonic() + every_s
+        while True:
             try:
-                self.renew_held(int(time.time() * 1000))
+                self.check_epoch()
+                if time.monotonic() >= next_renewal:
+                    self.renew_held(int(time.time() * 1000))
+                    next_renewal = time.monotonic() + every_s
             except redis.RedisError as exc:
                 # The next pass tries again; a lease that ends meanwhile only means the fence
                 # stops the send and the job goes again.
                 log.warning("cannot renew leases (%s)", type(exc).__name__)
+            if self._stop.wait(EPOCH_POLL_S):
+                return
 
     def stop(self) -> None:
         self._stop.set()
