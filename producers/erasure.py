@@ -62,6 +62,9 @@ _WORDS = re.compile(r'[\s"<>,;]+')
 _AROUND = "()[]{}'.:!?*"
 #: Customer-id fields, wherever a job kind puts them.
 _ID_FIELDS = ("clientUserId", "shopifyId", "klaviyoId")
+#: A member of a person's set that names a customer id's set (not a job id): the job that
+#: showed the link may have ended, and its record with it, before the person is erased.
+LINK = "link:"
 #: Rounds of following customer ids to more jobs; a person has few ids, so two suffice.
 MAX_ROUNDS = 4
 #: How long `erase` waits, when one of its jobs was in flight, for every worker to have
@@ -169,17 +172,20 @@ def customer_ids(job: Any, account: str) -> set[str]:
     return found
 
 
-def mentions(job_json: str, account: str | None = None) -> set[str]:
-    """Every identifier a stored job holds, in canonical form: its people and, given its
-    ``account``, its customer ids."""
+def identifiers(job_json: str, account: str) -> tuple[set[str], set[str]]:
+    """The people (phones, emails) and the customer ids a stored job holds, in canonical form."""
     try:
         job = json.loads(job_json)
     except ValueError:
-        return set()
-    found = people(job)
-    if account is not None:
-        found |= customer_ids(job, account)
-    return found
+        return set(), set()
+    return people(job), customer_ids(job, account)
+
+
+def mentions(job_json: str, account: str | None = None) -> set[str]:
+    """Every identifier a stored job holds, in canonical form: its people and, given its
+    ``account``, its customer ids."""
+    found, ids = identifiers(job_json, account or accounts.DEFAULT)
+    return found | ids if account is not None else found
 
 
 def secret(client: redis.Redis, settings: Settings) -> bytes:
@@ -234,17 +240,20 @@ def erase(
     Returns once no worker will send one of them (see the module docstring)."""
     key = secret(client, settings)
     seeds = set(ids) | ({person} if person else set())
+    pending = {person_key(key, s) for s in seeds}
     sets: set[str] = set()
     found: dict[str, tuple[str, Any]] = {}  # job id -> (account, job)
     for _ in range(MAX_ROUNDS):
-        new_sets = {person_key(key, s) for s in seeds} - sets
-        if not new_sets:
+        pending -= sets
+        if not pending:
             break
-        sets |= new_sets
-        fresh = [m.decode() for m in client.sunion(sorted(new_sets))]
-        for job_id, account, job in _read(client, [i for i in fresh if i not in found]):
+        sets |= pending
+        members = [m.decode() for m in client.sunion(sorted(pending))]
+        pending = {m[len(LINK) :] for m in members if m.startswith(LINK)}
+        unread = [m for m in members if not m.startswith(LINK) and m not in found]
+        for job_id, account, job in _read(client, unread):
             found[job_id] = (account, job)
-            seeds |= customer_ids(job, account)
+            pending |= {person_key(key, i) for i in customer_ids(job, account)}
     markers = sorted(
         {
             ordering.marker(key, account, link)

@@ -206,7 +206,8 @@ def job_record(job_json: str, kind: str, now_ms: int, round_: int = 0) -> dict[s
 # one round trip's packing and parsing, not a dozen.
 # KEYS: stats, queued index
 # ARGV: now_ms, retention_ms, person_ttl_ms, enqueued, job count, then per job:
-#       job key, '1' to index as queued, job_id, field count, fields..., person count, person keys...
+#       job key, '1' to index as queued, job_id, field count, fields..., person count, person keys...,
+#       tie count, ties (person key, member)...
 #       then message count, then per message: queue, message, batch key or ''
 _STORE = """
 local now, ttl, pttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -223,6 +224,8 @@ for _ = 1, tonumber(ARGV[5]) do
     redis.call('PEXPIRE', ARGV[p], pttl)
   end
   a = a + np + 1
+  for l = a + 1, a + 2 * tonumber(ARGV[a]), 2 do redis.call('SADD', ARGV[l], ARGV[l + 1]) end
+  a = a + 2 * tonumber(ARGV[a]) + 1
   if queued == '1' then redis.call('ZADD', KEYS[2], now, id) end
 end
 for _ = 1, tonumber(ARGV[a]) do
@@ -247,6 +250,9 @@ class _Entry:
     ticket: str
     kind: str
     persons: list[str]
+    ties: list[tuple[str, str]] = field(default_factory=list)
+    """(person key, member) links from a phone's or email's set to a customer id's set, so
+    `erase` finds the id after the job that showed the link has ended (`producers.erasure`)."""
     links: list[str] = field(default_factory=list)
     """Marker keys this identity job sets (`producers.ordering`)."""
     needs: list[str] = field(default_factory=list)
@@ -258,13 +264,17 @@ def _entry(settings: Settings, job_id: str, record: Mapping[str, Any], erasure_k
     queue = settings.queue_for(account)
     ticket = ticket_for(job_id, int(record["round"]))
     kind, text = str(record.get("kind", "")), str(record["job"])
+    people, ids = erasure.identifiers(text, account)
+    id_keys = [erasure.person_key(erasure_key, i) for i in sorted(ids)]
+    person_keys = [erasure.person_key(erasure_key, p) for p in sorted(people)]
     entry = _Entry(
         job_id,
         {**record, "ticket": ticket, "queue": queue},
         queue,
         ticket,
         kind,
-        [erasure.person_key(erasure_key, person) for person in erasure.mentions(text, account)],
+        person_keys + id_keys,
+        [(p, erasure.LINK + i) for p in person_keys for i in id_keys],
     )
     # Cheap test first: a job can need a link only if it names external identifiers at all.
     if order and (kind == "identity" or (kind in ordering.USER_KINDS and '"externalIdentifiers"' in text)):
@@ -288,6 +298,8 @@ def _store_args(
         fields = [x for item in e.record.items() for x in item]
         args += [keys.job(e.job_id), "0" if e.needs else "1", e.job_id, len(fields), *fields, len(e.persons)]
         args += e.persons
+        args.append(len(e.ties))
+        args += [x for tie in e.ties for x in tie]
     args.append(len(messages))
     for message in messages:
         args += message

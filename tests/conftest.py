@@ -7,6 +7,7 @@ Every test gets an empty database.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -103,7 +104,7 @@ def env_for(settings: Settings) -> dict[str, str]:
             continue
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
-        env[name.upper()] = str(value)
+        env[name.upper()] = json.dumps(value) if isinstance(value, dict | list) else str(value)
     return env
 
 
