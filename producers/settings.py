@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     """Key of the keyed hash that indexes jobs by the phone numbers and emails they mention,
     for `attentive-relay erase`. Unset: a random key is created once and kept in Redis."""
 
+    attentive_privacy_poll_s: float = Field(3600.0, ge=0.1, le=7 * 86_400)
+    """How often a deletion request filed with Attentive's Privacy Request API is checked
+    until Attentive reports it processed (`worker.privacy`; Attentive deletes within 30 days)."""
+
     attentive_rate_limit: float = Field(150.0, gt=0)
     """Attentive's limit per endpoint per token (requests/second), for endpoints not listed below."""
 

@@ -28,14 +28,16 @@ import threading
 from celery import Celery, signals
 from kombu import Queue
 
-from producers.connection import connect, from_settings, is_sentinel
+from producers.connection import from_settings, is_sentinel
 from producers.queue import TASK_NAME
 from producers.settings import Settings, load_settings
 from worker import kombu_closed_channel_guard, logs, sentry
 from worker.delivery import SENDER_THREADS, Delivery
 from worker.destinations import Destinations
 from worker.jobstore import JobStore
-from worker.ratelimit import RateLimiter
+from worker.privacy.check import PrivacyCheck
+from worker.privacy.forwarder import forwarder_for
+from worker.ratelimit import for_settings
 from worker.schedule import Promoter
 
 log = logging.getLogger("attentive_relay.worker")
@@ -106,13 +108,7 @@ class Runtime:
         self.settings = settings
         self.store = job_store(settings)
         self.destinations = Destinations(settings)
-        limiter_url = settings.attentive_rate_limit_redis_url
-        limiter_redis = (
-            connect(limiter_url.get_secret_value(), settings.redis_sentinel_master)
-            if limiter_url
-            else self.store.client
-        )
-        self.limiter = RateLimiter(limiter_redis, settings.attentive_rate_headroom)
+        self.limiter = for_settings(settings, self.store.client)
         self.delivery = Delivery(settings, self.destinations, self.store, self.limiter)
 
 
@@ -123,6 +119,7 @@ configure(app, settings)
 _runtime: Runtime | None = None
 _runtime_lock = threading.Lock()
 _promoter: Promoter | None = None
+_privacy_check: PrivacyCheck | None = None
 
 
 def runtime() -> Runtime:
@@ -171,6 +168,8 @@ def _start_promoter(**_: object) -> None:
     global _promoter
     _promoter = Promoter(job_store(settings), interval_s=0.1)
     _promoter.start()
+    global _privacy_check
+    _privacy_check = PrivacyCheck(forwarder_for(settings, from_settings(settings, health_check_interval=30))).start()
     for account in settings.accounts.values():
         if account.token is None:
             log.error(
@@ -183,6 +182,8 @@ def _start_promoter(**_: object) -> None:
 def _stop_promoter(**_: object) -> None:
     if _promoter is not None:
         _promoter.stop()
+    if _privacy_check is not None:
+        _privacy_check.stop()
     _stop_sending()
 
 

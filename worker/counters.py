@@ -36,6 +36,7 @@ from producers import accounts, keys
 from producers.errors import REASONS
 from producers.settings import Settings
 from worker.jobstore import UNKNOWN_ACCOUNT
+from worker.privacy.store import COUNTERS
 
 CHUNK = 1000
 """Scheduled job ids read per pipelined round trip."""
@@ -50,6 +51,19 @@ def _dead_letter(counts: dict[str, int]) -> dict[str, int]:
     dead = {reason: counts.get(f"dead:{reason}", 0) for reason in (*REASONS, UNKNOWN_ACCOUNT)}
     dead.update({k[5:]: v for k, v in counts.items() if k.startswith("dead:") and k[5:] not in dead})
     return dead
+
+
+def _privacy(counts: dict[str, int], still_open: int) -> dict[str, Any]:
+    """Deletion requests forwarded to Attentive (`worker.privacy.store.COUNTERS`): ``filed``,
+    ``processed``, ``retries``, ``failed`` by reason, and ``open`` (still to file or to check)."""
+    failed = COUNTERS["failed"]
+    return {
+        "filed": counts.get(COUNTERS["filed"], 0),
+        "processed": counts.get(COUNTERS["processed"], 0),
+        "retries": counts.get(COUNTERS["retries"], 0),
+        "failed": {k[len(failed) :]: v for k, v in counts.items() if k.startswith(failed)},
+        "open": still_open,
+    }
 
 
 def _decoded(raw: dict[bytes, bytes]) -> dict[str, int]:
@@ -136,7 +150,8 @@ def stats(client: redis.Redis, settings: Settings, overdue_after_ms: int | None 
     (module note); ``unserved`` names their accounts: ``{NAME: {queued, scheduled, queues,
     oldest_queued_s}}``. ``waiting`` counts jobs waiting for an identity job,
     ``oldest_waiting_s`` the longest such wait, ``waiters_over_cap`` the jobs queued without
-    waiting because their identity job had ``ATTENTIVE_MAX_WAITERS`` already.
+    waiting because their identity job had ``ATTENTIVE_MAX_WAITERS`` already. ``privacy``
+    counts the deletion requests forwarded to Attentive by ``erase`` (`_privacy`).
     """
     if overdue_after_ms is None:
         overdue_after_ms = int(settings.attentive_orphan_s * 1000)
@@ -155,12 +170,23 @@ def stats(client: redis.Redis, settings: Settings, overdue_after_ms: int | None 
     pipe.zcard(keys.WAITING)
     pipe.zcard(keys.QUEUED)
     pipe.zrange(keys.WAITING, 0, 0, withscores=True)
+    pipe.zcard(keys.PRIVACY_DUE)
     for name in names:
         pipe.hgetall(keys.account_stats(name))
         pipe.llen(settings.queue_for(name))
-    raw, scheduled, in_flight, dead_stored, overdue, oldest, waiting, queued, oldest_waiting, *per_account = (
-        pipe.execute()
-    )
+    (
+        raw,
+        scheduled,
+        in_flight,
+        dead_stored,
+        overdue,
+        oldest,
+        waiting,
+        queued,
+        oldest_waiting,
+        privacy_open,
+        *per_account,
+    ) = pipe.execute()
     counts = _decoded(raw)
 
     def age_s(since_ms: float | None) -> float:
@@ -212,5 +238,6 @@ def stats(client: redis.Redis, settings: Settings, overdue_after_ms: int | None 
         "reconciled": counts.get("reconciled", 0),
         "erased": counts.get("erased", 0),
         "expired": counts.get("expired", 0),
+        "privacy": _privacy(counts, privacy_open),
         "accounts": by_account,
     }

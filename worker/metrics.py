@@ -24,6 +24,11 @@ metrics endpoints can run, and they agree. All metrics are prefixed ``attentive_
     skipped_total           counter  Segment messages skipped, by reason
     waiting                 gauge    jobs waiting for an identity job
     waiters_over_cap_total  counter  jobs queued without waiting: their identity job had ATTENTIVE_MAX_WAITERS
+    privacy_requests_filed_total      counter  deletion requests Attentive took (`attentive-relay erase`)
+    privacy_requests_processed_total  counter  deletion requests Attentive reports processed
+    privacy_requests_retries_total    counter  retries of filing or checking them
+    privacy_requests_failed_total     counter  deletion requests that failed, by reason (see erase --status)
+    privacy_requests_open             gauge    deletion requests still to file or to check
 
 The same by account (`producers.accounts`), labelled ``account`` (``default`` for the account
 of ATTENTIVE_API_TOKEN), under their own names so that summing them never counts a job twice:
@@ -91,7 +96,20 @@ class RelayCollector(Collector):
         for reason, count in s["skipped"].items():
             skipped.add_metric([reason], count)
         yield skipped
+        yield from _privacy(s["privacy"])
         yield from _by_account(s["accounts"], s["unserved"])
+
+
+def _privacy(privacy: dict[str, Any]) -> Iterator[Metric]:
+    name = PREFIX + "privacy_requests_"
+    yield CounterMetricFamily(name + "filed", "Deletion requests Attentive took.", value=privacy["filed"])
+    yield CounterMetricFamily(name + "processed", "Deletion requests Attentive processed.", value=privacy["processed"])
+    yield CounterMetricFamily(name + "retries", "Retries of filing or checking them.", value=privacy["retries"])
+    failed = CounterMetricFamily(name + "failed", "Deletion requests that failed, by reason.", labels=["reason"])
+    for reason, count in privacy["failed"].items():
+        failed.add_metric([reason], count)
+    yield failed
+    yield GaugeMetricFamily(name + "open", "Deletion requests still to file or to check.", value=privacy["open"])
 
 
 def _by_account(accounts: dict[str, dict[str, Any]], unserved: dict[str, dict[str, Any]]) -> Iterator[Metric]:

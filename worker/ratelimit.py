@@ -30,6 +30,8 @@ from collections import deque
 import redis
 
 from producers import keys
+from producers.connection import connect
+from producers.settings import Settings
 from worker.destinations.base import Bucket
 
 # Several consecutive slots at once: {how many, the first one's wait}; the others follow at the
@@ -134,3 +136,11 @@ class RateLimiter:
         if self._held.get(self.key(bucket), 0.0) > time.monotonic():
             return True
         return ask_redis and bool(self._client.exists(keys.rate_hold(bucket.tag, bucket.lane)))
+
+
+def for_settings(settings: Settings, client: redis.Redis) -> RateLimiter:
+    """The limiter every process shares: on ``ATTENTIVE_RATE_LIMIT_REDIS_URL`` when set (a Redis
+    shared by deployments that use the same tokens), otherwise on ``client`` (REDIS_URL)."""
+    url = settings.attentive_rate_limit_redis_url
+    limiter_redis = connect(url.get_secret_value(), settings.redis_sentinel_master) if url else client
+    return RateLimiter(limiter_redis, settings.attentive_rate_headroom)

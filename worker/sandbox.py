@@ -1,8 +1,9 @@
 """A local stand-in for Attentive's REST API, for development, the tests, the demo and benchmarks.
 
-It also plays Attentive's GraphQL API (`worker.sandbox_graphql`, ``POST /v1/graphql``) and
-Yotpo's custom-event endpoint (`worker.sandbox_yotpo`), on the same server: point
-ATTENTIVE_BASE_URL and YOTPO_BASE_URL at it.
+It also plays Attentive's GraphQL API (`worker.sandbox_graphql`, ``POST /v1/graphql``), its
+Privacy Request API (`worker.sandbox_privacy`, deletion requests) and Yotpo's custom-event
+endpoint (`worker.sandbox_yotpo`), on the same server: point ATTENTIVE_BASE_URL and
+YOTPO_BASE_URL at it.
 
 It checks the Bearer token, validates bodies with the same rules the producers apply (400
 with the problems listed), enforces per-endpoint-per-token limits with 429s and
@@ -22,7 +23,8 @@ Control endpoints (the sandbox only listens where you tell it, 127.0.0.1 by defa
                                GraphQL errors inside a 200: {"graphql_code": "BAD_USER_INPUT",
                                 "message": "...", "path": "/v1/graphql"}
     POST /__sandbox/config     {"rate": 150, "fail_rate": 0.1, "latency_ms": 100,
-                                "yotpo_rate": 5, "yotpo_stores": {"STORE_ID": "TOKEN"}}
+                                "yotpo_rate": 5, "yotpo_stores": {"STORE_ID": "TOKEN"},
+                                "privacy_delay_s": 0}
     POST /__sandbox/reset      forget requests, faults and rate windows
 """
 
@@ -34,6 +36,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler
@@ -46,7 +49,7 @@ from producers.jobs import EVENT_PATHS
 from producers.rules import normalize_phone
 from producers.settings import Settings
 from producers.validation import parse_job
-from worker import sandbox_graphql, sandbox_yotpo
+from worker import sandbox_graphql, sandbox_privacy, sandbox_yotpo
 from worker.destinations.base import credential_tag
 from worker.httpserver import BackgroundHTTPServer
 
@@ -101,6 +104,10 @@ class SandboxState:
     """Yotpo store id -> access token; empty: every store takes any token."""
     yotpo_events: dict[tuple[str, str], Any] = field(default_factory=dict)
     """The last body received per (store id, event_id)."""
+    privacy: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Deletion requests filed, by id (`worker.sandbox_privacy`)."""
+    privacy_delay_s: float = 0.0
+    """How long after filing a deletion request reads as processed."""
     lock: threading.Lock = field(default_factory=threading.Lock)
     settings: Settings = field(default_factory=Settings)
 
@@ -183,6 +190,9 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path == "/__sandbox/requests":
             with s.lock:
                 return self._send(200, [dict(r) for r in s.requests])
+        request = sandbox_privacy.request_id_of(url.path)
+        if request is not None:
+            return self._answer_recorded(url.path, None, lambda: sandbox_privacy.status(s, token, request))
         if url.path == "/v1/me":
             return self._send(200, {"applicationName": "attentive-relay sandbox", "companyName": "Sandbox"})
         if url.path == "/v1/attributes/custom":
@@ -210,27 +220,45 @@ class _Handler(BaseHTTPRequestHandler):
         s = self.state
         store = sandbox_yotpo.store_of(url.path)
         presented = self._yotpo_token(url.query) if store is not None else self._bearer()
+        body = _json_or_none(raw)
+        token = self._token()
+
+        def answer() -> tuple[int, Any, dict[str, str], str]:
+            if store is not None:
+                return sandbox_yotpo.answer(s, store, presented, body)
+            if url.path == sandbox_graphql.PATH:
+                return sandbox_graphql.answer(s, token, body)
+            if url.path == sandbox_privacy.DELETE_PATH and token is not None:
+                return sandbox_privacy.file(s, token, body)
+            return self._answer(token, KIND_BY_PATH.get(url.path), url.path, raw)
+
+        return self._answer_recorded(url.path, body, answer, presented)
+
+    def _answer_recorded(
+        self,
+        path: str,
+        body: Any,
+        answer: Callable[[], tuple[int, Any, dict[str, str], str]],
+        presented: str | None = None,
+    ) -> None:
+        """Record the request, answer it with ``answer()``, record the answer."""
+        s = self.state
+        presented = presented if presented is not None else self._bearer()
         # Recorded on arrival, so a request whose sender dies before the answer is still seen.
         record = {
-            "path": url.path,
+            "path": path,
             "status": None,
             "note": "in progress",
             "at": time.time(),
-            "body": _json_or_none(raw),
+            "body": body,
             "token_tag": credential_tag(presented) if presented else None,
         }
         with s.lock:
             s.requests.append(record)
-        if store is not None:
-            status, payload, headers, note = sandbox_yotpo.answer(s, store, presented, record["body"])
-        elif url.path == sandbox_graphql.PATH:
-            status, payload, headers, note = sandbox_graphql.answer(s, self._token(), record["body"])
-        else:
-            status, payload, headers, note = self._answer(self._token(), KIND_BY_PATH.get(url.path), url.path, raw)
+        status, payload, headers, note = answer()
         with s.lock:
             record.update(status=status, note=note, done=time.time())
         self._send(status, payload, headers)
-        return None
 
     def _answer(
         self, token: str | None, kind: str | None, path: str, raw: bytes
@@ -281,6 +309,7 @@ class _Handler(BaseHTTPRequestHandler):
                 s.windows.clear()
                 s.attributes.clear()
                 s.yotpo_events.clear()
+                s.privacy.clear()
             elif path == "/__sandbox/faults":
                 try:
                     s.faults.append(Fault(**body))
@@ -292,6 +321,7 @@ class _Handler(BaseHTTPRequestHandler):
                 s.latency_ms = int(body.get("latency_ms", s.latency_ms))
                 s.yotpo_rate = int(body.get("yotpo_rate", s.yotpo_rate))
                 s.yotpo_stores = dict(body.get("yotpo_stores", s.yotpo_stores))
+                s.privacy_delay_s = float(body.get("privacy_delay_s", s.privacy_delay_s))
             else:
                 return self._send(404, {"message": "unknown control endpoint"})
         return self._send(200, {"ok": True})

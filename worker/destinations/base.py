@@ -123,12 +123,30 @@ def post(
     except when the request had left and ``counted`` says a second send would count twice:
     then it is `Uncertain`. The outcome's ``ratelimit_remaining`` is the first of
     ``remaining_headers`` present."""
+    outcome, _ = exchange(
+        lambda: http.post(path, content=content, **kwargs),
+        classify,
+        remaining_headers=remaining_headers,
+        counted=counted,
+    )
+    return outcome
+
+
+def exchange(
+    send: Callable[[], httpx.Response],
+    classify: Callable[[httpx.Response], DeliveryError | None],
+    *,
+    remaining_headers: tuple[str, ...] = ("x-ratelimit-remaining",),
+    counted: bool = False,
+) -> tuple[Outcome, httpx.Response | None]:
+    """Make one call (``send``) and classify it as `post` does: (the outcome, the response,
+    None when no answer came). For callers that read the answer's body as well."""
     started = time.monotonic()
     try:
-        response = http.post(path, content=content, **kwargs)
+        response = send()
     except httpx.TransportError as exc:
-        return Outcome(None, transport_error(exc, counted), time.monotonic() - started)
-    return Outcome(
+        return Outcome(None, transport_error(exc, counted), time.monotonic() - started), None
+    outcome = Outcome(
         status=response.status_code,
         error=classify(response),
         elapsed_s=time.monotonic() - started,
@@ -137,6 +155,7 @@ def post(
             (v for v in (int_header(response.headers, h) for h in remaining_headers) if v is not None), None
         ),
     )
+    return outcome, response
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
