@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, NoReturn
 
 import redis
 import typer
@@ -27,6 +27,9 @@ from producers.producer import Producer
 from producers.rules import MAX_JOB_BYTES
 from producers.segment import Skip
 from producers.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from worker.privacy.store import RequestStore
 
 cli = typer.Typer(
     help="Deliver customer events and attributes to Attentive through Redis and Celery.",
@@ -531,33 +534,128 @@ def attributes(
 def erase(
     phone: Annotated[str | None, typer.Option(help="The person's phone number; - reads it from stdin.")] = None,
     email: Annotated[str | None, typer.Option(help="The person's email address; - reads it from stdin.")] = None,
+    forward: Annotated[
+        bool,
+        typer.Option(
+            "--forward/--no-forward",
+            help="File a deletion request with Attentive for every account the person's jobs were queued under "
+            "(the default: a person asks once). --no-forward erases the relay's copy only.",
+        ),
+    ] = True,
+    accounts: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--account",
+            help="Forward to this account too (repeatable): needed when the relay no longer holds the person's "
+            "jobs (delivered or expired), so it cannot know their accounts.",
+        ),
+    ] = None,
+    status: Annotated[
+        bool,
+        typer.Option(
+            "--status", help="List the deletion requests forwarded (only this person's with --phone/--email)."
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Delete every job and dead letter that mentions one person (exactly one of --phone, --email).
+    """Delete every job and dead letter that mentions one person (exactly one of --phone, --email),
+    then file a deletion request with Attentive for each of their accounts.
 
     Works while workers run. With ``-`` the value is read from stdin, so it stays out of the
     shell's history. Afterwards no Redis key holds it (README, "Erasure", for AOF and RDB copies).
+    Attentive is asked with each account's own token (accounts without an Attentive token are
+    skipped, and said so); a request not filed at once is filed by the workers, which then
+    check it until Attentive reports it processed. --json adds ``forwarded``: per account its
+    ``status`` (filed, pending, failed, skipped), ``request_id`` and ``reason``. Exit 1 when a
+    request failed. ``--status`` lists requests by a keyed hash of the person: account, request
+    id, times, state; never a phone number or email.
     """
     from producers.erasure import erase as erase_person
-    from producers.erasure import identifier
+    from worker.privacy.forwarder import forwarder_for, person_of
+    from worker.privacy.store import RequestStore
 
-    if (phone is None) == (email is None):
-        raise typer.BadParameter("give exactly one of --phone or --email")
     if phone == "-" or email == "-":
         value = sys.stdin.readline().strip()
         phone, email = (value, None) if phone is not None else (None, value)
+    if status:
+        if phone is not None and email is not None:
+            raise typer.BadParameter("give at most one of --phone or --email")
+        settings = _settings()
+        client = _client(settings)
+        who = None if phone is None and email is None else person_of(client, settings, _person(settings, phone, email))
+        _print_requests(RequestStore(client), who, as_json)
+        return
+    if (phone is None) == (email is None):
+        raise typer.BadParameter("give exactly one of --phone or --email")
+    if accounts and not forward:
+        raise typer.BadParameter("--account names accounts to forward to: not with --no-forward")
     settings = _settings()
+    for name in accounts or []:
+        _configured(settings, name)
+    person = _person(settings, phone, email)
+    client = _client(settings)
+    erased = erase_person(client, settings, person)
+    forwarded: list[dict[str, object]] = []
+    if forward:
+        targets = list(dict.fromkeys([*erased.accounts, *(accounts or [])]))
+        forwarded = forwarder_for(settings, client).forward(person_of(client, settings, person), person, targets)
+        if not targets:
+            err.print(
+                "not forwarded: the relay holds no job of this person, so it does not know their accounts; "
+                "name them with --account NAME",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+    if as_json:
+        print(json.dumps({"jobs": erased.jobs, "dead_letters": erased.dead_letters, "forwarded": forwarded}))
+    else:
+        out.print(f"erased {erased.jobs} jobs and {erased.dead_letters} dead letters")
+    for item in forwarded:
+        line = f"account {item['account']}: {item['status']}" + (
+            f" (request {item['request_id']})" if item["request_id"] else ""
+        )
+        if item["status"] == "pending":
+            line += "; the workers file it (attentive-relay erase --status)"
+        if item["reason"]:
+            line += f": {item['reason']}"
+        (err if item["status"] in ("failed", "skipped") or as_json else out).print(
+            line, markup=False, highlight=False, soft_wrap=True
+        )
+    raise typer.Exit(1 if any(item["status"] == "failed" for item in forwarded) else 0)
+
+
+def _person(settings: Settings, phone: str | None, email: str | None) -> str:
+    """The canonical identifier, or exit 1 naming the rule it breaks (never the value)."""
+    from producers.erasure import identifier
+
     try:
-        person = identifier(settings, phone=phone, email=email)
+        return identifier(settings, phone=phone, email=email)
     except InvalidJob as exc:
         for problem in exc.problems:
             err.print(str(problem), markup=False, highlight=False)
         raise typer.Exit(1) from None
-    erased = erase_person(_client(settings), settings, person)
+
+
+def _print_requests(store: RequestStore, person: str | None, as_json: bool, limit: int = 1000) -> None:
+    """The deletion requests forwarded to Attentive, newest first (``erase --status``)."""
+    rows = [r.row() for r in store.list(limit, person)]
     if as_json:
-        print(json.dumps({"jobs": erased.jobs, "dead_letters": erased.dead_letters}))
-    else:
-        out.print(f"erased {erased.jobs} jobs and {erased.dead_letters} dead letters")
+        print(json.dumps(rows))
+        return
+    table = Table("person", "account", "request_id", "state", "created", "filed", "processed", "reason")
+    for r in rows:
+        table.add_row(
+            str(r["person"])[:16],
+            str(r["account"]),
+            str(r["request_id"] or ""),
+            str(r["state"]),
+            str(r["created"] or ""),
+            str(r["filed"] or ""),
+            str(r["processed"] or ""),
+            str(r["reason"] or ""),
+        )
+    out.print(table)
 
 
 @cli.command()
@@ -605,18 +703,23 @@ def metrics(
 
 @cli.command()
 def scheduler(interval: Annotated[float, typer.Option(help="Seconds between passes.")] = 1.0) -> None:
-    """Run only the promoter (due retries and lost deliveries); workers also run one each."""
+    """Run only the promoter (due retries and lost deliveries) and the check of deletion requests
+    forwarded to Attentive; workers also run one of each."""
     from worker.app import job_store
+    from worker.privacy.check import PrivacyCheck
+    from worker.privacy.forwarder import forwarder_for
     from worker.schedule import Promoter
 
     settings = _settings()
-    _client(settings)
+    client = _client(settings)
     promoter = Promoter(job_store(settings), interval)
+    check = PrivacyCheck(forwarder_for(settings, client), interval).start()
     out.print("promoter running; Ctrl-C stops it")
     try:
         promoter.run_forever()
     except KeyboardInterrupt:
         promoter.stop()
+        check.stop()
 
 
 @cli.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
