@@ -41,7 +41,7 @@ import re
 import secrets
 import time
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -234,10 +234,14 @@ def erase(
     person: str | None = None,
     ids: Iterable[str] = (),
     fence_wait_s: float = FENCE_WAIT_S,
+    before_delete: Callable[[tuple[str, ...], tuple[str, ...]], object] | None = None,
 ) -> Erased:
     """Delete every job and dead letter that holds ``person`` (see `identifier`) or one of
     ``ids`` (see `customer_id`), and every job that holds a customer id learned from them.
-    Returns once no worker will send one of them (see the module docstring)."""
+    ``before_delete`` is called with the accounts and the people (phones, emails) of the jobs
+    found, before anything is deleted (the deletion requests forwarded to Attentive are
+    recorded there, `worker.privacy`). Returns once no
+    worker will send one of them (see the module docstring)."""
     key = secret(client, settings)
     seeds = set(ids) | ({person} if person else set())
     pending = {person_key(key, s) for s in seeds}
@@ -262,6 +266,10 @@ def erase(
             for link in ordering.links(job)
         }
     )
+    found_accounts = tuple(sorted({a for a, _ in found.values()}))
+    if before_delete is not None:
+        found_people = {p for _, job in found.values() for p in people(job)}
+        before_delete(found_accounts, tuple(sorted(found_people | ({person} if person else set()))))
     script = client.register_script(_ERASE)
     ids_list = sorted(found)
     jobs, dead, running = script(
@@ -282,7 +290,7 @@ def erase(
     if running:
         time.sleep(fence_wait_s)
         waited = fence_wait_s
-    return Erased(int(jobs), int(dead), tuple(sorted({a for a, _ in found.values()})), waited)
+    return Erased(int(jobs), int(dead), found_accounts, waited)
 
 
 def _read(client: redis.Redis, ids: list[str]) -> Iterator[tuple[str, str, Any]]:

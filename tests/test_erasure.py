@@ -8,6 +8,7 @@ The erasure test reads every value of every key afterwards and looks for the add
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -131,7 +132,7 @@ def test_erase_leaves_no_redis_value_holding_the_address(redis_server, redis_cli
 
     done = erase_cli(settings, "--email", "-", "--json", stdin=EMAIL.upper() + "\n")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == '{"jobs": 3, "dead_letters": 1}'
+    assert json.loads(done.stdout)["jobs"] == 3 and json.loads(done.stdout)["dead_letters"] == 1
     assert EMAIL.lower() not in everything_in(redis_client).lower()
 
     assert not store.delivered(running, int(time.time() * 1000)), "the delivery in flight records nothing"
@@ -147,7 +148,8 @@ def test_erase_leaves_no_redis_value_holding_the_address(redis_server, redis_cli
 def test_erase_by_phone_in_any_format(settings, producer: Producer, redis_client):
     job_id = producer.enqueue({"kind": "custom_event", "type": "T", "user": {"phone": "(415) 555-2671"}})
     done = erase_cli(settings, "--phone", "415 555 2671", "--json")
-    assert done.returncode == 0 and done.stdout.strip() == '{"jobs": 1, "dead_letters": 0}', done.stderr
+    assert done.returncode == 0, done.stderr
+    assert (json.loads(done.stdout)["jobs"], json.loads(done.stdout)["dead_letters"]) == (1, 0)
     assert not redis_client.exists(keys.job(job_id))
     assert PHONE not in everything_in(redis_client)
 

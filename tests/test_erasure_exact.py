@@ -174,3 +174,22 @@ def test_an_attempt_in_flight_is_fenced_once_erase_returns(settings, producer, r
     assert done.jobs == 1 and done.fenced_s > 0
     assert not leases.fence(job_id, claim.ticket, int(time.time() * 1000), need_ms=1_000)
     leases.stop()
+
+
+def test_erase_by_client_user_id_on_the_command_line_forwards_the_emails_its_jobs_held(
+    settings, producer, redis_client, sandbox
+):
+    from test_erasure import erase_cli
+
+    identity = producer.enqueue({"kind": "identity", "email": "Known@X.org", "clientUserId": "cust-9"})
+    waiting = producer.enqueue(event({"externalIdentifiers": {"clientUserId": "cust-9"}}, "Waiting"))
+    done = erase_cli(settings, "--client-user-id", "-", "--json", stdin="cust-9\n")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["jobs"] == 2 and [f["status"] for f in out["forwarded"]] == ["filed"]
+    assert not redis_client.exists(keys.job(identity), keys.job(waiting))
+    [filed] = [r["body"] for r in sandbox.state.privacy.values()]
+    assert filed["subjectEmail"] == "known@x.org" and "subjectPhone" not in filed
+    assert "cust-9" not in everything_in(redis_client) and "known@x.org" not in everything_in(redis_client)
+    both = erase_cli(settings, "--client-user-id", "c", "--email", "a@b.org")
+    assert both.returncode == 2 and "exactly one" in both.stderr

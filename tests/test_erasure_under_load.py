@@ -12,6 +12,8 @@ from test_erasure import everything_in
 from producers.erasure import erase, identifier
 from producers.producer import Producer
 from worker.counters import stats
+from worker.privacy.forwarder import forwarder_for, person_of
+from worker.privacy.store import RequestStore
 
 from conftest import add_fault, finished, make_settings, sandbox_requests, wait_for
 
@@ -54,6 +56,7 @@ def test_half_of_1000_people_erased_while_workers_deliver(redis_server, redis_cl
         attentive_rate_limit=2000,
         attentive_rate_limits={"identity": 10},  # as the sandbox plays them
         attentive_max_attempts=2,
+        attentive_privacy_poll_s=0.5,
     )
     producer = Producer(settings, redis_client)
     httpx.post(f"{sandbox.url}/__sandbox/config", json={"rate": 2000}).raise_for_status()
@@ -67,10 +70,20 @@ def test_half_of_1000_people_erased_while_workers_deliver(redis_server, redis_cl
     wait_for(lambda: stats(redis_client, settings)["delivered"] >= 200, 60, "deliveries under way")
 
     returned: dict[int, float] = {}
+    forwarder = forwarder_for(settings, redis_client)
 
     def erase_one(i: int) -> None:
-        erase(redis_client, settings, identifier(settings, email=email(i)))
+        """As `attentive-relay erase --email` does: the requests recorded before the deletion,
+        tried once after it."""
+        person = identifier(settings, email=email(i))
+        recorded: list[dict] = []
+
+        def record(accounts: tuple[str, ...], _people: tuple[str, ...]) -> None:
+            recorded.extend(forwarder.record(person_of(redis_client, settings, person), person, accounts))
+
+        erase(redis_client, settings, person, before_delete=record)
         returned[i] = time.time()
+        forwarder.attempt(recorded)
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(erase_one, sorted(erased)))
@@ -84,12 +97,25 @@ def test_half_of_1000_people_erased_while_workers_deliver(redis_server, redis_cl
         "every job to end or be erased",
         0.5,
     )
+    store = RequestStore(redis_client)
+    wait_for(
+        lambda: sum(r.state == "processed" for r in store.list(10 * PEOPLE)) >= len(erased),
+        60,
+        "every deletion request to be processed",
+        0.5,
+    )
+    requests = store.list(10 * PEOPLE)
+    assert all(r.state == "processed" and r.request_id for r in requests), {r.state for r in requests}
+    subjects = {r["body"]["subjectEmail"] for r in sandbox.state.privacy.values()}
+    assert subjects == {email(i) for i in erased}, "one request per erased person, no one else"
     text = everything_in(redis_client)
     leaks = [i for i in erased if email(i) in text or customer(i) in text]
     assert not leaks, f"{len(leaks)} erased people still in Redis, e.g. {leaks[:3]}"
 
     by_person: dict[int, list[dict]] = {}
     for request in sandbox_requests(sandbox):
+        if request["path"].startswith("/v1/privacy/"):
+            continue  # the deletion requests come after erase, by design
         body = str(request["body"])
         for token in ("person-", "cust-"):
             if token in body:

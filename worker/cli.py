@@ -534,6 +534,13 @@ def attributes(
 def erase(
     phone: Annotated[str | None, typer.Option(help="The person's phone number; - reads it from stdin.")] = None,
     email: Annotated[str | None, typer.Option(help="The person's email address; - reads it from stdin.")] = None,
+    client_user_id: Annotated[
+        str | None,
+        typer.Option(
+            "--client-user-id",
+            help="The person's clientUserId, in every account or those named with --account; - reads it from stdin.",
+        ),
+    ] = None,
     forward: Annotated[
         bool,
         typer.Option(
@@ -558,8 +565,10 @@ def erase(
     ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Delete every job and dead letter that mentions one person (exactly one of --phone, --email),
-    then file a deletion request with Attentive for each of their accounts.
+    """Delete every job and dead letter of one person (exactly one of --phone, --email,
+    --client-user-id), with the jobs their customer ids lead to, then file a deletion request
+    with Attentive for each of their accounts (by the phones and emails those jobs held, for
+    --client-user-id: Attentive deletes by phone or email).
 
     Works while workers run. With ``-`` the value is read from stdin, so it stays out of the
     shell's history. Afterwards no Redis key holds it (README, "Erasure", for AOF and RDB copies).
@@ -570,13 +579,15 @@ def erase(
     request failed. ``--status`` lists requests by a keyed hash of the person: account, request
     id, times, state; never a phone number or email.
     """
+    from producers.erasure import customer_id
     from producers.erasure import erase as erase_person
     from worker.privacy.forwarder import forwarder_for, person_of
     from worker.privacy.store import RequestStore
 
-    if phone == "-" or email == "-":
+    if "-" in (phone, email, client_user_id):
         value = sys.stdin.readline().strip()
-        phone, email = (value, None) if phone is not None else (None, value)
+        given = (phone, email, client_user_id)
+        phone, email, client_user_id = (None if g is None else value for g in given)
     if status:
         if phone is not None and email is not None:
             raise typer.BadParameter("give at most one of --phone or --email")
@@ -585,20 +596,39 @@ def erase(
         who = None if phone is None and email is None else person_of(client, settings, _person(settings, phone, email))
         _print_requests(RequestStore(client), who, as_json)
         return
-    if (phone is None) == (email is None):
-        raise typer.BadParameter("give exactly one of --phone or --email")
-    if accounts and not forward:
+    if sum(given is not None for given in (phone, email, client_user_id)) != 1:
+        raise typer.BadParameter("give exactly one of --phone, --email or --client-user-id")
+    if accounts and not forward and client_user_id is None:
         raise typer.BadParameter("--account names accounts to forward to: not with --no-forward")
     settings = _settings()
     for name in accounts or []:
         _configured(settings, name)
-    person = _person(settings, phone, email)
+    person = None if client_user_id is not None else _person(settings, phone, email)
     client = _client(settings)
-    erased = erase_person(client, settings, person)
+    forwarder = forwarder_for(settings, client)
+    recorded: list[dict[str, object]] = []
+    targets: list[str] = []
+
+    def record(found: tuple[str, ...], people: tuple[str, ...]) -> None:
+        # Before anything is deleted: a command killed midway leaves requests for the workers.
+        # Attentive deletes by phone or email: a customer id is forwarded as those its jobs held.
+        targets.extend(dict.fromkeys([*found, *(accounts or [])]))
+        for subject in [person] if person is not None else people:
+            recorded.extend(forwarder.record(person_of(client, settings, subject), subject, targets))
+
+    ids = [customer_id(name, "clientUserId", client_user_id) for name in (accounts or settings.accounts)]
+    erased = erase_person(
+        client, settings, person, ids=ids if client_user_id else (), before_delete=record if forward else None
+    )
+    if erased.fenced_s:
+        err.print(
+            f"waited {erased.fenced_s:g} s for attempts in flight to be fenced: none is sent now",
+            markup=False,
+            highlight=False,
+        )
     forwarded: list[dict[str, object]] = []
     if forward:
-        targets = list(dict.fromkeys([*erased.accounts, *(accounts or [])]))
-        forwarded = forwarder_for(settings, client).forward(person_of(client, settings, person), person, targets)
+        forwarded = forwarder.attempt(recorded)
         if not targets:
             err.print(
                 "not forwarded: the relay holds no job of this person, so it does not know their accounts; "

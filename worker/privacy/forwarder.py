@@ -82,9 +82,15 @@ class Forwarder:
 
     def forward(self, person: str, subject: str, accounts: Iterable[str]) -> list[dict[str, object]]:
         """Make a request per account for ``person`` (a digest) naming ``subject`` (a canonical
-        phone number or email), and try each once now. Returns, per account, its ``status``
-        (a state, or ``skipped`` for an account that is not configured or has no Attentive
-        token), Attentive's ``request_id`` once filed, and the ``reason`` of a failure or skip."""
+        phone number or email), and try each once now: `record`, then `attempt`."""
+        return self.attempt(self.record(person, subject, accounts))
+
+    def record(self, person: str, subject: str, accounts: Iterable[str]) -> list[dict[str, object]]:
+        """Store a pending request per account, for the workers to file if `attempt` does not.
+        Called before the relay's copy is erased (`producers.erasure.erase`'s ``before_delete``),
+        so a command killed in between leaves the requests, not a person nobody forwards.
+        Returns, per account, its ``request`` (our id), or ``status`` ``skipped`` with the
+        ``reason`` for an account that is not configured or has no Attentive token."""
         result: list[dict[str, object]] = []
         for name in accounts:
             account = self.settings.accounts.get(name)
@@ -92,13 +98,30 @@ class Forwarder:
                 why = "not in ATTENTIVE_ACCOUNTS" if account is None else f"{account.token_setting} is not set"
                 result.append({"account": name, "status": "skipped", "request_id": None, "reason": why})
                 continue
-            request = self.store.create(person, name, subject, self._ms())
+            result.append({"account": name, "request": self.store.create(person, name, subject, self._ms())})
+        return result
+
+    def attempt(self, recorded: list[dict[str, object]]) -> list[dict[str, object]]:
+        """Try each `record`ed request once now. Returns, per account, its ``status`` (a
+        state, or ``skipped``), Attentive's ``request_id`` once filed, and the ``reason`` of a
+        failure or skip."""
+        result: list[dict[str, object]] = []
+        for item in recorded:
+            request = item.get("request")
+            if not isinstance(request, str):
+                result.append(item)
+                continue
             self.step(request)
             found = self.store.get(request)
             state = found.state if found else "gone"
             reason = found.reason if found and state == FAILED else None
             result.append(
-                {"account": name, "status": state, "request_id": found.request_id if found else None, "reason": reason}
+                {
+                    "account": item["account"],
+                    "status": state,
+                    "request_id": found.request_id if found else None,
+                    "reason": reason,
+                }
             )
         return result
 
