@@ -38,6 +38,8 @@ def everything_in(client: redis.Redis) -> str:
     for key in client.scan_iter(count=1000):
         parts.append(key.decode(errors="replace"))
         kind = client.type(key).decode()
+        if kind == "none":
+            continue  # deleted since the scan (a lock, a job that just ended)
         if kind == "string":
             parts.append(client.get(key).decode(errors="replace"))
         elif kind == "hash":

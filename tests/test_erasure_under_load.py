@@ -24,6 +24,10 @@ def email(i: int) -> str:
     return f"person-{i:04d}@shop.example"
 
 
+def phone(i: int) -> str:
+    return f"+1415767{i:04d}"
+
+
 def customer(i: int) -> str:
     return f"cust-{i:04d}-id"
 
@@ -35,7 +39,7 @@ def jobs_of(i: int) -> list[dict]:
     kind = "Doomed" if i % 7 == 0 else "Later" if i % 11 == 0 else "Seen"
     out = [
         {"kind": "custom_event", "type": kind, "user": user, "properties": {"n": i}},
-        {"kind": "custom_attributes", "user": {"email": email(i)}, "properties": {"tier": "gold"}},
+        {"kind": "custom_attributes", "user": {"email": email(i), "phone": phone(i)}, "properties": {"tier": "gold"}},
     ]
     if i % 20 == 0:
         out.insert(0, {"kind": "identity", "email": email(i), "clientUserId": customer(i)})
@@ -109,7 +113,7 @@ def test_half_of_1000_people_erased_while_workers_deliver(redis_server, redis_cl
     subjects = {r["body"]["subjectEmail"] for r in sandbox.state.privacy.values()}
     assert subjects == {email(i) for i in erased}, "one request per erased person, no one else"
     text = everything_in(redis_client)
-    leaks = [i for i in erased if email(i) in text or customer(i) in text]
+    leaks = [i for i in erased if email(i) in text or phone(i) in text or customer(i) in text]
     assert not leaks, f"{len(leaks)} erased people still in Redis, e.g. {leaks[:3]}"
 
     by_person: dict[int, list[dict]] = {}

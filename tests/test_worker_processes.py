@@ -183,8 +183,8 @@ def test_a_delayed_retry_survives_a_worker_crash_and_runs_once(redis_server, red
     producer = Producer(settings, redis_client)
     # Longer than the lease: only the schedule can bring it back (ack emulation is off, so
     # kombu has no visibility timeout to wait out).
-    later = 13 + 5
-    add_fault(sandbox, status=429, type="Later Event", times=1, retry_after=later + 5)
+    later = 13 + 2
+    add_fault(sandbox, status=429, type="Later Event", times=1, retry_after=later)
     doomed = start_worker("doomed", settings_=settings)
     job_id = producer.enqueue(event("Later Event"))
     wait_for(lambda: redis_client.zscore(keys.SCHEDULE, job_id), 30, "the retry to be scheduled")

@@ -161,16 +161,20 @@ class Leases:
     def _run(self) -> None:
         every_s = self.lease_ms / 3000
         next_renewal = time.monotonic() + every_s
+        failing = False
         while True:
             try:
                 self.check_epoch()
                 if time.monotonic() >= next_renewal:
                     self.renew_held(int(time.time() * 1000))
                     next_renewal = time.monotonic() + every_s
+                failing = False
             except redis.RedisError as exc:
                 # The next pass tries again; a lease that ends meanwhile only means the fence
-                # stops the send and the job goes again.
-                log.warning("cannot renew leases (%s)", type(exc).__name__)
+                # stops the send and the job goes again. Said once per outage, not per pass.
+                if not failing:
+                    log.warning("cannot renew leases (%s)", type(exc).__name__)
+                failing = True
             if self._stop.wait(EPOCH_POLL_S):
                 return
 
