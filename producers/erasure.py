@@ -172,12 +172,17 @@ def customer_ids(job: Any, account: str) -> set[str]:
     return found
 
 
+def parsed(job_json: str) -> Any:
+    """A stored job's JSON parsed, or None if it is not JSON (it then holds no identifier)."""
+    try:
+        return json.loads(job_json)
+    except ValueError:
+        return None
+
+
 def identifiers(job_json: str, account: str) -> tuple[set[str], set[str]]:
     """The people (phones, emails) and the customer ids a stored job holds, in canonical form."""
-    try:
-        job = json.loads(job_json)
-    except ValueError:
-        return set(), set()
+    job = parsed(job_json)
     return people(job), customer_ids(job, account)
 
 

@@ -264,7 +264,8 @@ def _entry(settings: Settings, job_id: str, record: Mapping[str, Any], erasure_k
     queue = settings.queue_for(account)
     ticket = ticket_for(job_id, int(record["round"]))
     kind, text = str(record.get("kind", "")), str(record["job"])
-    people, ids = erasure.identifiers(text, account)
+    job = erasure.parsed(text)
+    people, ids = erasure.people(job), erasure.customer_ids(job, account)
     id_keys = [erasure.person_key(erasure_key, i) for i in sorted(ids)]
     person_keys = [erasure.person_key(erasure_key, p) for p in sorted(people)]
     entry = _Entry(
@@ -277,8 +278,7 @@ def _entry(settings: Settings, job_id: str, record: Mapping[str, Any], erasure_k
         [(p, erasure.LINK + i) for p in person_keys for i in id_keys],
     )
     # Cheap test first: a job can need a link only if it names external identifiers at all.
-    if order and (kind == "identity" or (kind in ordering.USER_KINDS and '"externalIdentifiers"' in text)):
-        job = json.loads(text)
+    if order and isinstance(job, dict) and (kind == "identity" or kind in ordering.USER_KINDS):
         entry.links = [ordering.marker(erasure_key, account, i) for i in ordering.links(job)]
         entry.needs = [ordering.marker(erasure_key, account, i) for i in ordering.needs(job)]
     return entry
