@@ -58,6 +58,7 @@ import redis
 
 from producers import accounts, keys
 from producers.queue import message_template
+from worker import observed
 
 log = logging.getLogger("attentive_relay.jobstore")
 
@@ -205,9 +206,9 @@ end
 """
 
 # KEYS: job, leases, schedule, stats, dead entry, dead index, account stats, queued index, waiting index,
-#       awaited index, releasing index
+#       awaited index, releasing index, observed
 # ARGV: ticket, job_id, outcome, now_ms, history, due_ms, entry, reason, retention_ms, slot_ms,
-#       template, key prefix, fallback queue, waiters released here
+#       template, key prefix, fallback queue, waiters released here, then observed field/increment pairs
 _FINISH = (
     _REQUEUE
     + """
@@ -243,6 +244,8 @@ if over then
   ended(ARGV[2], ARGV[1], tonumber(ARGV[14]), KEYS[10], KEYS[11], KEYS[9], KEYS[8], KEYS[4], ARGV[4], ARGV[11],
     ARGV[13], ARGV[12])
 end
+-- What the metrics observe of this end (`worker.observed`): field, increment, field, increment...
+for i = 15, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[12], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 )
@@ -491,9 +494,11 @@ class JobStore:
         reason: str = "",
         slot_ms: int = 0,
         pipe: redis.client.Pipeline | None = None,
+        observe: list[Any] | None = None,
     ) -> bool:
         """Run the finish script; with ``pipe`` only queue it there (its result comes from
-        ``pipe.execute()``), and return True."""
+        ``pipe.execute()``), and return True. ``observe``: `worker.observed` fields and
+        increments, counted when the outcome is."""
         result = self._finish(
             keys=[
                 keys.job(claim.job_id),
@@ -507,6 +512,7 @@ class JobStore:
                 keys.WAITING,
                 keys.AWAITED,
                 keys.RELEASING,
+                observed.KEY,
             ],
             args=[
                 claim.ticket,
@@ -523,6 +529,7 @@ class JobStore:
                 keys.PREFIX,
                 self.queue,
                 FINISH_RELEASE,
+                *(observe or []),
             ],
             client=pipe,
         )
@@ -530,7 +537,8 @@ class JobStore:
 
     def delivered(self, claim: Claim, now_ms: int, pipe: redis.client.Pipeline | None = None) -> bool:
         """Count the job delivered and forget it. False when the delivery had been taken over."""
-        return self._run_finish(claim, "delivered", now_ms, [], pipe=pipe)
+        seen = observed.on_delivered(claim.account, claim.job_json, claim.first_seen_ms, now_ms)
+        return self._run_finish(claim, "delivered", now_ms, [], pipe=pipe, observe=seen)
 
     def schedule(
         self,
@@ -541,7 +549,8 @@ class JobStore:
         pipe: redis.client.Pipeline | None = None,
     ) -> bool:
         """Park the job in the retry schedule; a promoter queues it again when due."""
-        return self._run_finish(claim, "retry", now_ms, history, due_ms=now_ms + delay_ms, pipe=pipe)
+        seen = observed.on_retry(claim.account, claim.attempt, history)
+        return self._run_finish(claim, "retry", now_ms, history, due_ms=now_ms + delay_ms, pipe=pipe, observe=seen)
 
     def defer(self, claim: Claim, now_ms: int, due_ms: int, slot_ms: int) -> bool:
         """Park the job until its reserved rate-limit slot; the attempt is given back."""
@@ -556,7 +565,10 @@ class JobStore:
         pipe: redis.client.Pipeline | None = None,
     ) -> bool:
         """Move the job to the dead-letter store with ``entry`` as its record."""
-        return self._run_finish(claim, "dead", now_ms, [], entry=json.dumps(entry), reason=reason, pipe=pipe)
+        seen = observed.on_dead(claim.account, claim.attempt, reason, claim.job_json, entry.get("attempts"))
+        return self._run_finish(
+            claim, "dead", now_ms, [], entry=json.dumps(entry), reason=reason, pipe=pipe, observe=seen
+        )
 
     def promote(self, now_ms: int, limit: int = 500) -> tuple[int, int]:
         """Queue due retries and reclaim expired leases: (promoted, reaped)."""
