@@ -40,17 +40,38 @@ of ATTENTIVE_API_TOKEN), under their own names so that summing them never counts
                                          not in ATTENTIVE_ACCOUNTS, or a queue the settings do not name)
     account_delivered_total     counter  the account's jobs Attentive accepted
     account_dead_lettered_total counter  the account's jobs dead-lettered, by reason
+
+Observed as each attempt ends (`worker.observed`), by account:
+
+    delivery_age_seconds  histogram  occurredAt to Attentive's 2xx (a kind without occurredAt: from when
+                                     the job was first queued), labelled account and kind; buckets up to
+                                     and past Attentive's 12-hour journey window (le="43200")
+    requests_total        counter    requests sent, by response: status 2xx, 429, 4xx, 5xx or none
+                                     (a timeout or connection error), labelled account and status
+    events_stale_total    counter    jobs dead-lettered unsent as past the freshness window, labelled
+                                     account and kind
+
+Held back, from the ``relay:paused`` and ``relay:circuit`` hashes (field ``ACCOUNT|DESTINATION``,
+value JSON with ``reason`` and ``since``): 1 for each pair, none when nothing is held back:
+
+    account_paused        gauge      deliveries of an account to a destination paused (a 401 or 403),
+                                     labelled account, destination and reason
+    circuit_open          gauge      the circuit of an account and destination open (sustained failures),
+                                     labelled account and destination
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from producers import keys
 from producers.settings import Settings
+from worker import observed
 from worker.counters import stats
 
 PREFIX = "attentive_relay_"
@@ -98,6 +119,8 @@ class RelayCollector(Collector):
         yield skipped
         yield from _privacy(s["privacy"])
         yield from _by_account(s["accounts"], s["unserved"])
+        yield from _observed(observed.read(self.client))
+        yield from _held_back(self.client)
 
 
 def _privacy(privacy: dict[str, Any]) -> Iterator[Metric]:
@@ -145,3 +168,70 @@ def _by_account(accounts: dict[str, dict[str, Any]], unserved: dict[str, dict[st
         for reason, count in counts["dead_letter"].items():
             dead.add_metric([name, reason], count)
     yield from (depth, scheduled, delivered, dead, oldest, not_served)
+
+
+def _observed(seen: observed.Observed) -> Iterator[Metric]:
+    age = HistogramMetricFamily(
+        PREFIX + "delivery_age_seconds",
+        "From the job's occurredAt (else when first queued) to Attentive's 2xx, by account and kind.",
+        labels=["account", "kind"],
+    )
+    for (account, kind), per_bucket in sorted(seen.ages.items()):
+        age.add_metric([account, kind], observed.cumulative(per_bucket), per_bucket.get("sum", 0.0))
+    yield age
+    for name, doc, label, counts in (
+        (
+            "requests",
+            "Requests sent, by account and response (2xx, 429, 4xx, 5xx, none: no response).",
+            "status",
+            seen.requests,
+        ),
+        (
+            "events_stale",
+            "Jobs dead-lettered unsent as past the freshness window, by account and kind.",
+            "kind",
+            seen.stale,
+        ),
+    ):
+        counter = CounterMetricFamily(PREFIX + name, doc, labels=["account", label])
+        for labels, count in sorted(counts.items()):
+            counter.add_metric(list(labels), count)
+        yield counter
+
+
+PAUSED = keys.PREFIX + "paused"
+"""Hash: ``ACCOUNT|DESTINATION`` -> JSON ``{"reason": ..., "since": ...}`` while paused."""
+CIRCUIT = keys.PREFIX + "circuit"
+"""Hash: ``ACCOUNT|DESTINATION`` -> JSON ``{"reason": ..., "since": ...}`` while the circuit is open."""
+
+
+def _held_back(client: Any) -> Iterator[Metric]:
+    paused = GaugeMetricFamily(
+        PREFIX + "account_paused",
+        "1 while the account's deliveries to the destination are paused (401/403), with the reason.",
+        labels=["account", "destination", "reason"],
+    )
+    circuit = GaugeMetricFamily(
+        PREFIX + "circuit_open",
+        "1 while the circuit of the account and destination is open (sustained failures).",
+        labels=["account", "destination"],
+    )
+    pipe = client.pipeline(transaction=False)
+    pipe.hgetall(PAUSED)
+    pipe.hgetall(CIRCUIT)
+    held, opened = pipe.execute()
+    for name, value in sorted(held.items()):
+        account, _, destination = name.decode().partition("|")
+        paused.add_metric([account, destination, str(_json(value).get("reason", ""))], 1)
+    for name in sorted(opened):
+        account, _, destination = name.decode().partition("|")
+        circuit.add_metric([account, destination], 1)
+    yield from (paused, circuit)
+
+
+def _json(value: bytes) -> dict[str, Any]:
+    try:
+        found = json.loads(value)
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
