@@ -22,6 +22,13 @@ LEASES = PREFIX + "leases"
 DEAD_INDEX = PREFIX + "dead"
 """Sorted set of dead-lettered job ids, scored by when they were dead-lettered."""
 
+REPLAYING = PREFIX + "replaying"
+"""Sorted set of the ids of jobs that `attentive-relay dlq replay` queued again, scored by when
+(epoch ms), written in the same transaction as the job. Every replay counts those still queued,
+running or due soon per lane (`worker.deadletter`), so bulk replays, concurrent or resumed ones
+included, never put more than a window of work in front of fresh jobs. Holds ids only; an id
+leaves once its job record is gone."""
+
 QUEUED = PREFIX + "queued"
 """Sorted set of job ids in state ``queued``, scored by when the job was queued in this round
 (epoch ms): enqueued, promoted, reclaimed, released or moved. Its score is the job's true
