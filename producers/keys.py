@@ -62,6 +62,9 @@ RECONCILE_CURSOR = PREFIX + "reconcile-cursor"
 every job is looked at in turn, not the same oldest ones again and again."""
 
 
+PAUSED = PREFIX + "paused"
+"""Hash ``ACCOUNT|DESTINATION`` -> JSON ``{"reason", "status", "since"}``: deliveries paused
+after a 401 or 403 (`worker.pause`), until ``attentive-relay resume``."""
 ERASURE_EPOCH = PREFIX + "erasure-epoch"
 """Counter bumped by every erasure: a worker that sees it change checks its held jobs again
 before it sends without a round trip (`worker.lease`)."""
@@ -79,6 +82,12 @@ def identity(digest: str) -> str:
     """String holding the id of the latest identity job that links one external id in one
     account, named by a keyed hash of both (`producers.ordering.marker`)."""
     return f"{PREFIX}identity:{digest}"
+
+
+def held(lane: str) -> str:
+    """Sorted set of the ids of the jobs held while ``lane`` (``ACCOUNT|DESTINATION``) is
+    paused, scored by when they were held (`worker.pause`)."""
+    return f"{PREFIX}held:{lane}"
 
 
 def waiters(job_id: str) -> str:

@@ -14,8 +14,10 @@ from test_delivery import dead_entry, run_until_done
 from producers.accounts import DEFAULT
 from producers.errors import RateLimited, Rejected, ServerError, Unauthorized
 from producers.producer import Producer
+from producers.queue import ticket_for
 from producers.settings import Settings
 from producers.validation import parse_job
+from worker.counters import stats
 from worker.delivery import Delivery
 from worker.destinations import Destinations
 from worker.destinations.attentive_graphql import MUTATION, AttentiveGraphQL, classify, error_class
@@ -338,8 +340,6 @@ def test_a_custom_event_is_delivered_through_the_mutation(gql, redis_client, san
         ("BAD_USER_INPUT", "rejected", 1),
         ("GRAPHQL_VALIDATION_FAILED", "rejected", 1),
         ("SOMETHING_NEW", "rejected", 1),
-        ("UNAUTHENTICATED", "unauthorized", 1),
-        ("FORBIDDEN", "unauthorized", 1),
         ("RATE_LIMITED", "rate_limited", 4),
         ("RESOURCE_EXHAUSTED", "rate_limited", 4),
         ("INTERNAL_SERVER_ERROR", "server_error", 4),
@@ -367,13 +367,21 @@ def test_a_transient_graphql_error_is_retried_then_delivered(gql, redis_client, 
     assert len({r["body"]["variables"]["input"]["externalEventId"] for r in sandbox_requests(sandbox)}) == 1
 
 
+@pytest.mark.parametrize("code", ["UNAUTHENTICATED", "FORBIDDEN"])
+def test_a_refused_token_pauses_the_account_at_graphql(gql, redis_client, sandbox, code) -> None:
+    add_fault(sandbox, graphql_code=code, times=10)
+    job_id = Producer(gql, redis_client).enqueue(SIMPLE)
+    assert delivery_for(gql, redis_client).run(job_id, ticket_for(job_id, 0)) == "held:unauthorized"
+    assert list(stats(redis_client, gql)["paused"]) == ["default|attentive_graphql"]
+
+
 def test_a_wrong_token_is_unauthenticated(redis_server, redis_client, sandbox) -> None:
     settings = make_settings(
         redis_server.url, sandbox.url, attentive_custom_events_api="graphql", attentive_api_token="wrong"
     )
     job_id = Producer(settings, redis_client).enqueue(SIMPLE)
-    assert run_until_done(delivery_for(settings, redis_client), redis_client, job_id) == ["dead:unauthorized"]
-    assert "UNAUTHENTICATED" in dead_entry(redis_client, job_id)["response"]
+    assert delivery_for(settings, redis_client).run(job_id, ticket_for(job_id, 0)) == "held:unauthorized"
+    assert stats(redis_client, settings)["paused"]["default|attentive_graphql"]["status"] == 200
     assert sandbox_requests(sandbox)[0]["token_tag"] == credential_tag("wrong")
 
 

@@ -33,17 +33,19 @@ def test_an_entry_holds_the_whole_story(settings, producer, redis_client, sandbo
     assert entry["first_seen"] <= entry["last_seen"]
 
 
-def test_list_filters_by_reason_newest_first(settings, producer, redis_client, sandbox):
+def test_list_filters_by_reason_newest_first(redis_server, redis_client, sandbox):
+    settings = make_settings(redis_server.url, sandbox.url, attentive_max_attempts=1)
+    producer = Producer(settings, redis_client)
     first = dead_letter_one(settings, producer, redis_client, sandbox, 400)
-    second = dead_letter_one(settings, producer, redis_client, sandbox, 401)
+    second = dead_letter_one(settings, producer, redis_client, sandbox, 503)
     store = DeadLetters(redis_client, settings)
     assert [e["job_id"] for e in store.list()] == [second, first]
-    assert [e["job_id"] for e in store.list("unauthorized")] == [second]
+    assert [e["job_id"] for e in store.list("server_error")] == [second]
     assert store.ids("rejected") == [first]
 
 
 def test_replay_requeues_with_fresh_attempts_and_delivers_once(settings, producer, redis_client, sandbox):
-    job_id = dead_letter_one(settings, producer, redis_client, sandbox, 401)
+    job_id = dead_letter_one(settings, producer, redis_client, sandbox, 400)
     redis_client.delete("attentive")
     store = DeadLetters(redis_client, settings)
     assert store.replay([job_id]) == {
@@ -61,7 +63,7 @@ def test_replay_requeues_with_fresh_attempts_and_delivers_once(settings, produce
     assert delivery_for(settings, redis_client).run(job_id, ticket_for(job_id, 0)) == "skipped:stale"
     assert delivery_for(settings, redis_client).run(job_id, ticket) == "delivered"
     requests = sandbox_requests(sandbox)
-    assert [r["status"] for r in requests] == [401, 200]
+    assert [r["status"] for r in requests] == [400, 200]
     assert requests[0]["body"]["externalEventId"] == requests[1]["body"]["externalEventId"]
     assert redis_client.hget(keys.STATS, "replayed") == b"1"
 
@@ -101,13 +103,18 @@ def test_producer_enqueue_many_queues_valid_and_returns_errors(producer: Produce
 
 
 def test_list_and_replay_filter_by_account(redis_server, redis_client, sandbox):
-    settings = make_settings(redis_server.url, sandbox.url, attentive_accounts='{"brand-a": {"token": "test-token"}}')
+    settings = make_settings(
+        redis_server.url,
+        sandbox.url,
+        attentive_accounts='{"brand-a": {"token": "test-token"}}',
+        attentive_max_attempts=1,
+    )
     producer = Producer(settings, redis_client)
     theirs = dead_letter_one(settings, producer, redis_client, sandbox, 400, {**EVENT, "account": "brand-a"})
     ours = dead_letter_one(settings, producer, redis_client, sandbox, 400)
-    unauthorized = dead_letter_one(settings, producer, redis_client, sandbox, 401, {**EVENT, "account": "brand-a"})
+    down = dead_letter_one(settings, producer, redis_client, sandbox, 503, {**EVENT, "account": "brand-a"})
     store = DeadLetters(redis_client, settings)
-    assert [e["job_id"] for e in store.list(account="brand-a")] == [unauthorized, theirs]
+    assert [e["job_id"] for e in store.list(account="brand-a")] == [down, theirs]
     assert [e["job_id"] for e in store.list(account="default")] == [ours], "a job naming no account is the default's"
     assert store.ids("rejected", account="brand-a") == [theirs]
     assert store.list(account="nobody") == []

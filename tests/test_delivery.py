@@ -72,8 +72,6 @@ def test_retry_then_success_keeps_the_same_external_event_id(settings, producer,
         (404, "rejected"),
         (413, "rejected"),
         (422, "rejected"),
-        (401, "unauthorized"),
-        (403, "unauthorized"),
     ],
 )
 def test_permanent_statuses_are_dead_lettered_at_once(settings, producer, redis_client, sandbox, status, reason):

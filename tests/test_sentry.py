@@ -91,7 +91,13 @@ def test_scrubbing_removes_contact_details_headers_and_task_arguments():
 def test_worker_reports_a_crash_and_one_warning_per_cause_and_leaks_nothing(
     redis_server, redis_client, sandbox, start_worker, ingest
 ):
-    settings = make_settings(redis_server.url, sandbox.url, attentive_max_attempts=2, attentive_api_token=TOKEN)
+    settings = make_settings(
+        redis_server.url,
+        sandbox.url,
+        attentive_max_attempts=2,
+        attentive_api_token=TOKEN,
+        attentive_accounts=json.dumps({"brand-a": {"token": TOKEN}}),
+    )
     producer = Producer(settings, redis_client)
     sandbox.state.token = TOKEN
     add_fault(sandbox, status=401, type="Auth", times=3)
@@ -99,19 +105,22 @@ def test_worker_reports_a_crash_and_one_warning_per_cause_and_leaks_nothing(
     add_fault(sandbox, status=503, type="Down", times=4)
     user = {"phone": PHONE, "email": EMAIL}
     for type_ in ("Auth", "Auth", "Auth", "Rejected", "Down", "Poison"):
+        # The refused token is brand-a's: that account is paused, the default one goes on.
+        account = {"account": "brand-a"} if type_ == "Auth" else {}
         job_id = producer.enqueue(
-            {"kind": "custom_event", "type": type_, "user": user, "properties": {"note": f"contact {EMAIL}"}}
+            {"kind": "custom_event", "type": type_, "user": user, "properties": {"note": f"contact {EMAIL}"}, **account}
         )
         if type_ == "Poison":
             redis_client.hset(keys.job(job_id), "history", "{corrupt")
     dsn = f"http://publickey@127.0.0.1:{ingest.server.server_address[1]}/1"
     start_worker(concurrency=1, settings_=settings, SENTRY_DSN=dsn)
-    wait_for(lambda: sum(stats(redis_client, settings)["dead_letter"].values()) == 6, 60, "six dead letters")
+    wait_for(lambda: sum(stats(redis_client, settings)["dead_letter"].values()) == 3, 60, "three dead letters")
+    wait_for(lambda: stats(redis_client, settings)["scheduled"] == 3, 60, "three jobs held, their account paused")
     wait_for(lambda: len(events(ingest)) >= 3, 30, "three Sentry events")
     time.sleep(2)  # anything else that was going to arrive
     found = events(ingest)
     messages = [e.get("message") or (e.get("logentry") or {}).get("message") for e in found]
-    assert messages.count("jobs are being dead-lettered: unauthorized") == 1, messages
+    assert messages.count("deliveries are paused: unauthorized") == 1, messages
     assert messages.count("jobs are being dead-lettered: server_error") == 1, messages
     crashes = [e for e in found if "exception" in e]
     assert len(crashes) == 1 and crashes[0]["level"] == "error"

@@ -45,7 +45,13 @@ def requests_for(sandbox, type_: str) -> list[dict]:
 
 
 def test_every_outcome_through_a_real_worker(redis_server, redis_client, sandbox, start_worker):
-    settings = make_settings(redis_server.url, sandbox.url, attentive_timeout_s=1, attentive_max_attempts=2)
+    settings = make_settings(
+        redis_server.url,
+        sandbox.url,
+        attentive_timeout_s=1,
+        attentive_max_attempts=2,
+        attentive_accounts=json.dumps({"brand-a": {"token": TOKEN}}),
+    )
     producer = Producer(settings, redis_client)
     add_fault(sandbox, status=200, type="Unreachable Event", times=99, delay_ms=1500)
     add_fault(sandbox, status=400, type="Rejected Event", times=1)
@@ -53,8 +59,9 @@ def test_every_outcome_through_a_real_worker(redis_server, redis_client, sandbox
     add_fault(sandbox, status=503, type="Flaky Event", times=1)
     add_fault(sandbox, status=429, type="Throttled Event", times=99)
     add_fault(sandbox, status=500, type="Broken Event", times=99)
+    # The refused token is brand-a's: brand-a is paused and its job held; the rest go on.
     ids = {
-        name: producer.enqueue(event(name))
+        name: producer.enqueue(event(name, **({"account": "brand-a"} if name == "Unauthorized Event" else {})))
         for name in (
             "Plain Event",
             "Rejected Event",
@@ -83,13 +90,13 @@ def test_every_outcome_through_a_real_worker(redis_server, redis_client, sandbox
     redis_client.hset(keys.job("poison-job"), "history", "{not json")
     total = len(ids) + 3
     worker = start_worker(settings_=settings)
-    wait_for(lambda: finished(redis_client, settings) >= total, 90, "every job to finish")
+    wait_for(lambda: finished(redis_client, settings) >= total - 1, 90, "every job to finish or be held")
     time.sleep(1)
     s = stats(redis_client, settings)
     assert s["delivered"] == 4  # plain, flaky after a 503, attributes, identity
+    assert s["paused"]["brand-a|attentive_rest"]["held"] == 1 and s["scheduled"] == 1
     assert {k: v for k, v in s["dead_letter"].items() if v} == {
         "rejected": 1,
-        "unauthorized": 1,
         "rate_limited": 1,
         "server_error": 1,
         "network_error": 1,
@@ -97,8 +104,8 @@ def test_every_outcome_through_a_real_worker(redis_server, redis_client, sandbox
         "invalid": 1,
         "crashed": 1,
     }
-    assert s["enqueued"] == s["delivered"] + sum(s["dead_letter"].values()), "exactly one outcome per job"
-    assert s["queued"] == s["scheduled"] == s["in_flight"] == 0
+    assert s["enqueued"] == s["delivered"] + sum(s["dead_letter"].values()) + 1, "one outcome per job, one held"
+    assert s["queued"] == s["in_flight"] == 0
     assert [r["status"] for r in requests_for(sandbox, "Flaky Event")] == [503, 200]
     assert len(requests_for(sandbox, "Unreachable Event")) == 2
     assert len(requests_for(sandbox, "Throttled Event")) == settings.attentive_max_attempts

@@ -19,11 +19,13 @@ from producers.accounts import DEFAULT
 from producers.erasure import mentions
 from producers.errors import InvalidJob, RateLimited, Rejected, ServerError, Unauthorized
 from producers.producer import Producer
+from producers.queue import ticket_for
 from producers.settings import Settings
 from producers.validation import job_json, parse_job
 from worker.destinations import Destinations
 from worker.destinations.base import credential_tag
 from worker.destinations.yotpo import PATH, Yotpo, classify
+from worker.pause import Pauses
 
 from conftest import TOKEN, add_fault, delivery_for, make_settings, sandbox_requests
 
@@ -263,15 +265,14 @@ def test_a_retry_sends_the_same_event_id_and_a_resend_overwrites(ysettings, redi
     assert sandbox.state.yotpo_events[("store-a", EVENT_ID)]["type"] == "order_delivered"
 
 
-def test_a_wrong_token_dead_letters_as_unauthorized_and_a_rejection_keeps_the_answer(
-    redis_server, redis_client, sandbox
-) -> None:
+def test_a_wrong_token_pauses_and_a_rejection_keeps_the_answer(redis_server, redis_client, sandbox) -> None:
     httpx.post(f"{sandbox.url}/__sandbox/config", json={"yotpo_stores": STORES}).raise_for_status()
     wrong = make_settings(
         redis_server.url, sandbox.url, yotpo_base_url=sandbox.url, yotpo_store_id="store-a", yotpo_access_token="x"
     )
     job_id = Producer(wrong, redis_client).enqueue(JOB)
-    assert run_until_done(delivery_for(wrong, redis_client), redis_client, job_id) == ["dead:unauthorized"]
+    assert delivery_for(wrong, redis_client).run(job_id, ticket_for(job_id, 0)) == "held:unauthorized"
+    assert Pauses(redis_client).resume("default", "yotpo", 0) == (["default|yotpo"], 1), "paused, not burned"
     add_fault(sandbox, status=422, times=1)
     job_id = Producer(wrong, redis_client).enqueue(JOB)
     httpx.post(f"{sandbox.url}/__sandbox/config", json={"yotpo_stores": {}}).raise_for_status()

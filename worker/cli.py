@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, NoReturn
@@ -479,6 +480,29 @@ def _configured(settings: Settings, account: str) -> None:
     if account not in settings.accounts:
         err.print(f"account {account} is not in ATTENTIVE_ACCOUNTS", markup=False, highlight=False)
         raise typer.Exit(1)
+
+
+@cli.command()
+def resume(
+    account: Annotated[str, typer.Argument(help="The account whose paused deliveries resume.")],
+    destination: Annotated[
+        str | None, typer.Option(help="Only at this destination (attentive_rest, attentive_graphql, yotpo).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Lift the pause a 401 or 403 put on an account (fix its token first): its held jobs are
+    due at once, and the workers send them."""
+    from worker.pause import Pauses
+
+    settings = _settings()
+    client = _client(settings)
+    lanes, released = Pauses(client).resume(account, destination, int(time.time() * 1000))
+    if as_json:
+        print(json.dumps({"resumed": lanes, "released": released}))
+    elif not lanes and not released:
+        err.print(f"{account} is not paused", markup=False, highlight=False)
+    else:
+        out.print(f"resumed {', '.join(lanes) or account}: {released} held jobs due now", markup=False, highlight=False)
 
 
 @cli.command()

@@ -36,6 +36,7 @@ from producers import accounts, keys
 from producers.errors import REASONS
 from producers.settings import Settings
 from worker.jobstore import UNKNOWN_ACCOUNT
+from worker.pause import Pauses
 from worker.privacy.store import COUNTERS
 
 CHUNK = 1000
@@ -151,7 +152,9 @@ def stats(client: redis.Redis, settings: Settings, overdue_after_ms: int | None 
     oldest_queued_s}}``. ``waiting`` counts jobs waiting for an identity job,
     ``oldest_waiting_s`` the longest such wait, ``waiters_over_cap`` the jobs queued without
     waiting because their identity job had ``ATTENTIVE_MAX_WAITERS`` already. ``privacy``
-    counts the deletion requests forwarded to Attentive by ``erase`` (`_privacy`).
+    counts the deletion requests forwarded to Attentive by ``erase`` (`_privacy`). ``paused``
+    maps each paused ``ACCOUNT|DESTINATION`` to its reason, status, since and held jobs
+    (`worker.pause`).
     """
     if overdue_after_ms is None:
         overdue_after_ms = int(settings.attentive_orphan_s * 1000)
@@ -239,5 +242,6 @@ def stats(client: redis.Redis, settings: Settings, overdue_after_ms: int | None 
         "erased": counts.get("erased", 0),
         "expired": counts.get("expired", 0),
         "privacy": _privacy(counts, privacy_open),
+        "paused": Pauses(client).listed(),
         "accounts": by_account,
     }

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import redis
 from pydantic import BaseModel
 
-from producers import freshness
+from producers import freshness, keys
 from producers.accounts import Account
 from producers.errors import InvalidJob, RateLimited, Stale, WorkerLost
 from producers.queue import MAX_BATCH, job_of
@@ -45,7 +45,9 @@ from worker.destinations import Bucket, Destination, Destinations, Outcome, acco
 from worker.jobstore import Claim, JobStore
 from worker.lanes import Lanes
 from worker.lease import Leases
-from worker.policy import DeadLetter, Decision, Delivered, Retry, RetryPolicy, decide
+from worker.pause import RECHECK_S, Pauses
+from worker.pause import lane as lane_of
+from worker.policy import DeadLetter, Decision, Delivered, Pause, Retry, RetryPolicy, decide
 from worker.ratelimit import RateLimiter
 
 T = TypeVar("T")
@@ -106,6 +108,7 @@ class Delivery:
         self.rand = rand
         self.sleep = sleep
         self.leases = Leases(store.client, store.lease_ms)
+        self.pauses = Pauses(store.client)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         #: A send needs its lease for its deadline and a margin for clocks that differ between
@@ -164,6 +167,8 @@ class Delivery:
                 continue
             self.leases.hold(claim.job_id, claim.ticket, now_ms + self.store.lease_ms)
             prepared = self._in_lane(claim, now_ms, lambda c=claim: self._prepare(c, now_ms))
+            if isinstance(prepared, Ready) and self.pauses.is_paused(prepared.account.name, prepared.destination.name):
+                prepared = self._in_lane(claim, now_ms, lambda r=prepared: self._hold(r, now_ms))
             out.append(prepared if isinstance(prepared, str) else "")
             if isinstance(prepared, Ready):
                 by_lane.setdefault(RateLimiter.key(prepared.bucket), []).append((len(out) - 1, prepared))
@@ -443,6 +448,31 @@ class Delivery:
         self.store.defer(claim, now_ms, due_ms=due_ms, slot_ms=0)
         return "deferred"
 
+    def _hold(self, ready: Ready, now_ms: int) -> str:
+        """Hold a job of a paused lane (`worker.pause`): back to the schedule, its attempt not
+        counted, listed for ``resume``."""
+        account, destination = ready.account.name, ready.destination.name
+        self.store.client.zadd(keys.held(lane_of(account, destination)), {ready.claim.job_id: now_ms})
+        self.store.defer(ready.claim, now_ms, due_ms=now_ms + int(RECHECK_S * 1000), slot_ms=0)
+        return "held:paused"
+
+    def _paused(self, ready: Ready, decision: Pause, outcome: Outcome, now_ms: int) -> None:
+        """A 401/403: pause the lane and list the job as held (its defer is recorded with the
+        other outcomes)."""
+        account, destination = ready.account.name, ready.destination.name
+        if self.pauses.pause(account, destination, decision.reason, outcome.status, now_ms):
+            sentry.report_pause(decision.reason, destination)
+            log.error(
+                "account %s paused at %s after HTTP %s: its jobs are held, not dead-lettered, until "
+                "`attentive-relay resume %s`",
+                account,
+                destination,
+                outcome.status,
+                account,
+                extra={"account": account, "destination": destination, "status": outcome.status},
+            )
+        self.store.client.zadd(keys.held(lane_of(account, destination)), {ready.claim.job_id: now_ms})
+
     def _send(self, ready: Ready) -> tuple[Decision, Outcome, int]:
         """Make the call and decide what follows: (decision, outcome, when it ended in epoch ms)."""
         claim = ready.claim
@@ -465,6 +495,8 @@ class Delivery:
             self.policy,
             self.rand(),
         )
+        if isinstance(decision, Pause):
+            self._paused(ready, decision, outcome, done_ms)
         log.info(
             "job_id=%s kind=%s attempt=%d status=%s outcome=%s",
             claim.job_id,
@@ -511,6 +543,9 @@ class Delivery:
             kept = self.store.delivered(claim, now_ms, pipe)
         elif isinstance(decision, Retry):
             kept = self.store.schedule(claim, now_ms, int(decision.delay_s * 1000), history, pipe)
+        elif isinstance(decision, Pause):
+            # Held, not failed: the attempt is given back (`worker.pause`).
+            kept = self.store.defer(claim, now_ms, now_ms + int(RECHECK_S * 1000), 0, pipe)
         else:
             kept = self._dead(claim, now_ms, history, decision, outcome, pipe)
         if pipe is None and not kept:
@@ -606,6 +641,8 @@ def _name(decision: Decision) -> str:
         return "delivered"
     if isinstance(decision, Retry):
         return f"retry_in_{decision.delay_s:.1f}s"
+    if isinstance(decision, Pause):
+        return f"held:{decision.reason}"
     return f"dead:{decision.reason}"
 
 

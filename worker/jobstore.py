@@ -552,9 +552,11 @@ class JobStore:
         seen = observed.on_retry(claim.account, claim.attempt, history)
         return self._run_finish(claim, "retry", now_ms, history, due_ms=now_ms + delay_ms, pipe=pipe, observe=seen)
 
-    def defer(self, claim: Claim, now_ms: int, due_ms: int, slot_ms: int) -> bool:
-        """Park the job until its reserved rate-limit slot; the attempt is given back."""
-        return self._run_finish(claim, "defer", now_ms, [], due_ms=due_ms, slot_ms=slot_ms)
+    def defer(
+        self, claim: Claim, now_ms: int, due_ms: int, slot_ms: int, pipe: redis.client.Pipeline | None = None
+    ) -> bool:
+        """Park the job until ``due_ms``; the attempt is given back."""
+        return self._run_finish(claim, "defer", now_ms, [], due_ms=due_ms, slot_ms=slot_ms, pipe=pipe)
 
     def dead_letter(
         self,

@@ -199,7 +199,7 @@ def _observed(seen: observed.Observed) -> Iterator[Metric]:
         yield counter
 
 
-PAUSED = keys.PREFIX + "paused"
+PAUSED = keys.PAUSED
 """Hash: ``ACCOUNT|DESTINATION`` -> JSON ``{"reason": ..., "since": ...}`` while paused."""
 CIRCUIT = keys.PREFIX + "circuit"
 """Hash: ``ACCOUNT|DESTINATION`` -> JSON ``{"reason": ..., "since": ...}`` while the circuit is open."""

@@ -6,7 +6,11 @@
 - `Retry(delay_s)`              a transient error (429, 5xx, network, lost worker) with attempts
                                 left, and the next attempt still inside the freshness window;
 - `DeadLetter(reason, detail)`  a permanent error, attempts used up, or a retry that would land
-                                after the event went stale (reason ``stale``).
+                                after the event went stale (reason ``stale``);
+- `Pause(reason, detail)`       a 401 or 403 answer: the token is revoked or lacks a scope, so
+                                every job of the account at that destination would fail alike;
+                                the job is held and the account paused (`worker.pause`), not
+                                dead-lettered.
 
 Delays: ``Retry-After`` when a 429 carries one (capped at the backoff maximum), otherwise
 full jitter: uniform in [0, min(max_s, base_s * 2**(attempt-1))] (AWS's "full jitter", which
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from producers import freshness
-from producers.errors import RateLimited, RelayError, Stale
+from producers.errors import RateLimited, RelayError, Stale, Unauthorized
 from producers.settings import Settings
 
 
@@ -42,7 +46,13 @@ class DeadLetter:
     detail: str
 
 
-Decision = Delivered | Retry | DeadLetter
+@dataclass(frozen=True)
+class Pause:
+    reason: str
+    detail: str
+
+
+Decision = Delivered | Retry | DeadLetter | Pause
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,8 @@ def decide(
     """What to do after attempt number ``attempt`` (1-based) ended with ``error``."""
     if error is None:
         return Delivered()
+    if isinstance(error, Unauthorized) and error.status:  # a response said so; not a missing token
+        return Pause(error.reason, str(error))
     if not error.retryable:
         return DeadLetter(error.reason, str(error))
     if attempt >= policy.max_attempts:

@@ -102,16 +102,25 @@ def report_crash(exc: BaseException, job_id: str) -> None:
 
 def report_dead_letter(reason: str, kind: str) -> None:
     """One warning per cause per process per hour, for the dead letters someone must act on."""
-    if reason not in WARN_REASONS:
-        return
+    if reason in WARN_REASONS:
+        _warn_once(reason, f"jobs are being dead-lettered: {reason}", {"reason": reason, "kind": kind})
+
+
+def report_pause(reason: str, destination: str) -> None:
+    """An account paused by a 401/403 (`worker.pause`): someone must fix its token. One
+    warning per cause per process per hour."""
+    _warn_once(f"paused:{reason}", f"deliveries are paused: {reason}", {"reason": reason, "destination": destination})
+
+
+def _warn_once(cause: str, message: str, tags: dict[str, str]) -> None:
     now = time.monotonic()
     with _lock:
-        if now - _last_warned.get(reason, -WARN_EVERY_S) < WARN_EVERY_S:
+        if now - _last_warned.get(cause, -WARN_EVERY_S) < WARN_EVERY_S:
             return
-        _last_warned[reason] = now
+        _last_warned[cause] = now
     import sentry_sdk
 
     with sentry_sdk.new_scope() as scope:
-        scope.set_tag("reason", reason)
-        scope.set_tag("kind", kind)
-        sentry_sdk.capture_message(f"jobs are being dead-lettered: {reason}", level="warning")
+        for name, value in tags.items():
+            scope.set_tag(name, value)
+        sentry_sdk.capture_message(message, level="warning")

@@ -42,7 +42,7 @@ from producers.errors import RateLimited
 from producers.settings import Settings
 from worker.delivery import EXHAUSTED_SECOND_PAUSE_S
 from worker.destinations.base import Bucket, Outcome
-from worker.policy import DeadLetter, Delivered, Retry, RetryPolicy, decide
+from worker.policy import Decision, Delivered, Retry, RetryPolicy, decide
 from worker.privacy.api import FILE_LANE, STATUS_LANE, PrivacyApi
 from worker.privacy.store import FAILED, FILED, PENDING, PROCESSED, Request, RequestStore
 from worker.ratelimit import RateLimiter
@@ -210,7 +210,7 @@ class Forwarder:
             self.sleep(wait)
         return True
 
-    def _decide(self, bucket: Bucket, outcome: Outcome, request: Request, step: str) -> Delivered | Retry | DeadLetter:
+    def _decide(self, bucket: Bucket, outcome: Outcome, request: Request, step: str) -> Decision:
         """Back off the bucket as deliveries do, then the retry policy's decision."""
         if isinstance(outcome.error, RateLimited):
             self.limiter.back_off(bucket, outcome.error.retry_after or 1.0)
