@@ -65,6 +65,9 @@ every job is looked at in turn, not the same oldest ones again and again."""
 PAUSED = PREFIX + "paused"
 """Hash ``ACCOUNT|DESTINATION`` -> JSON ``{"reason", "status", "since"}``: deliveries paused
 after a 401 or 403 (`worker.pause`), until ``attentive-relay resume``."""
+CIRCUIT = PREFIX + "circuit"
+"""Hash ``ACCOUNT|DESTINATION`` -> JSON ``{"reason", "since", "requests", "failed"}``: circuits
+open after sustained failure (`worker.circuit`)."""
 ERASURE_EPOCH = PREFIX + "erasure-epoch"
 """Counter bumped by every erasure: a worker that sees it change checks its held jobs again
 before it sends without a round trip (`worker.lease`)."""
@@ -88,6 +91,11 @@ def held(lane: str) -> str:
     """Sorted set of the ids of the jobs held while ``lane`` (``ACCOUNT|DESTINATION``) is
     paused, scored by when they were held (`worker.pause`)."""
     return f"{PREFIX}held:{lane}"
+
+
+def circuit_probe(lane: str) -> str:
+    """String with an expiry: held while one job of an open circuit's ``lane`` goes as its probe."""
+    return f"{PREFIX}circuit-probe:{lane}"
 
 
 def waiters(job_id: str) -> str:

@@ -81,6 +81,20 @@ class Settings(BaseSettings):
     delivery is never taken over and a dead one comes back within about this long.
     """
 
+    attentive_circuit_failure_share: float = Field(0.5, gt=0, le=1)
+    """A circuit opens for an account at a destination when more than this share of its
+    requests in the window failed with a 5xx or no answer (`worker.circuit`)."""
+
+    attentive_circuit_min_requests: int = Field(20, ge=1)
+    """...and the window holds at least this many requests."""
+
+    attentive_circuit_window_s: float = Field(60.0, gt=0, le=3600)
+    """The window those requests are counted in, per worker process."""
+
+    attentive_circuit_probe_s: float = Field(30.0, gt=0, le=3600)
+    """While a circuit is open its jobs are held; one job is let through this often as a probe,
+    and its success closes the circuit."""
+
     attentive_orphan_s: float = Field(60.0, ge=1, le=86_400)
     """How long a job may wait in state ``queued`` before the promoter checks that its broker
     message still exists, and queues it again if not (a worker killed as Redis handed it the

@@ -371,7 +371,7 @@ any_message = (
 SETTINGS = make_settings("redis://127.0.0.1:9/0")
 
 
-@examples(1500)
+@examples(800)
 @given(job=any_python_job, as_text=st.booleans())
 def test_parse_job_refuses_cleanly_or_accepts_something_sendable(job: Any, as_text: bool) -> None:
     data: Any = job
@@ -395,13 +395,13 @@ def test_parse_job_refuses_cleanly_or_accepts_something_sendable(job: Any, as_te
         assert stored["properties"] == job["properties"], "a property value was altered"
 
 
-@examples(500)
+@examples(250)
 @given(job=valid_jobs)
 def test_every_valid_job_is_accepted(job: dict[str, Any]) -> None:
     parse_job(job, SETTINGS, datetime.now(UTC), at_enqueue=True)
 
 
-@examples(600)
+@examples(300)
 @given(message=any_message, rename_keys=st.booleans())
 def test_prepare_segment_refuses_cleanly_or_maps(message: Any, rename_keys: bool, producer: Producer) -> None:
     if rename_keys:
@@ -415,7 +415,7 @@ def test_prepare_segment_refuses_cleanly_or_maps(message: Any, rename_keys: bool
     assert not has_poison(message), "a Segment message with a value JSON cannot carry was accepted"
 
 
-@examples(400)
+@examples(200)
 @given(case=poisoned(valid_jobs) | poisoned(valid_messages) | poisoned(product_viewed), as_text=st.booleans())
 def test_a_value_json_cannot_carry_is_refused_at_its_path(
     case: tuple[dict[str, Any], str], as_text: bool, producer: Producer

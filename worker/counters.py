@@ -35,6 +35,7 @@ import redis
 from producers import accounts, keys
 from producers.errors import REASONS
 from producers.settings import Settings
+from worker.circuit import Circuits
 from worker.jobstore import UNKNOWN_ACCOUNT
 from worker.pause import Pauses
 from worker.privacy.store import COUNTERS
@@ -154,7 +155,7 @@ def stats(client: redis.Redis, settings: Settings, overdue_after_ms: int | None 
     waiting because their identity job had ``ATTENTIVE_MAX_WAITERS`` already. ``privacy``
     counts the deletion requests forwarded to Attentive by ``erase`` (`_privacy`). ``paused``
     maps each paused ``ACCOUNT|DESTINATION`` to its reason, status, since and held jobs
-    (`worker.pause`).
+    (`worker.pause`); ``circuits`` each open circuit likewise (`worker.circuit`).
     """
     if overdue_after_ms is None:
         overdue_after_ms = int(settings.attentive_orphan_s * 1000)
@@ -243,5 +244,6 @@ def stats(client: redis.Redis, settings: Settings, overdue_after_ms: int | None 
         "expired": counts.get("expired", 0),
         "privacy": _privacy(counts, privacy_open),
         "paused": Pauses(client).listed(),
+        "circuits": Circuits(client, settings).listed(),
         "accounts": by_account,
     }

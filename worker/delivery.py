@@ -36,11 +36,12 @@ from pydantic import BaseModel
 
 from producers import freshness, keys
 from producers.accounts import Account
-from producers.errors import InvalidJob, RateLimited, Stale, WorkerLost
+from producers.errors import InvalidJob, NetworkError, RateLimited, ServerError, Stale, Uncertain, WorkerLost
 from producers.queue import MAX_BATCH, job_of
 from producers.settings import Settings
 from producers.validation import parse_job
 from worker import pipeline, sentry
+from worker.circuit import Circuits
 from worker.destinations import Bucket, Destination, Destinations, Outcome, account_of
 from worker.jobstore import Claim, JobStore
 from worker.lanes import Lanes
@@ -109,6 +110,7 @@ class Delivery:
         self.sleep = sleep
         self.leases = Leases(store.client, store.lease_ms)
         self.pauses = Pauses(store.client)
+        self.circuits = Circuits(store.client, settings)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         #: A send needs its lease for its deadline and a margin for clocks that differ between
@@ -167,8 +169,8 @@ class Delivery:
                 continue
             self.leases.hold(claim.job_id, claim.ticket, now_ms + self.store.lease_ms)
             prepared = self._in_lane(claim, now_ms, lambda c=claim: self._prepare(c, now_ms))
-            if isinstance(prepared, Ready) and self.pauses.is_paused(prepared.account.name, prepared.destination.name):
-                prepared = self._in_lane(claim, now_ms, lambda r=prepared: self._hold(r, now_ms))
+            if isinstance(prepared, Ready):
+                prepared = self._in_lane(claim, now_ms, lambda r=prepared: self._held_back(r, now_ms))
             out.append(prepared if isinstance(prepared, str) else "")
             if isinstance(prepared, Ready):
                 by_lane.setdefault(RateLimiter.key(prepared.bucket), []).append((len(out) - 1, prepared))
@@ -448,13 +450,35 @@ class Delivery:
         self.store.defer(claim, now_ms, due_ms=due_ms, slot_ms=0)
         return "deferred"
 
-    def _hold(self, ready: Ready, now_ms: int) -> str:
-        """Hold a job of a paused lane (`worker.pause`): back to the schedule, its attempt not
-        counted, listed for ``resume``."""
-        account, destination = ready.account.name, ready.destination.name
-        self.store.client.zadd(keys.held(lane_of(account, destination)), {ready.claim.job_id: now_ms})
-        self.store.defer(ready.claim, now_ms, due_ms=now_ms + int(RECHECK_S * 1000), slot_ms=0)
-        return "held:paused"
+    def _held_back(self, ready: Ready, now_ms: int) -> Ready | str:
+        """The job, or held if its lane is paused (`worker.pause`) or its circuit open and this
+        job is not the probe (`worker.circuit`): back to the schedule, its attempts kept,
+        listed for ``resume`` or the circuit's close."""
+        lane = lane_of(ready.account.name, ready.destination.name)
+        if self.pauses.is_paused(ready.account.name, ready.destination.name):
+            recheck_s, outcome = RECHECK_S, "held:paused"
+        elif self.circuits.is_open(lane) and not self.circuits.may_probe(lane):
+            recheck_s, outcome = self.settings.attentive_circuit_probe_s, "held:circuit_open"
+        else:
+            return ready
+        self.store.client.zadd(keys.held(lane), {ready.claim.job_id: now_ms})
+        self.store.defer(ready.claim, now_ms, due_ms=now_ms + int(recheck_s * 1000), slot_ms=0)
+        return outcome
+
+    def _count_for_circuit(self, ready: Ready, outcome: Outcome) -> None:
+        lane = lane_of(ready.account.name, ready.destination.name)
+        failed = isinstance(outcome.error, ServerError | NetworkError | Uncertain)
+        change = self.circuits.record(lane, failed)
+        if change == "opened":
+            sentry.report_pause("circuit_open", ready.destination.name)
+            log.error(
+                "circuit open for %s: most of its requests failed; its jobs are held, one probe every %g s",
+                lane,
+                self.settings.attentive_circuit_probe_s,
+                extra={"account": ready.account.name, "destination": ready.destination.name},
+            )
+        elif change == "closed":
+            log.info("circuit closed for %s: the probe succeeded; its held jobs are due", lane)
 
     def _paused(self, ready: Ready, decision: Pause, outcome: Outcome, now_ms: int) -> None:
         """A 401/403: pause the lane and list the job as held (its defer is recorded with the
@@ -478,6 +502,7 @@ class Delivery:
         claim = ready.claim
         outcome = ready.destination.deliver(ready.job, ready.account)
         self._adapt_rate(ready.bucket, outcome)
+        self._count_for_circuit(ready, outcome)
         done_ms = int(self.clock() * 1000)
         ready.history.append(
             {

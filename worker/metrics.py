@@ -201,7 +201,7 @@ def _observed(seen: observed.Observed) -> Iterator[Metric]:
 
 PAUSED = keys.PAUSED
 """Hash: ``ACCOUNT|DESTINATION`` -> JSON ``{"reason": ..., "since": ...}`` while paused."""
-CIRCUIT = keys.PREFIX + "circuit"
+CIRCUIT = keys.CIRCUIT
 """Hash: ``ACCOUNT|DESTINATION`` -> JSON ``{"reason": ..., "since": ...}`` while the circuit is open."""
 
 

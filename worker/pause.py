@@ -42,26 +42,73 @@ def lane(account: str, destination: str) -> str:
     return f"{account}|{destination}"
 
 
+def release_held(client: redis.Redis, name: str, now_ms: int) -> int:
+    """Make every job held in lane ``name`` due now (the promoters queue them): how many."""
+    key = keys.held(name)
+    ids = [i.decode() for i in client.zrange(key, 0, -1)]
+    pipe = client.pipeline(transaction=True)
+    if ids:
+        pipe.zadd(keys.SCHEDULE, dict.fromkeys(ids, now_ms), xx=True)
+    pipe.delete(key)
+    pipe.execute()
+    return len(ids)
+
+
+class LaneSet:
+    """The lanes named in a Redis hash (`producers.keys.PAUSED`, `producers.keys.CIRCUIT`), as
+    one worker process sees them: read at most every `REFRESH_S`. Thread-safe."""
+
+    def __init__(self, client: redis.Redis, key: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.client = client
+        self.key = key
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._lanes: frozenset[str] = frozenset()
+        self._read_at = float("-inf")
+
+    def __contains__(self, name: object) -> bool:
+        now = self._clock()
+        with self._lock:
+            stale = now - self._read_at >= REFRESH_S
+        if stale:
+            fields = self.client.hkeys(self.key)
+            with self._lock:
+                self._lanes = frozenset(f.decode() for f in fields)
+                self._read_at = now
+        return name in self._lanes
+
+    def add(self, name: str) -> None:
+        with self._lock:
+            self._lanes = self._lanes | {name}
+
+    def discard(self, name: str) -> None:
+        with self._lock:
+            self._lanes = self._lanes - {name}
+
+    def forget(self) -> None:
+        """Read Redis again at the next question."""
+        with self._lock:
+            self._read_at = float("-inf")
+
+    def listed(self) -> dict[str, dict[str, object]]:
+        """Every lane in the hash with its JSON value and how many jobs it holds."""
+        out: dict[str, dict[str, object]] = {}
+        for name, raw in self.client.hgetall(self.key).items():
+            value = json.loads(raw)
+            value["held"] = self.client.zcard(keys.held(name.decode()))
+            out[name.decode()] = value
+        return out
+
+
 class Pauses:
     """The paused lanes, as one worker process sees them. Thread-safe."""
 
     def __init__(self, client: redis.Redis, clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._paused: frozenset[str] = frozenset()
-        self._read_at = float("-inf")
+        self._paused = LaneSet(client, keys.PAUSED, clock)
 
     def is_paused(self, account: str, destination: str) -> bool:
         """Whether the lane is paused (as read at most `REFRESH_S` ago)."""
-        now = self._clock()
-        with self._lock:
-            stale = now - self._read_at >= REFRESH_S
-        if stale:
-            fields = self.client.hkeys(keys.PAUSED)
-            with self._lock:
-                self._paused = frozenset(f.decode() for f in fields)
-                self._read_at = now
         return lane(account, destination) in self._paused
 
     def pause(self, account: str, destination: str, reason: str, status: int | None, now_ms: int) -> bool:
@@ -69,8 +116,7 @@ class Pauses:
         since = datetime.fromtimestamp(now_ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         value = json.dumps({"reason": reason, "status": status, "since": since})
         first = bool(self.client.hsetnx(keys.PAUSED, lane(account, destination), value))
-        with self._lock:
-            self._paused = self._paused | {lane(account, destination)}
+        self._paused.add(lane(account, destination))
         return first
 
     def resume(self, account: str, destination: str | None, now_ms: int) -> tuple[list[str], int]:
@@ -84,24 +130,12 @@ class Pauses:
         for key in dict.fromkeys(held_keys):
             if destination is not None and not key.endswith(f"|{destination}"):
                 continue
-            ids = [i.decode() for i in self.client.zrange(key, 0, -1)]
-            pipe = self.client.pipeline(transaction=True)
-            if ids:
-                pipe.zadd(keys.SCHEDULE, dict.fromkeys(ids, now_ms), xx=True)
-            pipe.delete(key)
-            pipe.execute()
-            released += len(ids)
+            released += release_held(self.client, key.removeprefix(keys.held("")), now_ms)
         if chosen:
             self.client.hdel(keys.PAUSED, *chosen)
-        with self._lock:
-            self._read_at = float("-inf")
+        self._paused.forget()
         return chosen, released
 
     def listed(self) -> dict[str, dict[str, object]]:
         """Every paused lane with its reason, status, since, and how many jobs it holds."""
-        out: dict[str, dict[str, object]] = {}
-        for name, raw in self.client.hgetall(keys.PAUSED).items():
-            value = json.loads(raw)
-            value["held"] = self.client.zcard(keys.held(name.decode()))
-            out[name.decode()] = value
-        return out
+        return self._paused.listed()
