@@ -24,7 +24,7 @@ others: same lanes, same global rate limiter, same checks (a stale event stays r
 endpoint, the rate limiter's bucket) only while fewer than that lane's *window* of replayed jobs
 are queued, running or due within `SOON_S` (counted from `producers.keys.REPLAYING`, so
 concurrent and resumed replays share it), and only while no fresh job of the account has waited
-queued longer than `FRESH_WAIT_S`. The window is `WINDOW_S` of the lane's rate (150/s: 72 jobs).
+queued longer than `FRESH_WAIT_S`. The window is `WINDOW_S` of the lane's rate (150/s: 36 jobs).
 A fresh job queued meanwhile therefore finds at most a window of replayed jobs ahead of it, which
 the lane clears in `WINDOW_S`: it reaches the API within its latency plus well under a second,
 and the replay takes only the capacity fresh work leaves. It works in chunks of `CHUNK` entries
@@ -65,7 +65,7 @@ from worker.jobstore import UNKNOWN_ACCOUNT, job_with_account
 
 CHUNK = 100
 """Entries a replay takes at a time (one progress line each)."""
-WINDOW_S = 0.5
+WINDOW_S = 0.25
 """A lane's replay window: this many seconds of its rate (times the limiter's headroom)."""
 FRESH_WAIT_S = 0.25
 """A fresh job queued longer than this means its account has a backlog: replay waits."""
