@@ -126,14 +126,17 @@ class Pauses:
         chosen = [name for name in lanes if name.split("|")[0] == account and destination in (None, name.split("|")[1])]
         held_keys = [keys.held(lane(account, d)) for d in ([destination] if destination else [])]
         held_keys += [k.decode() for k in self.client.scan_iter(match=keys.held(lane(account, "*")), count=1000)]
+        if chosen:
+            self.client.hdel(keys.PAUSED, *chosen)
+            # Workers read the paused lanes at most every REFRESH_S: a job released sooner could
+            # meet a worker that still holds the lane paused and be held for RECHECK_S more.
+            time.sleep(REFRESH_S + 0.1)
+        self._paused.forget()
         released = 0
         for key in dict.fromkeys(held_keys):
             if destination is not None and not key.endswith(f"|{destination}"):
                 continue
             released += release_held(self.client, key.removeprefix(keys.held("")), now_ms)
-        if chosen:
-            self.client.hdel(keys.PAUSED, *chosen)
-        self._paused.forget()
         return chosen, released
 
     def listed(self) -> dict[str, dict[str, object]]:

@@ -1,0 +1,82 @@
+"""A brand paused, not burned, at scale (issue 17, "Measured"): brand A's token is revoked
+with its jobs queued while brand B keeps sending, then restored.
+
+The issue's run is 10,000 jobs (``ATTENTIVE_PAUSE_JOBS=10000``): about 70 s here, most of it
+the held jobs going out again one message each after ``resume``. The suite runs 2,000.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime
+
+from producers.producer import Producer
+from worker.counters import stats
+from worker.pause import Pauses
+from worker.sandbox import Sandbox
+
+from conftest import TOKEN, make_settings, sandbox_requests, wait_for
+
+A_JOBS = int(os.environ.get("ATTENTIVE_PAUSE_JOBS", "2000"))
+B_JOBS = 600
+B_RATE = 200
+
+
+def attributes(i: int) -> dict:
+    return {"kind": "custom_attributes", "account": "brand-a", "user": {"email": f"a{i}@x.org"}, "properties": {"n": i}}
+
+
+def b_event(i: int) -> dict:
+    return {"kind": "custom_event", "account": "brand-b", "type": f"B {i}", "user": {"email": f"b{i}@x.org"}}
+
+
+def b_rate(sandbox: Sandbox, first: int) -> float:
+    """Brand B's deliveries per second over B events ``first`` .. ``first + B_JOBS``."""
+    wanted = {f"B {i}" for i in range(first, first + B_JOBS)}
+    times = sorted(r["at"] for r in sandbox_requests(sandbox) if r["status"] == 200 and r["body"].get("type") in wanted)
+    assert len(times) == B_JOBS
+    return (B_JOBS - 1) / (times[-1] - times[0])
+
+
+def test_a_revoked_token_pauses_its_brand_and_the_other_keeps_its_pace(redis_server, redis_client, start_worker):
+    with Sandbox(port=0, token=TOKEN, rate=5000) as sandbox:
+        settings = make_settings(
+            redis_server.url,
+            sandbox.url,
+            attentive_accounts=json.dumps(
+                {"brand-a": {"token": "token-a"}, "brand-b": {"token": TOKEN, "rate_limit": B_RATE}}
+            ),
+            attentive_rate_limit=4000,
+        )
+        producer = Producer(settings, redis_client)
+        start_worker("w", concurrency=2, settings_=settings)
+
+        producer.enqueue_many([b_event(i) for i in range(B_JOBS)])
+        wait_for(lambda: stats(redis_client, settings)["delivered"] >= B_JOBS, 60, "brand B alone")
+        alone = b_rate(sandbox, 0)
+
+        for start in range(0, A_JOBS, 1000):  # the token of brand A is refused by the sandbox
+            producer.enqueue_many([attributes(i) for i in range(start, min(A_JOBS, start + 1000))])
+        producer.enqueue_many([b_event(i) for i in range(B_JOBS, 2 * B_JOBS)])
+        wait_for(lambda: stats(redis_client, settings)["delivered"] >= 2 * B_JOBS, 60, "brand B beside the pause")
+        during = b_rate(sandbox, B_JOBS)
+        refused = [r["at"] for r in sandbox_requests(sandbox) if r["status"] == 401]
+        wait_for(lambda: stats(redis_client, settings)["scheduled"] >= A_JOBS, 60, "brand A's jobs held")
+        s = stats(redis_client, settings)
+        paused = s["paused"]["brand-a|attentive_rest"]
+        since = datetime.fromisoformat(paused["since"].replace("Z", "+00:00")).timestamp()
+        assert since - min(refused) <= 5, "paused within 5 s of the first refusal"
+        assert sum(s["dead_letter"].values()) == 0 and paused["held"] >= A_JOBS - len(refused)
+        assert len(refused) < 500, "the others were held without a request (only those already under way went)"
+
+        sandbox.state.more_tokens = frozenset({"token-a"})  # the brand fixed its token
+        Pauses(redis_client).resume("brand-a", None, int(time.time() * 1000))
+        wait_for(
+            lambda: stats(redis_client, settings)["delivered"] >= 2 * B_JOBS + A_JOBS, 120, "brand A after resume", 0.5
+        )
+        s = stats(redis_client, settings)
+        assert sum(s["dead_letter"].values()) == 0 and s["paused"] == {}
+    print(f"\nbrand B: {alone:.0f}/s alone, {during:.0f}/s beside brand A's pause; {len(refused)} requests refused")
+    assert abs(during - alone) <= 0.05 * alone, (alone, during)
