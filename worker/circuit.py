@@ -29,7 +29,7 @@ import redis
 
 from producers import keys
 from producers.settings import Settings
-from worker.pause import LaneSet, release_held
+from worker.pause import REFRESH_S, LaneSet, release_held
 
 
 class Window:
@@ -111,7 +111,9 @@ class Circuits:
         return None
 
     def close(self, lane: str, now_ms: int) -> int:
-        """Close ``lane``'s circuit and make its held jobs due now: how many."""
+        """Close ``lane``'s circuit and make its held jobs due once every worker has seen it
+        closed (`worker.pause.REFRESH_S`; sooner, one could hold them for another probe
+        period): how many."""
         self.client.hdel(keys.CIRCUIT, lane)
         self.client.delete(keys.circuit_probe(lane))
         self._open.discard(lane)
@@ -119,7 +121,7 @@ class Circuits:
             window = self._windows.get(lane)
             if window is not None:
                 window.reset()
-        return release_held(self.client, lane, now_ms)
+        return release_held(self.client, lane, now_ms + int((REFRESH_S + 0.1) * 1000))
 
     def listed(self) -> dict[str, dict[str, object]]:
         """Every open circuit with why, since when, and how many jobs it holds."""
