@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import time
+from typing import Any
+
+import redis
 
 from producers import keys
 from producers.queue import ticket_for
@@ -65,3 +68,29 @@ def test_an_attempt_taken_over_while_it_waited_for_its_slot_does_not_send(settin
     assert delivery.run(job_id, ticket_for(job_id, 0)) == "skipped:taken_over"
     assert sandbox_requests(sandbox) == [], "nothing left for the API"
     assert redis_client.hget(keys.job(job_id), "ticket") == ticket_for(job_id, 1).encode(), "the new attempt has it"
+
+
+def test_a_process_that_holds_no_job_makes_no_round_trips(settings, producer, redis_client):
+    """The epoch poll runs only while a job is held: idle workers (and stopped tests' threads
+    whose Redis is gone) neither load Redis nor fill the log with failed renewals."""
+
+    class Counted(redis.Redis):
+        calls = 0
+
+        def execute_command(self, *args: Any, **options: Any) -> Any:
+            Counted.calls += 1
+            return super().execute_command(*args, **options)
+
+    store = delivery_for(settings, redis_client).store
+    leases = Leases(Counted.from_url(settings.redis_url.get_secret_value()), store.lease_ms)
+    job_id = producer.enqueue(PURCHASE)
+    claim = store.claim(job_id, ticket_for(job_id, 0), 1_000)
+    leases.hold(job_id, claim.ticket, 1_000 + store.lease_ms)
+    time.sleep(1.2)
+    assert Counted.calls >= 2, "the epoch is read while a job is held"
+    leases.let_go(job_id)
+    time.sleep(0.6)  # a poll that had started when the job was let go
+    idle = Counted.calls
+    time.sleep(1.2)
+    assert Counted.calls == idle, "no round trips while nothing is held"
+    leases.stop()

@@ -65,9 +65,10 @@ log = logging.getLogger("attentive_relay.jobstore")
 FINISH_RELEASE = 100
 """Waiters queued by the script that records their identity job's end; the promoters queue
 the rest. 1.5 to 4 ms of Redis time, on the delivery's own path."""
-RELEASE_CHUNK = 250
-"""Waiters queued per release script: 3 to 7 ms of Redis time (12-28 us each on the 2-core
-machine, idle to loaded), far below the 50 ms that other clients would feel."""
+RELEASE_CHUNK = 100
+"""Waiters queued per release script: under 5 ms of Redis time (12-76 us each on the 2-core
+machine, idle to loaded; 250 per script reached 75 ms once in CI), far below the 50 ms that
+other clients would feel."""
 IDENTITY_CHUNK = 1000
 """Identity jobs checked for having vanished per script: about 2 ms of Redis time."""
 IDENTITY_SCRIPTS = 20

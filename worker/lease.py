@@ -14,7 +14,8 @@ that would be a second delivery, and for purchases, add-to-cart and product view
   holds (claimed, not yet recorded): an attempt waiting its turn behind a slow API is not
   taken over. Only a dead or frozen process loses its leases.
 - Erasure (`producers.erasure`) deletes jobs that may be held here. The same thread reads the
-  erasure epoch every `EPOCH_POLL_S`; when it changed, it renews every held lease at once,
+  erasure epoch every `EPOCH_POLL_S` while the process holds any job (an idle one makes no
+  round trips); when it changed, it renews every held lease at once,
   which forgets the erased jobs. The fence skips its round trip only while that check is at
   most `EPOCH_FRESH_S` old, so once ``erase`` has waited `producers.erasure.FENCE_WAIT_S`
   no attempt of an erased job leaves.
@@ -163,6 +164,13 @@ class Leases:
         next_renewal = time.monotonic() + every_s
         failing = False
         while True:
+            if not self.held():
+                # Nothing to fence: no round trips. The fence of the next job held does its
+                # own until this thread has read the epoch again.
+                next_renewal = time.monotonic() + every_s
+                if self._stop.wait(EPOCH_POLL_S):
+                    return
+                continue
             try:
                 self.check_epoch()
                 if time.monotonic() >= next_renewal:
