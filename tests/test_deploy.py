@@ -856,13 +856,36 @@ def _lock(path: Path) -> dict[str, tuple[str, int]]:
     return pins
 
 
+RUNTIME_EXTRAS = ("worker", "collector", "flower")
+"""The extras requirements/lock.txt pins beside the base: every role of the one image."""
+
+
 def _pyproject_requirements() -> tuple[list[Requirement], list[Requirement]]:
+    """(runtime, test) requirements; an extra naming the project's own extras is expanded, not pinned."""
     project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
     extras = project.get("optional-dependencies", {})
-    runtime = [Requirement(r) for r in project["dependencies"]]
+
+    def of(*names: str) -> list[Requirement]:
+        reqs = [Requirement(r) for name in names for r in extras.get(name, [])]
+        return [r for r in reqs if canonicalize_name(r.name) != canonicalize_name(project["name"])]
+
+    runtime = [Requirement(r) for r in project["dependencies"]] + of(*RUNTIME_EXTRAS)
     # scripts/install installs the test lock for `test` and for `embedded` (a subset of it).
-    test = [Requirement(r) for extra in ("test", "embedded") for r in extras.get(extra, [])]
-    return runtime, test
+    return runtime, of("test", "embedded")
+
+
+def test_base_install_is_what_producers_imports() -> None:
+    """A web app's install: the base dependencies are producers/' imports, no role's packages.
+    The extras named by lock.txt's rule and by the test extra exist, so none is silently empty."""
+    project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
+    base = {canonicalize_name(Requirement(r).name) for r in project["dependencies"]}
+    assert base == {"redis", "pydantic", "pydantic-settings", "phonenumbers"}
+    extras = project["optional-dependencies"]
+    assert all(extras.get(name) for name in RUNTIME_EXTRAS)
+    [own] = [Requirement(r) for r in extras["test"] if Requirement(r).name == project["name"]]
+    assert set(RUNTIME_EXTRAS) <= own.extras
+    lock_script = (ROOT / "scripts" / "lock").read_text(encoding="utf-8")
+    assert all(f"--extra {name}" in lock_script for name in RUNTIME_EXTRAS)
 
 
 @pytest.mark.parametrize("path", [LOCK, TEST_LOCK], ids=lambda p: p.name)
