@@ -20,19 +20,27 @@ from producers.sensitive_kinds import compile_patterns
 class Settings(BaseSettings):
     """All knobs. Build it once (``Settings()``) and hand it to what needs it."""
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+    # use_attribute_docstrings: each field's docstring is its description, from which
+    # `producers.settings_reference` renders docs/configuration.md.
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True, use_attribute_docstrings=True)
 
     redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
-    """Broker and all state: jobs, the retry schedule, dead letters, counters. A secret: the
-    URL may carry the Redis password, so a repr or a traceback shows ``**********``."""
+    """Broker and all state: jobs, the retry schedule, dead letters, counters. ``redis://``,
+    ``rediss://``, ``unix://`` or ``sentinel://host:26379[;sentinel://...]/db``. With
+    ``rediss://`` the server's certificate is always checked (producers, workers and Flower);
+    name a private CA with ``?ssl_ca_certs=/path/ca.pem``. A single Redis or a Sentinel-managed
+    primary, not a cluster (the job store's scripts span keys). A secret: the URL may carry
+    the Redis password, so a repr or a traceback shows ``**********``."""
 
     redis_sentinel_master: str = "mymaster"
     """With a ``sentinel://`` REDIS_URL: the name Sentinel knows the primary by."""
 
     attentive_api_token: SecretStr | None = None
-    """Bearer token. Only the worker needs it; producers never read it."""
+    """The default account's Bearer token. Only workers need it; producers never read it.
+    Unset: the default account's deliveries dead-letter as ``unauthorized``."""
 
     attentive_base_url: str = "https://api.attentivemobile.com"
+    """Attentive's API root. Point it at `attentive-relay sandbox` to run without Attentive."""
 
     attentive_custom_events_api: Literal["rest", "graphql"] = "rest"
     """How ``custom_event`` jobs reach Attentive: its REST endpoint (``/v1/events/custom``) or
@@ -40,17 +48,20 @@ class Settings(BaseSettings):
     is the same either way."""
 
     attentive_accounts: SecretStr = SecretStr("")
-    """More accounts (brands) besides the default one, as JSON (see `producers.accounts`). A
-    secret: it holds tokens."""
+    """More accounts (brands) besides the default one, as JSON
+    ``{"NAME": {"token", "rate_limit", "yotpo_store_id", "yotpo_access_token"}}`` (see
+    `producers.accounts`). Empty: the default account only. A secret: it holds tokens."""
 
     attentive_accounts_file: Path | None = None
     """A file holding the ``ATTENTIVE_ACCOUNTS`` JSON instead (a mounted secret)."""
 
     yotpo_store_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,128}$")
-    """The default account's Yotpo store id (app key), for ``yotpo_custom_event`` jobs."""
+    """The default account's Yotpo store id (app key), for ``yotpo_custom_event`` jobs. Unset:
+    the default account's Yotpo jobs dead-letter as ``unauthorized``."""
 
     yotpo_access_token: SecretStr | None = None
-    """The default account's Yotpo access token."""
+    """The default account's Yotpo access token, sent as the ``X-Yotpo-Token`` header (never in
+    a URL). A secret."""
 
     yotpo_base_url: str = "https://api.yotpo.com"
     """Yotpo's API host. The custom-event path under it is `worker.destinations.yotpo.PATH`."""
@@ -65,20 +76,28 @@ class Settings(BaseSettings):
     """Delivery attempts (first one included) before a transient failure is dead-lettered."""
 
     attentive_backoff_base_s: float = Field(5.0, gt=0)
+    """The first backoff's ceiling, in seconds (see ``ATTENTIVE_BACKOFF_MAX_S``)."""
+
     attentive_backoff_max_s: float = Field(1800.0, gt=0)
-    """Backoff before attempt n+1 is uniform in [0, min(max, base * 2**(n-1))] (full jitter)."""
+    """The largest backoff ceiling, in seconds. The backoff before attempt n+1 is uniform in
+    [0, min(max, base * 2**(n-1))] (full jitter). A 429 with ``Retry-After`` waits that long
+    instead, capped at this. With the defaults a job keeps trying through an outage of about
+    an hour. A retry that would land after its event goes stale is dead-lettered as ``stale``
+    at once."""
 
     attentive_timeout_s: float = Field(10.0, gt=0, le=120)
-    """Whole-request HTTP timeout for one call to Attentive."""
+    """Whole-request HTTP timeout for one call to a destination: the deadline of the whole
+    exchange, so an answer still arriving then is cut off, in any pool."""
 
     attentive_default_region: str = Field("US", min_length=2, max_length=2)
     """Region used to read phone numbers written without a +country code."""
 
     attentive_lease_s: float = Field(60.0, ge=5, le=3600)
-    """How long one delivery may take before another worker assumes it died and takes over.
-
-    The task's hard time limit and the soft-shutdown window are derived from it, so a live
-    delivery is never taken over and a dead one comes back within about this long.
+    """How long a job claimed by a worker that stopped renewing its lease (dead, frozen) waits
+    before another worker takes it over. A live worker renews the lease every third of it and
+    right before each send, so a live delivery is never taken over and a dead one comes back
+    within about this long. Celery's hard time limit for a task is this minus 5 s. Must be at
+    least ``ATTENTIVE_TIMEOUT_S`` + 10.
     """
 
     attentive_circuit_failure_share: float = Field(0.5, gt=0, le=1)
@@ -92,13 +111,14 @@ class Settings(BaseSettings):
     """The window those requests are counted in, per worker process."""
 
     attentive_circuit_probe_s: float = Field(30.0, gt=0, le=3600)
-    """While a circuit is open its jobs are held; one job is let through this often as a probe,
-    and its success closes the circuit."""
+    """While a circuit is open its jobs are held, their attempts kept; one job is let through
+    this often as a probe, and its success closes the circuit and makes the held jobs due."""
 
     attentive_orphan_s: float = Field(60.0, ge=1, le=86_400)
     """How long a job may wait in state ``queued`` before the promoter checks that its broker
     message still exists, and queues it again if not (a worker killed as Redis handed it the
-    message). ``stats`` counts jobs waiting longer than this as ``queued_overdue``.
+    message). ``stats`` counts jobs waiting longer than this as ``queued_overdue``. Also how
+    often an identity job with waiters is checked for having vanished.
     """
 
     attentive_max_waiters: int = Field(100_000, ge=1, le=10_000_000)
@@ -109,7 +129,7 @@ class Settings(BaseSettings):
     holding them would grow Redis and the release without bound."""
 
     attentive_queue: str = Field("attentive", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
-    """Celery queue the deliveries go through."""
+    """The default account's Celery queue; account NAME's is ``ATTENTIVE_QUEUE.NAME``."""
 
     attentive_future_skew_s: float = Field(300.0, ge=0)
     """How far in the future an ``occurredAt`` may be (clock skew between hosts)."""
@@ -145,9 +165,9 @@ class Settings(BaseSettings):
     """Attentive's limit per endpoint per token (requests/second), for endpoints not listed below."""
 
     attentive_rate_limits: dict[str, float] = Field(default_factory=dict)
-    """Per-kind overrides as JSON, e.g. ``{"identity": 10, "custom_event": 300}``.
-
-    Identity resolution defaults to Attentive's published 10/s.
+    """Per-kind overrides as JSON, e.g. ``{"identity": 10, "custom_event": 300}``; the lanes
+    ``privacy_delete`` and ``privacy_status`` pace deletion requests. Identity resolution
+    defaults to Attentive's published 10/s.
     """
 
     attentive_rate_limit_redis_url: SecretStr | None = None
@@ -158,10 +178,9 @@ class Settings(BaseSettings):
     """Fraction of the limit to aim at, so clock and network jitter never tip a second over."""
 
     attentive_rate_max_wait_s: float = Field(0.1, ge=0.01, le=10)
-    """Longest a worker waits inline for a send slot; longer waits park the job until its slot.
-
-    Short on purpose: a worker sleeping for a slow endpoint's slot is a worker not sending
-    anything else.
+    """A request thread that slept longer than this for its send slot asks Redis whether
+    another worker saw a 429 meanwhile (shorter waits trust this process's own knowledge). A
+    deletion request reserves a slot at most this far ahead, or is put back until its slot.
     """
 
     attentive_sensitive_guard: bool = True
@@ -192,8 +211,8 @@ class Settings(BaseSettings):
     """Comma-separated Segment write keys the collector accepts; any other key gets 401. Each is
     ``KEY`` (the default account's) or ``KEY:ACCOUNT`` (its messages' jobs are for that account
     of ``ATTENTIVE_ACCOUNTS``); a key cannot contain ``:`` (HTTP Basic auth, which Segment's
-    libraries send the key in, ends the user at the first ``:``). A secret: reprs and
-    tracebacks show ``**********``."""
+    libraries send the key in, ends the user at the first ``:``). Empty: ``collect`` refuses to
+    start. A secret: reprs and tracebacks show ``**********``."""
 
     collector_allowed_origins: str = ""
     """Comma-separated browser origins (``https://shop.example``) the collector accepts
@@ -215,7 +234,7 @@ class Settings(BaseSettings):
     def _named_accounts(self) -> dict[str, accounts_.Account]:
         raw = self.attentive_accounts.get_secret_value()
         if self.attentive_accounts_file is not None:
-            raw = accounts_.read_file(self.attentive_accounts_file)
+            return accounts_.parse(accounts_.read_file(self.attentive_accounts_file), "ATTENTIVE_ACCOUNTS_FILE")
         return accounts_.parse(raw)
 
     def queue_for(self, account: str | None) -> str:
@@ -231,8 +250,8 @@ class Settings(BaseSettings):
     def write_keys(self) -> tuple[tuple[SecretStr, str], ...]:
         """The collector's write keys, each a `SecretStr` with the name of its account
         (`producers.accounts.DEFAULT` for a key without ``:ACCOUNT``), without blanks or
-        duplicates. Raises ``ValueError`` (naming the entry's position or the account, never a
-        key) for an entry that does not fit ``KEY[:ACCOUNT]`` or a key given two accounts."""
+        duplicates. Raises `ConfigurationError` (naming the entry's position or the account, never
+        a key) for an entry that does not fit ``KEY[:ACCOUNT]`` or a key given two accounts."""
         found: dict[str, str] = {}
         for position, entry in enumerate(self.collector_write_keys.get_secret_value().split(","), 1):
             if not entry.strip():
@@ -241,11 +260,11 @@ class Settings(BaseSettings):
             account = account if ":" in entry else accounts_.DEFAULT
             where = f"COLLECTOR_WRITE_KEYS entry {position}"
             if not key or ":" in account:
-                raise ValueError(f"{where}: must be KEY or KEY:ACCOUNT (a key cannot contain ':')")
+                raise ConfigurationError(f"{where}: must be KEY or KEY:ACCOUNT (a key cannot contain ':')")
             if not accounts_.NAME.match(account):
-                raise ValueError(f"{where}: the account must be an account name")
+                raise ConfigurationError(f"{where}: the account must be an account name")
             if found.setdefault(key, account) != account:
-                raise ValueError(f"{where}: the same key is given accounts {found[key]} and {account}")
+                raise ConfigurationError(f"{where}: the same key is given accounts {found[key]} and {account}")
         return tuple((SecretStr(key), account) for key, account in found.items())
 
     @property
@@ -255,20 +274,17 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _lease_covers_a_request(self) -> Settings:
+        # A ConfigurationError is a ValueError: pydantic makes it part of the ValidationError.
         if self.attentive_lease_s < self.attentive_timeout_s + 10:
-            raise ValueError("ATTENTIVE_LEASE_S must be at least ATTENTIVE_TIMEOUT_S + 10")
+            raise ConfigurationError("ATTENTIVE_LEASE_S must be at least ATTENTIVE_TIMEOUT_S + 10")
         if self.attentive_backoff_max_s < self.attentive_backoff_base_s:
-            raise ValueError("ATTENTIVE_BACKOFF_MAX_S must be at least ATTENTIVE_BACKOFF_BASE_S")
+            raise ConfigurationError("ATTENTIVE_BACKOFF_MAX_S must be at least ATTENTIVE_BACKOFF_BASE_S")
         if self.attentive_accounts_file is not None and self.attentive_accounts.get_secret_value().strip():
-            raise ValueError("set ATTENTIVE_ACCOUNTS or ATTENTIVE_ACCOUNTS_FILE, not both")
-        try:
-            self._named_accounts  # noqa: B018 - read once here, so a bad value stops start-up
-        except ValueError as err:
-            name = "ATTENTIVE_ACCOUNTS_FILE" if self.attentive_accounts_file else "ATTENTIVE_ACCOUNTS"
-            raise ValueError(f"{name}: {err}") from None
+            raise ConfigurationError("set ATTENTIVE_ACCOUNTS or ATTENTIVE_ACCOUNTS_FILE, not both")
+        self._named_accounts  # noqa: B018 - read once here, so a bad value stops start-up
         retention = self.attentive_job_retention_hours
         if retention is not None and retention <= self.attentive_freshness_hours:
-            raise ValueError("ATTENTIVE_JOB_RETENTION_HOURS must be longer than ATTENTIVE_FRESHNESS_HOURS")
+            raise ConfigurationError("ATTENTIVE_JOB_RETENTION_HOURS must be longer than ATTENTIVE_FRESHNESS_HOURS")
         return self
 
     @property
@@ -293,8 +309,10 @@ def load_settings() -> Settings:
     except ValidationError as err:
         problems = []
         for e in err.errors(include_url=False, include_input=False, include_context=False):
-            name = "_".join(str(part) for part in e["loc"]).upper() or "settings"
-            problems.append(f"{name}: {e['msg'].removeprefix('Value error, ')}")
+            name = "_".join(str(part) for part in e["loc"]).upper()
+            rule = e["msg"].removeprefix("Value error, ")
+            # A rule across fields (no name here) or a ConfigurationError names its variable itself.
+            problems.append(rule if not name or rule.startswith(f"{name}:") else f"{name}: {rule}")
         raise ConfigurationError("invalid settings: " + "; ".join(problems)) from None
     except SettingsError as err:
         # Raised for unparseable JSON in a variable; its message names the field only.
