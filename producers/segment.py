@@ -1,48 +1,10 @@
 """Segment-spec messages (track, page, identify) to Attentive jobs.
 
-The mapping follows the published Attentive integration kit:
-
-- A message is sent only if it carries ``traits.email``, ``traits.phone`` or ``userId``
-  (traits are read from ``context.traits`` and then ``traits``, which wins). Otherwise it is
-  skipped: `to_jobs` returns a `Skip` with the reason, never raises.
-- ``user``: phone <- traits.phone, email <- traits.email, clientUserId <- userId as a string,
-  customIdentifiers <- ``[{"name": "username", "value": traits.username}]`` when username is
-  a non-empty string. A userId that is an email, or a valid phone number (7 or more digits,
-  spaces, ``+ ( ) . -`` that `rules.normalize_phone` accepts, read in ``region``), is left out of
-  clientUserId and not used as the phone either: the phone comes from traits only. Any other
-  digit run, such as a Shopify customer id (``7182391234567``, string or number), is the
-  clientUserId.
-- ``occurredAt`` <- the first of timestamp, originalTimestamp, sentAt, as RFC 3339 UTC;
-  ``externalEventId`` <- messageId (custom events). A messageId over `MAX_EVENT_ID` (128)
-  characters, more than Attentive takes, becomes ``uuid5(EVENT_ID_NAMESPACE, messageId)``
-  (`external_event_id`) instead of refusing the message: the same id on every resend, so
-  Attentive's dedupe still holds (the collector dedupes on the messageId itself).
-
-| message | job |
-|---|---|
-| identify | identity (when its rules are met) + custom_attributes from the remaining traits |
-| track "Product Viewed" / "Product Added" | product_view / add_to_cart with one item |
-| track "Order Completed" | purchase: items from properties.products, orderId <- order_id (string or integer) |
-| "Order Completed" without order_id | purchase, no orderId: optional in Attentive's v1 OpenAPI PurchaseRequest |
-| page | custom_event, type "page", properties path, referrer, search, title, url (and name) |
-| track "Checkout Started", "Order Updated/Refunded/Cancelled", "Cart Viewed" | custom_event, listed properties |
-| any other track | custom_event, type <- event, properties passed through |
-
-Items: productId <- product_id (falling back to id, then sku); productVariantId <- variant
-(falling back to the productId); name; productImage <- image_url; productUrl <- url;
-quantity as an integer; price <- ``[{"value": price, "currency": currency}]`` with decimals
-kept and the currency upper-cased (the item's, else the event's, else USD).
-
-price and quantity may be JSON numbers or plain decimal strings, as Segment sources often send
-them (``"19.99"``, ``" 19 "``, ``"2"``): surrounding whitespace is stripped and an optional
-sign, ASCII digits and an optional fraction are read as an integer or a float; exponents,
-hex, NaN/Infinity, thousands separators and ``".5"`` / ``"19."`` are refused, naming the field.
-A price must not be negative; a quantity must be whole (``2.0`` and ``"2.0"`` are 2, ``"2.5"``
-is refused). Values beyond ±(2^53 − 1) are refused, as JSON numbers that large are. Other
-properties (revenue, value, total in the listed track events) pass through as sent.
-
-Property names with characters Attentive forbids are refused, naming the key; with
-``rename_keys`` each such character becomes ``_`` instead (at every nesting level).
+The mapping, field by field, is specified once, in docs/segment-and-collector.md ("The
+mapping"); the tests check it a row at a time. `to_jobs` returns a message's jobs, or a `Skip`
+with the reason (``unsupported_type``, ``no_identifier``, ``nothing_to_send``); it raises
+`InvalidJob` naming Segment fields, and nothing else. A messageId over `MAX_EVENT_ID` (128)
+characters becomes `external_event_id`'s uuid5, the same on every resend.
 """
 
 from __future__ import annotations

@@ -96,7 +96,8 @@ def test_a_worker_rides_through_a_redis_restart_under_load(tmp_path, sandbox, ac
     """Jobs flowing, Redis (append-only) restarted: the same worker process finishes every job.
 
     The load keeps a slot free (a BRPOP in flight) while deliveries run, the state in which the
-    old code lost the worker with ack emulation on in 6 of 6 runs (see README, "Limits").
+    old code lost the worker with ack emulation on in 6 of 6 runs (see docs/design.md, "A Redis
+    restart does not end a worker").
     """
     server = RedisServer(appendonly=True, workdir=tmp_path).start()
     settings = make_settings(server.url, sandbox.url, attentive_lease_s=13, attentive_orphan_s=3)

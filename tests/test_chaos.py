@@ -16,7 +16,7 @@ the run reports how often, for purchases on their own (`purchases_accepted_twice
 no ``externalEventId``, so for them it is an order counted twice. Nothing but a crash doubles
 anything (`worker.lease`).
 
-The size fits CI. A larger run, as in the README's reliability figures::
+The size fits CI. A larger run, as in docs/design.md's chaos figures::
 
     ATTENTIVE_CHAOS_JOBS=3000 ATTENTIVE_CHAOS_KILL_EVERY=1.5-2.5 scripts/test -k chaos -s
 """

@@ -1,6 +1,6 @@
 """The Celery app and its configuration, and the per-process runtime the task uses.
 
-Configuration choices, and why (see ../README.md, "Operations"):
+Configuration choices, and why (see docs/operations.md and docs/design.md):
 
 - JSON only (no pickle), results ignored: a delivery's outcome lives in Redis counters and
   the dead-letter store, not in a result backend.

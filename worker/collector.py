@@ -7,27 +7,11 @@ reads request bodies.
     POST /v1/batch                               {"batch": [message, ...]}
     OPTIONS on those paths                       204 (a CORS preflight for allowed origins)
 
-The write key comes as the HTTP Basic user (as Segment's libraries send it) or as
-``writeKey`` in the body (as analytics.js sends it), and must be one of
-``COLLECTOR_WRITE_KEYS``; anything else is 401 and logged as a hash of the key. The key picks
-the account its messages' jobs are for (``KEY:ACCOUNT``; a bare ``KEY`` is the default
-account's), so each brand's site sends with its own key and its jobs go to its own queue. After
-`FailureLimiter.limit` refused keys from one address, that address gets 429 for a while.
-
-A request with an ``Origin`` header (a browser) is 403, with nothing queued, unless the origin
-is listed in ``COLLECTOR_ALLOWED_ORIGINS``; listed origins get CORS headers on every answer.
-
-Each request is answered after its messages are queued in Redis, in one transaction:
-- 200 ``{"success": true, "accepted": n, "skipped": k}`` when every message was queued or
-  skipped (skips are counted, see `producers.segment`);
-- 400 with ``problems`` (message index, field, rule) when some messages were invalid, whatever
-  they hold; the valid ones of the request are still queued, and ``accepted`` says how many;
-- 401 bad key, 403 foreign origin, 404 unknown path, 405 other methods, 408 body too slow,
-  413 body over 500 KB (compressed or inflated; or a message over 32 KB, Segment's limits),
-  429 too many refused keys, 503 when Redis cannot be reached (nothing was queued: the client
-  retries), or when the process already holds `max_in_progress` requests or 32 MB of bodies.
-
-An accepted message is never dropped: it is in Redis before the 200 goes out.
+What it accepts and answers (write keys and accounts, browsers and CORS, sizes, every status,
+duplicates by messageId, connections) is specified once, in docs/segment-and-collector.md.
+The contract this module keeps: a request is answered after its messages are queued in Redis
+in one transaction, so an accepted message is never dropped; an invalid message is reported
+by index, field and rule whatever it holds, and the valid ones of its request are queued.
 """
 
 from __future__ import annotations
@@ -41,7 +25,8 @@ import anyio
 import redis
 
 from producers import accounts, jsonvalues, keys, segment
-from producers.errors import InvalidJob, Problem
+from producers.errors import ConfigurationError, InvalidJob, Problem
+from producers.prepared import PreparedJob
 from producers.producer import Producer
 from worker.asgi import Receive, Scope, Send, lifespan, respond
 from worker.collector_body import MAX_BODY, BodyBudget, BodyError, read_body
@@ -70,14 +55,17 @@ class CollectorApp:
         body_timeout_s: float = BODY_TIMEOUT_S,
         limiter: FailureLimiter | None = None,
     ) -> None:
-        """Raises ``ValueError`` when there are no write keys (every request would be refused)."""
+        """Raises `ConfigurationError` naming the setting when ``COLLECTOR_WRITE_KEYS`` has no key
+        (every request would be refused), a misshapen entry, or an account not in ``ATTENTIVE_ACCOUNTS``."""
         self.producer = producer
         self.keys = WriteKeys(producer.settings.write_keys)
         if not len(self.keys):
-            raise ValueError("COLLECTOR_WRITE_KEYS is empty: the collector would refuse every request")
+            raise ConfigurationError("COLLECTOR_WRITE_KEYS is empty: the collector would refuse every request")
         unknown = sorted(self.keys.accounts - producer.settings.accounts.keys())
         if unknown:
-            raise ValueError(f"COLLECTOR_WRITE_KEYS names account(s) not in ATTENTIVE_ACCOUNTS: {', '.join(unknown)}")
+            raise ConfigurationError(
+                f"COLLECTOR_WRITE_KEYS names account(s) not in ATTENTIVE_ACCOUNTS: {', '.join(unknown)}"
+            )
         self.cors = Cors(producer.settings.allowed_origins)
         self.limiter = limiter or FailureLimiter()
         self._limiter_lock = threading.Lock()
@@ -167,7 +155,7 @@ class CollectorApp:
     def _accept(self, messages: list[Any], sent_at: Any, account: str) -> Answer:
         """Queue the valid ``messages`` as jobs of ``account`` (the write key's)."""
         named = None if account == accounts.DEFAULT else account  # default-account jobs name none, as before
-        prepared: list[tuple[str, str, str]] = []
+        prepared: list[PreparedJob] = []
         problems: list[dict[str, Any]] = []
         skipped: dict[str, int] = {}
         once: dict[str, list[str]] = {}  # messageId marker -> the ids of its jobs
@@ -186,7 +174,7 @@ class CollectorApp:
                     skipped["duplicate"] = skipped.get("duplicate", 0) + 1
                     continue
                 if marker is not None:
-                    once[marker] = [job_id for job_id, _, _ in jobs]
+                    once[marker] = [job.job_id for job in jobs]
                 prepared.extend(jobs)
             except InvalidJob as err:
                 problems += [{"index": index, "field": p.field, "rule": p.rule} for p in err.problems]

@@ -11,7 +11,7 @@ Kept apart from the HTTP code so each rule can be read (and tested) on its own:
 - `Cors` decides browser requests: a request with an ``Origin`` header is refused unless the
   origin is listed in ``COLLECTOR_ALLOWED_ORIGINS``; listed origins get CORS headers.
   CORS is not authentication: it only stops *other sites' pages* from using the collector
-  through visitors' browsers. A key used in a page is public; see the README.
+  through visitors' browsers. A key used in a page is public; see docs/segment-and-collector.md.
 """
 
 from __future__ import annotations
