@@ -7,11 +7,11 @@ import time
 
 from producers import keys
 from producers.producer import Producer
-from producers.queue import ticket_for
+from producers.queue import ticket_for, tickets_in
 from worker.circuit import Window
 from worker.counters import stats
 
-from conftest import add_fault, delivery_for, make_settings, sandbox_requests
+from conftest import add_fault, delivery_for, make_settings, sandbox_requests, wait_for
 
 EVENT = {"kind": "custom_event", "type": "Order Shipped", "user": {"phone": "+14155552671"}}
 
@@ -53,8 +53,7 @@ def test_a_failing_destination_opens_the_circuit_holds_jobs_and_a_probe_closes_i
     probe = producer.enqueue({**EVENT, "type": "Probe"})
     assert delivery.run(probe, ticket_for(probe, 0)) == "delivered"
     assert stats(redis_client, settings)["circuits"] == {}
-    due = redis_client.zscore(keys.SCHEDULE, held)
-    assert due is not None and due <= time.time() * 1000 + 1200, "the held job is due once workers see it closed"
-    delivery.store.promote(int(due) + 1)
-    ticket = redis_client.hget(keys.job(held), "ticket").decode()
-    assert delivery.run(held, ticket) == "delivered"
+    assert redis_client.hget(keys.job(held), "state") == b"scheduled", "held until every worker has seen it closed"
+    wait_for(lambda: redis_client.hget(keys.job(held), "state") == b"queued", 3, "the held job queued after a second")
+    assert tickets_in(redis_client.lindex(settings.attentive_queue, 0)) == [ticket_for(held, 1)], "the newest message"
+    assert delivery.run(held, ticket_for(held, 1)) == "delivered"

@@ -4,13 +4,14 @@ a destination instead of dead-lettering its backlog; ``resume`` sends them."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
 
 from producers import keys
 from producers.errors import Unauthorized
-from producers.queue import ticket_for
+from producers.queue import MAX_BATCH, batch_message, ticket_for, tickets_in
 from worker.cli import cli
 from worker.counters import stats
 from worker.pause import Pauses
@@ -81,3 +82,55 @@ def test_another_account_is_untouched_while_one_is_paused(redis_server, redis_cl
     theirs = producer.enqueue({**EVENT, "account": "brand-b"})
     assert delivery.run(mine, ticket_for(mine, 0)) == "held:paused"
     assert delivery.run(theirs, ticket_for(theirs, 0)) == "delivered"
+
+
+def test_resume_queues_the_held_jobs_in_batch_messages(settings, producer, redis_client, sandbox):
+    held = 100
+    Pauses(redis_client).pause("default", "attentive_rest", "unauthorized", 401, 0)
+    ids = producer.enqueue_many([{**EVENT, "type": f"Held {i}"} for i in range(held)])
+    redis_client.delete(settings.attentive_queue)  # the workers took the messages
+    delivery = delivery_for(settings, redis_client)
+    assert {delivery.run(j, ticket_for(j, 0)) for j in ids} == {"held:paused"}
+    assert redis_client.zcard(keys.held("default|attentive_rest")) == held
+
+    lanes, released = Pauses(redis_client).resume("default", None, int(datetime.now(UTC).timestamp() * 1000))
+    assert (lanes, released) == (["default|attentive_rest"], held)
+    messages = redis_client.lrange(settings.attentive_queue, 0, -1)[::-1]  # in the order workers take them
+    assert [len(tickets_in(m)) for m in messages] == [MAX_BATCH] * (held // MAX_BATCH) + [held % MAX_BATCH]
+    assert [t for m in messages for t in tickets_in(m)] == [ticket_for(j, 1) for j in ids], "oldest held first"
+    for raw in messages:
+        message = json.loads(raw)
+        batch_id, tickets = message["headers"]["id"], tickets_in(raw)
+        assert raw.decode() == batch_message(
+            batch_id, tickets, settings.attentive_queue, ["custom_event"] * len(tickets)
+        )
+        assert redis_client.get(keys.batch(batch_id)) == raw, "kept for the reconciler"
+    assert redis_client.zcard(keys.SCHEDULE) == 0 and not redis_client.exists(keys.held("default|attentive_rest"))
+    store = delivery.store
+    found = store.reconcile(int(datetime.now(UTC).timestamp() * 1000) + store.orphan_ms + 1, limit=held)
+    assert found is not None and found[:2] == (0, held), "the reconciler finds every released job's message"
+    assert Pauses(redis_client).resume("default", None, 0) == ([], 0), "a second resume queues nothing again"
+
+    delivery.pauses = Pauses(redis_client)
+    for raw in messages:
+        message = json.loads(raw)
+        assert delivery.run_batch(message["headers"]["id"], tickets_in(raw)) == Counter(
+            {"delivered": len(tickets_in(raw))}
+        )
+    assert len(sandbox_requests(sandbox)) == held
+
+
+def test_release_leaves_a_job_the_promoter_queued_meanwhile(settings, producer, redis_client):
+    from worker.held import HeldRelease
+
+    lane = "default|attentive_rest"
+    Pauses(redis_client).pause("default", "attentive_rest", "unauthorized", 401, 0)
+    ids = producer.enqueue_many([{**EVENT, "type": f"Held {i}"} for i in range(3)])
+    redis_client.delete(settings.attentive_queue)
+    delivery = delivery_for(settings, redis_client)
+    assert {delivery.run(j, ticket_for(j, 0)) for j in ids} == {"held:paused"}
+    redis_client.zadd(keys.SCHEDULE, {ids[0]: 0})  # its hold ended: the promoter queues it
+    assert delivery.store.promote(1)[0] == 1
+    assert HeldRelease(redis_client).release(lane, 1) == 2
+    tickets = [t for m in redis_client.lrange(settings.attentive_queue, 0, -1) for t in tickets_in(m)]
+    assert sorted(tickets) == sorted(ticket_for(j, 1) for j in ids), "one message each, none twice"

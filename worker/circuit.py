@@ -10,8 +10,11 @@ worker (`producers.keys.CIRCUIT`, with why and since when).
 While a circuit is open, a worker that takes one of the lane's jobs holds it (as a pause
 does, `worker.pause`: back in the schedule, its attempts kept, listed under the lane) until
 the next probe. Every ``ATTENTIVE_CIRCUIT_PROBE_S`` (30 s) one job goes through as the probe
-(`producers.keys.circuit_probe`, taken by one worker): a success closes the circuit and makes
-the held jobs due at once; a failure keeps it open for another probe period.
+(`producers.keys.circuit_probe`, taken by one worker): a success closes the circuit, and a
+second later, once every worker has seen it closed, the held jobs are queued in batch messages
+(`worker.held`); a failure keeps it open for another probe period. Should that second's timer
+never run (the worker stopped), the held jobs go when their hold ends, a probe period after
+they were held.
 
 Workers read the open circuits at most every `worker.pause.REFRESH_S`.
 """
@@ -19,6 +22,7 @@ Workers read the open circuits at most every `worker.pause.REFRESH_S`.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import deque
@@ -29,7 +33,10 @@ import redis
 
 from producers import keys
 from producers.settings import Settings
-from worker.pause import REFRESH_S, LaneSet, release_held
+from worker.held import HeldRelease
+from worker.pause import REFRESH_S, LaneSet
+
+log = logging.getLogger("attentive_relay.circuit")
 
 
 class Window:
@@ -71,6 +78,7 @@ class Circuits:
         self._lock = threading.Lock()
         self._windows: dict[str, Window] = {}
         self._open = LaneSet(client, keys.CIRCUIT)
+        self._held = HeldRelease(client, settings.attentive_queue)
 
     def is_open(self, lane: str) -> bool:
         """Whether ``lane``'s circuit is open (as read at most `worker.pause.REFRESH_S` ago)."""
@@ -110,10 +118,10 @@ class Circuits:
             return "opened" if opened else None
         return None
 
-    def close(self, lane: str, now_ms: int) -> int:
-        """Close ``lane``'s circuit and make its held jobs due once every worker has seen it
+    def close(self, lane: str, now_ms: int) -> threading.Timer:
+        """Close ``lane``'s circuit; its held jobs are queued once every worker has seen it
         closed (`worker.pause.REFRESH_S`; sooner, one could hold them for another probe
-        period): how many."""
+        period), by the timer returned (a daemon thread, already started)."""
         self.client.hdel(keys.CIRCUIT, lane)
         self.client.delete(keys.circuit_probe(lane))
         self._open.discard(lane)
@@ -121,7 +129,23 @@ class Circuits:
             window = self._windows.get(lane)
             if window is not None:
                 window.reset()
-        return release_held(self.client, lane, now_ms + int((REFRESH_S + 0.1) * 1000))
+        timer = threading.Timer(REFRESH_S + 0.1, self._release, (lane,))
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def _release(self, lane: str) -> None:
+        try:
+            released = self._held.release(lane, int(self._clock() * 1000))
+        except redis.RedisError as exc:
+            log.warning(
+                "circuit closed for %s, but its held jobs could not be queued (%s): they go when their hold ends",
+                lane,
+                type(exc).__name__,
+            )
+            return
+        if released:
+            log.info("circuit closed for %s: %d held jobs queued", lane, released)
 
     def listed(self) -> dict[str, dict[str, object]]:
         """Every open circuit with why, since when, and how many jobs it holds."""

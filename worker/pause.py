@@ -10,7 +10,7 @@ the same way; dead-lettering them would burn the brand's whole backlog. Instead:
   schedule without counting an attempt (`worker.jobstore.JobStore.defer`), listed in
   `producers.keys.held`, and due again after `RECHECK_S` in case the pause was lifted by hand;
 - ``attentive-relay resume ACCOUNT [--destination D]`` (`Pauses.resume`) lifts the pause and
-  makes every held job due now; the promoters queue them.
+  queues every held job at once, in batch messages (`worker.held`).
 
 Other accounts and destinations are untouched. A missing token is not a pause: no request
 was made, and the job is dead-lettered as ``unauthorized`` with the setting to fix.
@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 import redis
 
 from producers import keys
+from worker.held import HeldRelease
 
 #: How often a worker reads which lanes are paused.
 REFRESH_S = 1.0
@@ -40,18 +41,6 @@ RECHECK_S = 300.0
 
 def lane(account: str, destination: str) -> str:
     return f"{account}|{destination}"
-
-
-def release_held(client: redis.Redis, name: str, now_ms: int) -> int:
-    """Make every job held in lane ``name`` due now (the promoters queue them): how many."""
-    key = keys.held(name)
-    ids = [i.decode() for i in client.zrange(key, 0, -1)]
-    pipe = client.pipeline(transaction=True)
-    if ids:
-        pipe.zadd(keys.SCHEDULE, dict.fromkeys(ids, now_ms), xx=True)
-    pipe.delete(key)
-    pipe.execute()
-    return len(ids)
 
 
 class LaneSet:
@@ -70,11 +59,18 @@ class LaneSet:
         now = self._clock()
         with self._lock:
             stale = now - self._read_at >= REFRESH_S
+            if stale:
+                # One thread reads; the others answer from the last view meanwhile (hundreds
+                # of sender threads would otherwise all read at once, each second).
+                self._read_at = now
         if stale:
-            fields = self.client.hkeys(self.key)
+            try:
+                fields = self.client.hkeys(self.key)
+            except BaseException:
+                self.forget()
+                raise
             with self._lock:
                 self._lanes = frozenset(f.decode() for f in fields)
-                self._read_at = now
         return name in self._lanes
 
     def add(self, name: str) -> None:
@@ -121,7 +117,7 @@ class Pauses:
 
     def resume(self, account: str, destination: str | None, now_ms: int) -> tuple[list[str], int]:
         """Lift the pauses of ``account`` (at ``destination``, or at every one): returns the
-        lanes resumed and how many held jobs were made due now."""
+        lanes resumed and how many held jobs were queued (`worker.held`)."""
         lanes = [f.decode() for f in self.client.hkeys(keys.PAUSED)]
         chosen = [name for name in lanes if name.split("|")[0] == account and destination in (None, name.split("|")[1])]
         held_keys = [keys.held(lane(account, d)) for d in ([destination] if destination else [])]
@@ -132,11 +128,11 @@ class Pauses:
             # meet a worker that still holds the lane paused and be held for RECHECK_S more.
             time.sleep(REFRESH_S + 0.1)
         self._paused.forget()
-        released = 0
+        released, release = 0, HeldRelease(self.client)
         for key in dict.fromkeys(held_keys):
             if destination is not None and not key.endswith(f"|{destination}"):
                 continue
-            released += release_held(self.client, key.removeprefix(keys.held("")), now_ms)
+            released += release.release(key.removeprefix(keys.held("")), now_ms)
         return chosen, released
 
     def listed(self) -> dict[str, dict[str, object]]:
