@@ -43,6 +43,7 @@ from producers.validation import parse_job
 from worker import pipeline, sentry
 from worker.circuit import Circuits
 from worker.destinations import Bucket, Destination, Destinations, Outcome, account_of
+from worker.ended import DEFERRED, Ended, dead, skipped
 from worker.jobstore import Claim, JobStore
 from worker.lanes import Lanes
 from worker.lease import Leases
@@ -128,9 +129,10 @@ class Delivery:
         self._blocking_lock = threading.Lock()
 
     def run(self, job_id: str, ticket: str) -> str:
-        """Attempt the job if this message holds its ticket, and wait for the outcome's name."""
+        """Attempt the job if this message holds its ticket, and wait for the outcome's name
+        (`worker.ended`)."""
         [started] = self.start([(job_id, ticket)])
-        return started if isinstance(started, str) else started.result()
+        return str(started if isinstance(started, Ended) else started.result())
 
     def run_batch(self, batch_id: str, tickets: list[str]) -> Counter[str]:
         """Attempt every job of one batch message whose ticket it holds, and wait for them all.
@@ -138,10 +140,10 @@ class Delivery:
         pairs = [(job_of(ticket), ticket) for ticket in tickets[:MAX_BATCH]]
         counts: Counter[str] = Counter()
         for started in self.start(pairs, batch_id):
-            counts[_counted(started if isinstance(started, str) else started.result())] += 1
+            counts[(started if isinstance(started, Ended) else started.result()).counted] += 1
         return counts
 
-    def start(self, pairs: list[tuple[str, str]], batch_id: str | None = None) -> list[str | Pending]:
+    def start(self, pairs: list[tuple[str, str]], batch_id: str | None = None) -> list[Ended | Pending]:
         """Claim the jobs of one message (``batch_id`` for a batch message, else one job), check
         each again and hand them, a group per lane, to the lanes' threads. Returns, per job,
         the outcome already reached (skipped, refused, stale, parked) or its `Pending` send.
@@ -161,7 +163,7 @@ class Delivery:
             claims = [self.store.claim(pairs[0][0], pairs[0][1], now_ms)]
         else:
             claims = self.store.claim_many(batch_id, pairs, now_ms)
-        out: list[str | Pending] = []
+        out: list[Ended | Pending] = []
         by_lane: dict[str, list[tuple[int, Ready]]] = {}
         for (job_id, ticket), claim in zip(pairs, claims, strict=True):
             if isinstance(claim, str):
@@ -171,7 +173,7 @@ class Delivery:
             prepared = self._in_lane(claim, now_ms, lambda c=claim: self._prepare(c, now_ms))
             if isinstance(prepared, Ready):
                 prepared = self._in_lane(claim, now_ms, lambda r=prepared: self._held_back(r, now_ms))
-            out.append(prepared if isinstance(prepared, str) else "")
+            out.append(prepared if isinstance(prepared, Ended) else DEFERRED)  # a placeholder until handed on
             if isinstance(prepared, Ready):
                 by_lane.setdefault(RateLimiter.key(prepared.bucket), []).append((len(out) - 1, prepared))
         for lane, members in by_lane.items():
@@ -213,27 +215,27 @@ class Delivery:
         given = 0
         for ready in (ready for group in self.lanes.close(timeout_s) for ready in group):
             try:
-                if self._park(ready, now_ms, 0.0) == "deferred":
+                if self._park(ready, now_ms, 0.0) == DEFERRED:
                     given += 1
             except redis.RedisError:
                 pass  # its lease brings it back
         self.leases.stop()
         return given
 
-    def _in_lane(self, claim: Claim, now_ms: int, step: Callable[[], T]) -> T | str:
+    def _in_lane(self, claim: Claim, now_ms: int, step: Callable[[], T]) -> T | Ended:
         """A step of one claimed job: ``crashed`` if it fails; the lease let go once the job
-        has an outcome (a str)."""
+        has ended."""
         result = self._crash_guard(claim, now_ms, step)
-        if isinstance(result, str):
+        if isinstance(result, Ended):
             self.leases.let_go(claim.job_id)
         return result
 
-    def _on_lane(self, group: list[Ready]) -> list[str]:
+    def _on_lane(self, group: list[Ready]) -> list[Ended]:
         """On a lane's thread: one lane's jobs of one message. Their send slots are reserved
         together when near, each is sent at its own on a request thread (the sends overlap),
         fenced right before it leaves, and the outcomes are recorded in one pipeline."""
-        ended: dict[str, str] = {}  # job id -> outcome, for the jobs that did not send
-        sends: list[tuple[Ready, Future[tuple[Decision, Outcome, int] | str]]] = []
+        ended: dict[str, Ended] = {}  # job id -> its end, for the jobs that did not send
+        sends: list[tuple[Ready, Future[tuple[Decision, Outcome, int] | Ended]]] = []
         try:
             lane = RateLimiter.key(group[0].bucket)
             for ready, at_s, crowded in self._slots(group, ended):
@@ -255,7 +257,7 @@ class Delivery:
             except Exception as exc:
                 ended[claim.job_id] = self._in_lane(claim, int(self.clock() * 1000), lambda e=exc: _reraise(e))
                 continue
-            if isinstance(result, str):
+            if isinstance(result, Ended):
                 ended[claim.job_id] = result
             else:
                 sent.append((ready, *result))
@@ -265,7 +267,7 @@ class Delivery:
             self.leases.let_go(ready.claim.job_id)
         return [ended[ready.claim.job_id] for ready in group]
 
-    def _slots(self, group: list[Ready], ended: dict[str, str]) -> Iterator[tuple[Ready, float, bool]]:
+    def _slots(self, group: list[Ready], ended: dict[str, Ended]) -> Iterator[tuple[Ready, float, bool]]:
         """Each job of the group with the time (``clock``) of its send slot, reserved only when
         at most `SLOT_WAIT_S` away: the first few at once, the others as their turn nears; and
         whether the bucket was crowded (its next free slot already ahead, so the slots after
@@ -299,8 +301,8 @@ class Delivery:
             )
 
     def _send_at(
-        self, ready: Ready, at_s: float, crowded: bool, ended: dict[str, str]
-    ) -> tuple[Decision, Outcome, int] | str:
+        self, ready: Ready, at_s: float, crowded: bool, ended: dict[str, Ended]
+    ) -> tuple[Decision, Outcome, int] | Ended:
         """On a request thread: wait for the slot, then fence and send. A slot reserved before
         a 429 held the bucket back is void, and so is one in a crowded bucket that this thread
         woke too late for (a busy process): a new one is taken (or the job parked)."""
@@ -323,10 +325,10 @@ class Delivery:
                 claim.job_id,
                 extra={"job_id": claim.job_id, "outcome": "skipped:taken_over"},
             )
-            return "skipped:taken_over"
+            return skipped("taken_over")
         return self._send(ready)
 
-    def _record_sent(self, sent: list[tuple[Ready, Decision, Outcome, int]], ended: dict[str, str]) -> None:
+    def _record_sent(self, sent: list[tuple[Ready, Decision, Outcome, int]], ended: dict[str, Ended]) -> None:
         """Record the sends' outcomes in one pipeline, retrying through a Redis blip for up to
         half a lease (the leases are renewed meanwhile): an outcome given up here is a job
         sent again when its lease ends."""
@@ -355,18 +357,18 @@ class Delivery:
             if isinstance(was_kept, redis.RedisError):  # this job's script failed, not Redis
                 ended[ready.claim.job_id] = self._redis_failed(ready.claim, was_kept)
                 continue
-            ended[ready.claim.job_id] = _name(decision)
+            ended[ready.claim.job_id] = Ended.of(decision)
             if not was_kept:
                 _taken_over(ready.claim, decision)
 
-    def _redis_failed(self, claim: Claim, exc: redis.RedisError) -> str:
+    def _redis_failed(self, claim: Claim, exc: redis.RedisError) -> Ended:
         log.warning(
             "job_id=%s: Redis failed mid-attempt (%s); the job comes back when its lease ends",
             claim.job_id,
             type(exc).__name__,
             extra={"job_id": claim.job_id, "outcome": "skipped:redis"},
         )
-        return "skipped:redis"
+        return skipped("redis")
 
     def _requests(self) -> ThreadPoolExecutor:
         # Built on first use, so in a prefork child after the fork. The lanes' shares keep each
@@ -387,7 +389,7 @@ class Delivery:
         except Exception as exc:
             return self._crashed(claim, now_ms, exc)
 
-    def _crashed(self, claim: Claim, now_ms: int, exc: Exception) -> str:
+    def _crashed(self, claim: Claim, now_ms: int, exc: Exception) -> Ended:
         summary = traceback_summary(exc)
         log.error(
             "job_id=%s crashed the worker: %s",
@@ -400,9 +402,9 @@ class Delivery:
             {"at": _iso(now_ms), "attempt": claim.attempt, "status": None, "error": "crashed"}
         ]
         self._dead(claim, now_ms, history, DeadLetter("crashed", summary), None)
-        return "dead:crashed"
+        return dead("crashed")
 
-    def _prepare(self, claim: Claim, now_ms: int) -> Ready | str:
+    def _prepare(self, claim: Claim, now_ms: int) -> Ready | Ended:
         """Everything before the send: a lost previous attempt, validation again, freshness,
         the destination. Returns the job ready to send, or the outcome already recorded."""
         if claim.history is None:
@@ -437,7 +439,7 @@ class Delivery:
         destination = self.destinations.for_job(job)
         return Ready(claim, job, kind, account, destination, destination.bucket(job, account), occurred, history)
 
-    def _park(self, ready: Ready, now_ms: int, wait_s: float) -> str:
+    def _park(self, ready: Ready, now_ms: int, wait_s: float) -> Ended:
         """Give the job back to the schedule for ``wait_s`` (its attempt not counted, no slot
         held), or dead-letter it as stale if the event would be stale by then."""
         claim, bucket = ready.claim, ready.bucket
@@ -448,17 +450,17 @@ class Delivery:
             detail = f"the {bucket.lane} lane has no turn for it before the event goes stale"
             return self._record(claim, now_ms, ready.history, DeadLetter(Stale.reason, detail), None)
         self.store.defer(claim, now_ms, due_ms=due_ms, slot_ms=0)
-        return "deferred"
+        return DEFERRED
 
-    def _held_back(self, ready: Ready, now_ms: int) -> Ready | str:
+    def _held_back(self, ready: Ready, now_ms: int) -> Ready | Ended:
         """The job, or held if its lane is paused (`worker.pause`) or its circuit open and this
         job is not the probe (`worker.circuit`): back to the schedule, its attempts kept,
         listed for ``resume`` or the circuit's close."""
         lane = lane_of(ready.account.name, ready.destination.name)
         if self.pauses.is_paused(ready.account.name, ready.destination.name):
-            recheck_s, outcome = RECHECK_S, "held:paused"
+            recheck_s, outcome = RECHECK_S, Ended("held", "paused")
         elif self.circuits.is_open(lane) and not self.circuits.may_probe(lane):
-            recheck_s, outcome = self.settings.attentive_circuit_probe_s, "held:circuit_open"
+            recheck_s, outcome = self.settings.attentive_circuit_probe_s, Ended("held", "circuit_open")
         else:
             return ready
         self.store.client.zadd(keys.held(lane), {ready.claim.job_id: now_ms})
@@ -528,7 +530,7 @@ class Delivery:
             ready.kind,
             claim.attempt,
             outcome.status,
-            _name(decision),
+            Ended.of(decision),
             extra={
                 "job_id": claim.job_id,
                 "kind": ready.kind,
@@ -536,7 +538,7 @@ class Delivery:
                 "account": ready.account.name,
                 "attempt": claim.attempt,
                 "status": outcome.status,
-                "outcome": _name(decision),
+                "outcome": str(Ended.of(decision)),
                 "reason": outcome.error.reason if outcome.error else None,
             },
         )
@@ -561,7 +563,7 @@ class Delivery:
         decision: Decision,
         outcome: Outcome | None,
         pipe: redis.client.Pipeline | None = None,
-    ) -> str:
+    ) -> Ended:
         """Record the decision; with ``pipe``, only queue the command (the caller checks what
         it returns: False when the delivery had been taken over)."""
         if isinstance(decision, Delivered):
@@ -575,7 +577,7 @@ class Delivery:
             kept = self._dead(claim, now_ms, history, decision, outcome, pipe)
         if pipe is None and not kept:
             _taken_over(claim, decision)
-        return _name(decision)
+        return Ended.of(decision)
 
     def _dead(
         self,
@@ -633,25 +635,21 @@ class Ready:
     history: list[dict[str, Any]]
 
 
-def _counted(outcome: str) -> str:
-    return outcome.split("_in_")[0]  # retry_in_1.2s counts as retry
-
-
 def _taken_over(claim: Claim, decision: Decision) -> None:
     log.warning(
         "job_id=%s outcome %s discarded: the delivery was taken over after its lease ended",
         claim.job_id,
-        _name(decision),
+        Ended.of(decision),
     )
 
 
-def _skipped(job_id: str, ticket: str, why: str) -> str:
+def _skipped(job_id: str, ticket: str, why: str) -> Ended:
     # gone: already finished; stale: an old copy of the message; busy: another worker holds the
     # lease (if it died, the reaper queues the job again when the lease ends).
     log.info(
         "skipped job_id=%s ticket=%s: %s", job_id, ticket, why, extra={"job_id": job_id, "outcome": f"skipped:{why}"}
     )
-    return f"skipped:{why}"
+    return skipped(why)
 
 
 def _job_value(job_json: str) -> Any:
@@ -661,26 +659,16 @@ def _job_value(job_json: str) -> Any:
         return job_json  # kept as text so a person can still read a corrupt job
 
 
-def _name(decision: Decision) -> str:
-    if isinstance(decision, Delivered):
-        return "delivered"
-    if isinstance(decision, Retry):
-        return f"retry_in_{decision.delay_s:.1f}s"
-    if isinstance(decision, Pause):
-        return f"held:{decision.reason}"
-    return f"dead:{decision.reason}"
-
-
 @dataclass(frozen=True)
 class Pending:
-    """A job handed to its lane: ``result()`` waits for its outcome's name."""
+    """A job handed to its lane: ``result()`` waits for its end."""
 
-    group: Future[list[str]]
+    group: Future[list[Ended]]
     index: int
 
-    def result(self) -> str:
+    def result(self) -> Ended:
         return self.group.result()[self.index]
 
 
-def _reraise(exc: Exception) -> str:
+def _reraise(exc: Exception) -> Ended:
     raise exc

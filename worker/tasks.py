@@ -17,10 +17,12 @@ from celery.exceptions import Reject
 
 from producers.queue import BATCH_TASK_NAME, MAX_BATCH, TASK_NAME, job_of
 from worker.app import app, runtime
+from worker.delivery import Pending
+from worker.ended import Ended
 
 
-def _summary(started: list[str | object]) -> str:
-    counts = Counter(s if isinstance(s, str) else "sending" for s in started)
+def _summary(started: list[Ended | Pending]) -> str:
+    counts = Counter(str(s) if isinstance(s, Ended) else "sending" for s in started)
     return ", ".join(f"{outcome} {n}" for outcome, n in sorted(counts.items()))
 
 
@@ -32,7 +34,7 @@ def deliver(self: Task, job_id: str) -> str:
     except redis.RedisError as exc:
         # Redis blinked before the job was claimed: hand the message back, don't lose it.
         raise Reject(f"redis unavailable ({type(exc).__name__})", requeue=True) from None
-    return started if isinstance(started, str) else "sending"
+    return str(started) if isinstance(started, Ended) else "sending"
 
 
 @app.task(name=BATCH_TASK_NAME, bind=True, acks_late=True, ignore_result=True)
