@@ -13,7 +13,8 @@ they may be given the same JSON, or one without tokens). Each account has its ow
 (``ATTENTIVE_QUEUE`` + ``.`` + name), its own rate-limit buckets and its own counters, so one
 brand's backlog or outage never holds up another's jobs.
 
-Errors name the account and the field, never a value: the JSON holds secrets.
+Errors (`producers.errors.ConfigurationError`) name the setting, the account and the field, never a
+value: the JSON holds secrets.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
+
+from producers.errors import ConfigurationError
 
 DEFAULT = "default"
 """The name the default account goes by in counters, metrics and ``--account`` options."""
@@ -60,59 +63,67 @@ def _secret(value: Any, where: str) -> SecretStr | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise ValueError(f"{where} must be a string")
+        raise ConfigurationError(f"{where} must be a string")
     return SecretStr(value)
 
 
-def _account(name: Any, spec: Any) -> Account:
+def _account(name: Any, spec: Any, setting: str) -> Account:
     if not isinstance(name, str) or not NAME.match(name):
-        raise ValueError("account names must be 1-63 letters, digits, '-' or '_', starting with a letter or digit")
+        raise ConfigurationError(
+            f"{setting}: account names must be 1-63 letters, digits, '-' or '_', starting with a letter or digit"
+        )
     if name == DEFAULT:
-        raise ValueError(f"'{DEFAULT}' is the account of ATTENTIVE_API_TOKEN and cannot be redefined")
+        raise ConfigurationError(
+            f"{setting}: '{DEFAULT}' is the account of ATTENTIVE_API_TOKEN and cannot be redefined"
+        )
+    where = f"{setting}: account {name}:"
     if not isinstance(spec, dict):
-        raise ValueError(f"account {name}: must be an object")
+        raise ConfigurationError(f"{where} must be an object")
     unknown = sorted(k for k in spec if k not in _FIELDS)
     if unknown:
-        raise ValueError(f"account {name}: unknown field(s) {', '.join(unknown[:5])}")
+        raise ConfigurationError(f"{where} unknown field(s) {', '.join(unknown[:5])}")
     rate = spec.get("rate_limit")
     if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 100_000):
-        raise ValueError(f"account {name}: rate_limit must be a number above 0")
+        raise ConfigurationError(f"{where} rate_limit must be a number above 0")
     store = spec.get("yotpo_store_id")
     if store is not None and (not isinstance(store, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", store)):
-        raise ValueError(f"account {name}: yotpo_store_id must be 1-128 letters, digits, '-' or '_'")
+        raise ConfigurationError(f"{where} yotpo_store_id must be 1-128 letters, digits, '-' or '_'")
     return Account(
         name=name,
-        token=_secret(spec.get("token"), f"account {name}: token"),
+        token=_secret(spec.get("token"), f"{where} token"),
         rate_limit=float(rate) if rate is not None else None,
         yotpo_store_id=store or None,
-        yotpo_access_token=_secret(spec.get("yotpo_access_token"), f"account {name}: yotpo_access_token"),
+        yotpo_access_token=_secret(spec.get("yotpo_access_token"), f"{where} yotpo_access_token"),
     )
 
 
-def parse(raw: str) -> dict[str, Account]:
-    """Accounts from ``ATTENTIVE_ACCOUNTS`` JSON text. Raises ``ValueError`` naming the account
-    and field (never a value) when it does not fit the shape above."""
+def parse(raw: str, setting: str = "ATTENTIVE_ACCOUNTS") -> dict[str, Account]:
+    """Accounts from JSON text: ``ATTENTIVE_ACCOUNTS``, or the contents of the file named by
+    ``ATTENTIVE_ACCOUNTS_FILE`` (``setting`` says which, for messages). Raises
+    `ConfigurationError` naming the setting, the account and the field (never a value) when it
+    does not fit the shape above."""
     if not raw.strip():
         return {}
     try:
         data = json.loads(raw)
     except ValueError:
-        raise ValueError("is not valid JSON") from None
+        raise ConfigurationError(f"{setting}: is not valid JSON") from None
     if not isinstance(data, dict):
-        raise ValueError('must be a JSON object: {"NAME": {"token": "..."}}')
+        raise ConfigurationError(f'{setting}: must be a JSON object: {{"NAME": {{"token": "..."}}}}')
     if len(data) > MAX_ACCOUNTS:
-        raise ValueError(f"at most {MAX_ACCOUNTS} accounts")
-    return {name: _account(name, spec) for name, spec in data.items()}
+        raise ConfigurationError(f"{setting}: at most {MAX_ACCOUNTS} accounts")
+    return {name: _account(name, spec, setting) for name, spec in data.items()}
 
 
 def read_file(path: Path) -> str:
-    """The text of ``ATTENTIVE_ACCOUNTS_FILE``; ``ValueError`` (naming no content) if unreadable."""
+    """The text of the file ``ATTENTIVE_ACCOUNTS_FILE`` names; `ConfigurationError` naming the
+    setting (and no content) when it cannot be read or is larger than 1 MiB."""
     try:
         if path.stat().st_size > 1024 * 1024:
-            raise ValueError("is larger than 1 MiB")
+            raise ConfigurationError("ATTENTIVE_ACCOUNTS_FILE: is larger than 1 MiB")
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot be read ({type(exc).__name__})") from None
+        raise ConfigurationError(f"ATTENTIVE_ACCOUNTS_FILE: cannot be read ({type(exc).__name__})") from None
 
 
 def queue_name(base: str, account: str | None) -> str:

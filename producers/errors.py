@@ -4,7 +4,7 @@ The tree::
 
     RelayError
     ├── InvalidJob (also ValueError)   a job breaks a rule            -> dead-letter "invalid"
-    ├── ConfigurationError             settings cannot work           -> raised to the operator
+    ├── ConfigurationError (also ValueError)  a setting cannot work -> raised to the operator
     └── DeliveryError                  one delivery attempt failed
         ├── TransientError             may heal: retry while attempts remain
         │   ├── RateLimited            429                           -> "rate_limited"
@@ -40,8 +40,15 @@ class RelayError(Exception):
     retryable: ClassVar[bool] = False
 
 
-class ConfigurationError(RelayError):
-    """Settings that cannot work (for example delivering without a token)."""
+class ConfigurationError(RelayError, ValueError):
+    """Settings that cannot work (for example delivering without a token). The message names
+    the setting (the environment variable) and the rule, never the value: settings hold secrets.
+
+    Every bad setting raises this, whichever module checks it. It is also a ``ValueError`` so
+    that a check run inside a pydantic validator of `producers.settings.Settings` becomes part of
+    its ``ValidationError`` (which `producers.settings.load_settings` turns back into one
+    ConfigurationError naming every bad variable).
+    """
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from producers import erasure, keys, segment, segment_yotpo
 from producers.errors import InvalidJob, Problem
+from producers.prepared import PreparedJob
 from producers.queue import new_job_id, push_jobs
 from producers.settings import Settings, load_settings
 from producers.validation import job_json, parse_job
@@ -61,14 +62,14 @@ class Producer:
             self._client = from_settings(self.settings)
         return self._client
 
-    def prepare(self, job: Any, now: datetime | None = None) -> tuple[str, str, str]:
-        """Validate and stamp one job: (job_id, kind, job_json).
+    def prepare(self, job: Any, now: datetime | None = None) -> PreparedJob:
+        """Validate and stamp one job, ready to `push`.
 
         Raises `InvalidJob`, and nothing else whatever ``job`` holds.
         """
         with _refusing_failures("validating a job"):
             model = parse_job(job, self.settings, now or datetime.now(UTC), at_enqueue=True)
-            return new_job_id(), model.kind, job_json(model)  # type: ignore[attr-defined]
+            return PreparedJob(new_job_id(), model.kind, job_json(model))
 
     def enqueue(self, job: Any) -> str:
         """Validate ``job`` (dict, JSON text or model), queue it, and return its job id.
@@ -79,11 +80,11 @@ class Producer:
         """
         prepared = self.prepare(job)
         self.push([prepared])
-        return prepared[0]
+        return prepared.job_id
 
     def push(
         self,
-        prepared: list[tuple[str, str, str]],
+        prepared: list[PreparedJob],
         skipped: Mapping[str, int] | None = None,
         once: Mapping[str, list[str]] | None = None,
     ) -> set[str]:
@@ -119,9 +120,9 @@ class Producer:
             self.push([], {prepared.reason: 1})
             return []
         self.push(prepared)
-        return [job_id for job_id, _, _ in prepared]
+        return [p.job_id for p in prepared]
 
-    def prepare_segment(self, message: Any, account: str | None = None) -> list[tuple[str, str, str]] | segment.Skip:
+    def prepare_segment(self, message: Any, account: str | None = None) -> list[PreparedJob] | segment.Skip:
         """Map and validate one Segment message: every job it makes, or why it is skipped.
 
         ``account`` names the account its jobs are delivered for (the collector's write key
@@ -155,7 +156,7 @@ class Producer:
         (nothing queued) is raised.
         """
         results: list[str | InvalidJob] = []
-        ready: list[tuple[str, str, str]] = []
+        ready: list[PreparedJob] = []
         now = datetime.now(UTC)
         for job in jobs:
             try:
@@ -164,6 +165,6 @@ class Producer:
                 results.append(err)
                 continue
             ready.append(prepared)
-            results.append(prepared[0])
+            results.append(prepared.job_id)
         self.push(ready)
         return results

@@ -72,8 +72,8 @@ def scan_job(job: BaseModel, extra: Mapping[str, str] | None = None) -> list[Pro
     """Problems for every string of a validated job that looks sensitive, [] when none.
 
     ``extra`` is ``ATTENTIVE_SENSITIVE_PATTERNS`` (compiled once, cached). Raises nothing
-    for any job; a bad ``extra`` pattern raises `ValueError`, which settings load has
-    already turned into a `ConfigurationError`.
+    for any job; a bad ``extra`` pattern raises `ConfigurationError` (settings load has
+    already refused one).
     """
     problems: list[Problem] = []
     _model(job, "", compile_patterns(extra) if extra else (), problems)

@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping
 from functools import lru_cache
 
+from producers.errors import ConfigurationError
+
 #: Compiled operator patterns (``ATTENTIVE_SENSITIVE_PATTERNS``): (name, pattern) pairs.
 Patterns = tuple[tuple[str, re.Pattern[str]], ...]
 
@@ -179,7 +181,8 @@ def is_identifier_name(name: str) -> bool:
 def compile_patterns(patterns: Mapping[str, str]) -> Patterns:
     """The operator's patterns compiled, once per distinct set (cached).
 
-    Raises `ValueError` naming the first bad pattern by its name (never its text).
+    Raises `ConfigurationError` naming the setting and the first bad pattern by its name
+    (never its text).
     """
     return _compile(tuple(sorted(patterns.items())))
 
@@ -192,5 +195,7 @@ def _compile(items: tuple[tuple[str, str], ...]) -> Patterns:
             out.append((name, re.compile(rx)))
         except (re.error, TypeError, ValueError, RecursionError, OverflowError) as err:
             detail = err.msg if isinstance(err, re.error) else type(err).__name__
-            raise ValueError(f"pattern {name!r} is not a valid regular expression ({detail})") from None
+            raise ConfigurationError(
+                f"ATTENTIVE_SENSITIVE_PATTERNS: pattern {name!r} is not a valid regular expression ({detail})"
+            ) from None
     return tuple(out)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeAlias
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
@@ -20,11 +20,12 @@ from producers.settings import Settings
 from producers.yotpo import KIND as YOTPO_KIND
 from producers.yotpo import YotpoCustomEvent
 
-Job = Annotated[AttentiveJob | YotpoCustomEvent, Field(discriminator="kind")]
-"""Any job, told apart by its ``kind``."""
+Job: TypeAlias = AttentiveJob | YotpoCustomEvent
+"""Any job model: what `parse_job` returns. Each has a ``kind`` literal naming it."""
 KINDS: tuple[str, ...] = (*EVENT_PATHS, YOTPO_KIND)
 """Every job kind: Attentive's (`producers.jobs.EVENT_PATHS`), then Yotpo's (`producers.yotpo`)."""
-_ADAPTER: TypeAdapter[Any] = TypeAdapter(Job)
+# Told apart by ``kind``: one model is tried per job, and a wrong kind is one problem, not six.
+_ADAPTER: TypeAdapter[Job] = TypeAdapter(Annotated[Job, Field(discriminator="kind")])
 _KIND_ERRORS = {"union_tag_not_found", "union_tag_invalid", "model_attributes_type"}
 
 
@@ -89,8 +90,8 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def parse_job(data: Any, settings: Settings, now: datetime, *, at_enqueue: bool) -> BaseModel:
-    """Validate ``data`` (dict, JSON text or model) into a job model.
+def parse_job(data: Any, settings: Settings, now: datetime, *, at_enqueue: bool) -> Job:
+    """Validate ``data`` (dict, JSON text or model) into a job model (one of `Job`).
 
     At enqueue (``at_enqueue=True``) an event without ``occurredAt`` gets ``now`` and one
     without ``externalEventId`` gets a UUID, and an event already past the freshness window
@@ -123,8 +124,7 @@ def parse_job(data: Any, settings: Settings, now: datetime, *, at_enqueue: bool)
     except RecursionError:
         raise InvalidJob([Problem("", f"nested deeper than {rules.MAX_DEPTH} levels")]) from None
     problems = _time_problems(job, settings, now, at_enqueue=at_enqueue)
-    account = getattr(job, "account", None)
-    if account is not None and account not in settings.accounts:
+    if job.account is not None and job.account not in settings.accounts:
         problems.append(Problem("account", "is not an account in ATTENTIVE_ACCOUNTS"))
     if settings.attentive_sensitive_guard:
         problems += sensitive.scan_job(job, settings.attentive_sensitive_patterns)
@@ -133,7 +133,7 @@ def parse_job(data: Any, settings: Settings, now: datetime, *, at_enqueue: bool)
     return job
 
 
-def _time_problems(job: BaseModel, settings: Settings, now: datetime, *, at_enqueue: bool) -> list[Problem]:
+def _time_problems(job: Job, settings: Settings, now: datetime, *, at_enqueue: bool) -> list[Problem]:
     occurred = getattr(job, "occurredAt", None)
     if occurred is None:
         return []
@@ -150,7 +150,7 @@ def _time_problems(job: BaseModel, settings: Settings, now: datetime, *, at_enqu
     return []
 
 
-def job_json(job: BaseModel) -> str:
+def job_json(job: Job) -> str:
     """The job as stored and replayed: compact JSON, nulls left out, ``kind`` kept."""
     out = job.model_dump_json(exclude_none=True)
     if len(out.encode()) > rules.MAX_JOB_BYTES:

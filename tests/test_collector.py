@@ -25,6 +25,7 @@ from pydantic import SecretStr
 from segment.analytics import Client
 
 from producers import keys
+from producers.errors import ConfigurationError
 from producers.producer import Producer
 from producers.queue import job_of, tickets_in
 from producers.settings import Settings
@@ -137,7 +138,7 @@ def test_redis_down_is_a_503_so_clients_retry(redis_client, sandbox):
 
 
 def test_a_collector_without_write_keys_refuses_to_start(redis_server):
-    with pytest.raises(ValueError, match="COLLECTOR_WRITE_KEYS"):
+    with pytest.raises(ConfigurationError, match="COLLECTOR_WRITE_KEYS"):
         Collector(Producer(make_settings(redis_server.url)), port=0)
 
 
@@ -419,7 +420,7 @@ def test_duplicates_are_judged_per_account_not_across_accounts(redis_server, red
 def test_write_keys_naming_unknown_accounts_or_misshapen_stop_start_up(redis_server):
     def start(write_keys: str, accounts: str = BRANDS) -> str:
         settings = make_settings(redis_server.url, attentive_accounts=accounts, collector_write_keys=write_keys)
-        with pytest.raises(ValueError) as caught:
+        with pytest.raises(ConfigurationError) as caught:
             CollectorApp(Producer(settings))
         return str(caught.value)
 

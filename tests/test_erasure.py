@@ -19,9 +19,10 @@ import redis
 
 from producers import keys
 from producers.erasure import mentions, person_key, secret
+from producers.errors import ConfigurationError
 from producers.producer import Producer
 from producers.queue import ticket_for
-from producers.settings import Settings
+from producers.settings import Settings, load_settings
 from worker.counters import stats
 from worker.jobstore import Claim
 
@@ -109,9 +110,10 @@ def test_the_old_dead_letter_retention_name_is_still_read(monkeypatch):
     assert Settings().attentive_dlq_retention_days == 3
 
 
-def test_a_job_retention_shorter_than_the_freshness_window_is_refused():
-    with pytest.raises(ValueError, match="ATTENTIVE_JOB_RETENTION_HOURS"):
-        Settings(attentive_job_retention_hours=6)
+def test_a_job_retention_shorter_than_the_freshness_window_is_refused(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("ATTENTIVE_JOB_RETENTION_HOURS", "6")
+    with pytest.raises(ConfigurationError, match="ATTENTIVE_JOB_RETENTION_HOURS"):
+        load_settings()
 
 
 def test_erase_leaves_no_redis_value_holding_the_address(redis_server, redis_client, sandbox):

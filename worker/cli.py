@@ -24,6 +24,7 @@ from producers import jsonvalues
 from producers.accounts import DEFAULT
 from producers.connection import from_settings
 from producers.errors import ConfigurationError, InvalidJob, Problem
+from producers.prepared import PreparedJob
 from producers.producer import Producer
 from producers.rules import MAX_JOB_BYTES
 from producers.segment import Skip
@@ -148,7 +149,7 @@ def _enqueue_lines(
     the error that stopped reading, if one did; the lines read before it are still queued.
     """
     counts = {"enqueued": 0, "invalid": 0} | ({"skipped": 0} if segment else {})
-    batch: list[tuple[str, str, str]] = []
+    batch: list[PreparedJob] = []
     skipped: dict[str, int] = {}
     failure: OSError | None = None
     try:
@@ -191,7 +192,7 @@ def collect(
     try:
         # checked here, once, so a bad configuration stops the command rather than each worker
         CollectorApp(Producer(settings, _client(settings)))
-    except ValueError as exc:
+    except ConfigurationError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     out.print(
@@ -892,11 +893,11 @@ def flower(ctx: typer.Context) -> None:
     """
     import os
 
-    from worker.dashboard import OpenDashboard, flower_command
+    from worker.dashboard import flower_command
 
     try:
         argv = flower_command(os.environ, ctx.args)
-    except OpenDashboard as exc:
+    except ConfigurationError as exc:  # OpenDashboard: the message names the setting and the rule
         err.print(f"refusing to start Flower: {exc}", markup=False, highlight=False)
         raise typer.Exit(2) from None
     sys.stdout.flush()

@@ -25,7 +25,8 @@ import anyio
 import redis
 
 from producers import accounts, jsonvalues, keys, segment
-from producers.errors import InvalidJob, Problem
+from producers.errors import ConfigurationError, InvalidJob, Problem
+from producers.prepared import PreparedJob
 from producers.producer import Producer
 from worker.asgi import Receive, Scope, Send, lifespan, respond
 from worker.collector_body import MAX_BODY, BodyBudget, BodyError, read_body
@@ -54,14 +55,17 @@ class CollectorApp:
         body_timeout_s: float = BODY_TIMEOUT_S,
         limiter: FailureLimiter | None = None,
     ) -> None:
-        """Raises ``ValueError`` when there are no write keys (every request would be refused)."""
+        """Raises `ConfigurationError` naming the setting when ``COLLECTOR_WRITE_KEYS`` has no key
+        (every request would be refused), a misshapen entry, or an account not in ``ATTENTIVE_ACCOUNTS``."""
         self.producer = producer
         self.keys = WriteKeys(producer.settings.write_keys)
         if not len(self.keys):
-            raise ValueError("COLLECTOR_WRITE_KEYS is empty: the collector would refuse every request")
+            raise ConfigurationError("COLLECTOR_WRITE_KEYS is empty: the collector would refuse every request")
         unknown = sorted(self.keys.accounts - producer.settings.accounts.keys())
         if unknown:
-            raise ValueError(f"COLLECTOR_WRITE_KEYS names account(s) not in ATTENTIVE_ACCOUNTS: {', '.join(unknown)}")
+            raise ConfigurationError(
+                f"COLLECTOR_WRITE_KEYS names account(s) not in ATTENTIVE_ACCOUNTS: {', '.join(unknown)}"
+            )
         self.cors = Cors(producer.settings.allowed_origins)
         self.limiter = limiter or FailureLimiter()
         self._limiter_lock = threading.Lock()
@@ -151,7 +155,7 @@ class CollectorApp:
     def _accept(self, messages: list[Any], sent_at: Any, account: str) -> Answer:
         """Queue the valid ``messages`` as jobs of ``account`` (the write key's)."""
         named = None if account == accounts.DEFAULT else account  # default-account jobs name none, as before
-        prepared: list[tuple[str, str, str]] = []
+        prepared: list[PreparedJob] = []
         problems: list[dict[str, Any]] = []
         skipped: dict[str, int] = {}
         once: dict[str, list[str]] = {}  # messageId marker -> the ids of its jobs
@@ -170,7 +174,7 @@ class CollectorApp:
                     skipped["duplicate"] = skipped.get("duplicate", 0) + 1
                     continue
                 if marker is not None:
-                    once[marker] = [job_id for job_id, _, _ in jobs]
+                    once[marker] = [job.job_id for job in jobs]
                 prepared.extend(jobs)
             except InvalidJob as err:
                 problems += [{"index": index, "field": p.field, "rule": p.rule} for p in err.problems]

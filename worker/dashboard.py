@@ -20,11 +20,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping, Sequence
 
+from producers.errors import ConfigurationError
+
 OAUTH_VARIABLES = ("FLOWER_AUTH_PROVIDER", "FLOWER_AUTH", "FLOWER_OAUTH2_KEY", "FLOWER_OAUTH2_SECRET")
 
 
-class OpenDashboard(ValueError):
-    """Flower's settings would let someone in without credentials. The message names the rule."""
+class OpenDashboard(ConfigurationError):
+    """Flower's settings would let someone in without credentials. The message names the
+    setting and the rule, never a value. A `ConfigurationError` like every bad setting."""
 
 
 def basic_auth_entries(value: str) -> list[str]:

@@ -45,7 +45,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from producers import freshness
 from producers.errors import InvalidJob
-from producers.jobs import EVENT_PATHS
+from producers.jobs import EVENT_PATHS, CustomAttributes
 from producers.rules import normalize_phone
 from producers.settings import Settings
 from producers.validation import parse_job
@@ -289,10 +289,9 @@ class _Handler(BaseHTTPRequestHandler):
             return 400, {"status": 400, "error": "Bad Request", "message": str(err), "path": path}, headers, "invalid"
         if freshness.is_stale(getattr(job, "occurredAt", None), now, s.settings.freshness_s):
             return 200, None, headers, "dropped_stale"
-        if kind == "custom_attributes":
-            user = job.user  # type: ignore[attr-defined]
+        if isinstance(job, CustomAttributes):
             with s.lock:
-                for ident in (user.phone, user.email):
+                for ident in (job.user.phone, job.user.email):
                     if ident:
                         s.attributes.setdefault(ident, {}).update(body["properties"])
         return (202 if kind == "identity" else 200), None, headers, "accepted"

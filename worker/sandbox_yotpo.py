@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from producers.errors import InvalidJob
 from producers.validation import parse_job
+from producers.yotpo import YotpoCustomEvent
 from worker.destinations.yotpo import PATH
 
 if TYPE_CHECKING:
@@ -62,7 +63,8 @@ def answer(state: SandboxState, store: str, token: str | None, body: Any) -> Ans
     except InvalidJob as err:
         errors = [{"field": p.field, "message": p.rule} for p in err.problems]
         return 400, {"errors": errors}, headers, "invalid"
-    event_id = str(job.event_id)  # type: ignore[attr-defined]
+    assert isinstance(job, YotpoCustomEvent)  # the kind set above picks the model
+    event_id = str(job.event_id)
     with state.lock:
         replaced = (store, event_id) in state.yotpo_events
         state.yotpo_events[(store, event_id)] = body
