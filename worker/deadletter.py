@@ -309,7 +309,9 @@ class DeadLetters:
         self, reason: str | None = None, limit: int | None = None, account: str | None = None, flt: Filter | None = None
     ) -> list[str]:
         """Newest first; with ``reason`` and/or ``account`` (or a whole `Filter`), only those entries."""
-        if flt is None and reason is None and account is None:
+        if (flt is None or not flt.narrows) and reason is None and account is None:
+            # From the index alone: ``dlq replay --all`` always passes a Filter, and reading
+            # and parsing every entry only to pass them all grows with the store (100,000).
             ids = [i.decode() for i in self.client.zrevrange(keys.DEAD_INDEX, 0, -1)]
             return ids[:limit] if limit else ids
         flt = flt or Filter(reason=reason, account=account)
