@@ -354,7 +354,10 @@ class Bench:
         against a slow API: how long after enqueue they reach the API."""
         accounts = {"brand-b": {"token": f"{TOKEN}-b"}}
         self.reset(rate=10**6, latency_ms=int(latency_s * 1000))
-        overrides = {"attentive_accounts": json.dumps(accounts), "attentive_timeout_s": max(10.0, latency_s + 2)}
+        overrides: dict[str, Any] = {
+            "attentive_accounts": json.dumps(accounts),
+            "attentive_timeout_s": max(10.0, latency_s + 2),
+        }
         overrides["attentive_lease_s"] = max(60.0, overrides["attentive_timeout_s"] + 10)
         settings = self.settings(**overrides)
         producer = Producer(settings, self.client)
@@ -389,7 +392,6 @@ class Bench:
         n = 2000 if self.quick else 5000
         self.reset()
         producer = Producer(self.settings(), self.client)
-        measure: Callable[[Callable[[int], object]], float]
 
         def measure(fn: Callable[[int], object]) -> float:
             for i in range(200):

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from producers import accounts, keys, ordering
+from producers import accounts, keys, ordering, replies
 from producers.errors import InvalidJob, Problem
 from producers.rules import check_email, normalize_phone
 
@@ -200,7 +200,7 @@ def secret(client: redis.Redis, settings: Settings) -> bytes:
     client.set(keys.ERASURE_KEY, secrets.token_hex(32), nx=True)
     value = client.get(keys.ERASURE_KEY)
     assert value is not None
-    return bytes(value)
+    return replies.raw(value)
 
 
 def person_key(key: bytes, identifier: str) -> str:
@@ -257,7 +257,7 @@ def erase(
         if not pending:
             break
         sets |= pending
-        members = [m.decode() for m in client.sunion(sorted(pending))]
+        members = [replies.text(m) for m in client.sunion(sorted(pending))]
         pending = {m[len(LINK) :] for m in members if m.startswith(LINK)}
         unread = [m for m in members if not m.startswith(LINK) and m not in found]
         for job_id, account, job in _read(client, unread):

@@ -435,7 +435,7 @@ def _push(pipe: redis.client.Pipeline, settings: Settings, entries: list[_Entry]
         if e.needs:
             gate_keys = [keys.job(e.job_id), keys.QUEUED, keys.WAITING, keys.AWAITED, keys.STATS, *e.needs]
             message = celery_message(e.job_id, e.ticket, e.queue, e.kind)
-            args = [
+            args: list[str | int] = [
                 e.job_id,
                 now_ms,
                 message,

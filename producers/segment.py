@@ -255,8 +255,8 @@ def _custom_event(
 
 
 def _track(message: dict[str, Any], user: dict[str, Any], when: str | None, rename_keys: bool) -> list[dict[str, Any]]:
-    event = message.get("event")
-    if not _str(event):
+    event = _str(message.get("event"))
+    if event is None:
         raise InvalidJob([Problem("event", "is required for track")])
     props = _properties(message)
     if event in ECOMMERCE:

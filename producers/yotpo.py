@@ -31,14 +31,14 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BeforeValidator, StringConstraints, model_validator
 
 from producers import rules
 from producers.jobs import Email, Identifier, OccurredAt, Phone, _Job, _Model
 
-KIND = "yotpo_custom_event"
+KIND: Final = "yotpo_custom_event"
 SNAKE_CASE = re.compile(r"^[a-z0-9]+(_[a-z0-9]+)*$")
 MAX_NAME = 255
 

@@ -748,10 +748,9 @@ def erase(
         for subject in [person] if person is not None else people:
             recorded.extend(forwarder.record(person_of(client, settings, subject), subject, targets))
 
-    ids = [customer_id(name, "clientUserId", client_user_id) for name in (accounts or settings.accounts)]
-    erased = erase_person(
-        client, settings, person, ids=ids if client_user_id else (), before_delete=record if forward else None
-    )
+    names = accounts or settings.accounts
+    ids = [customer_id(name, "clientUserId", client_user_id) for name in names] if client_user_id else []
+    erased = erase_person(client, settings, person, ids=ids, before_delete=record if forward else None)
     if erased.fenced_s:
         err.print(
             f"waited {erased.fenced_s:g} s for attempts in flight to be fenced: none is sent now",

@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 
-from producers import accounts, keys
+from producers import accounts, keys, replies
 from producers.errors import REASONS
 from producers.settings import Settings
 from worker.circuit import Circuits
@@ -95,7 +95,9 @@ def _by_account(client: redis.Redis, index: str, settings: Settings) -> _Found:
     names, oldest first (records gone meanwhile are left out), and which of them are unserved."""
     found = _Found()
     for start in range(0, SCHEDULE_SCAN_LIMIT, CHUNK):
-        rows = client.zrange(index, start, min(start + CHUNK, SCHEDULE_SCAN_LIMIT) - 1, withscores=True)
+        stop = min(start + CHUNK, SCHEDULE_SCAN_LIMIT) - 1
+        # withscores=True: (member, score) pairs; the relay's clients return bytes.
+        rows = cast("list[tuple[bytes, float]]", client.zrange(index, start, stop, withscores=True))
         if not rows:
             break
         pipe = client.pipeline(transaction=False)
@@ -125,7 +127,7 @@ def _counted_accounts(client: redis.Redis) -> list[str]:
     while True:
         cursor, batch = client.scan(cursor, match=prefix + "*", count=CHUNK)
         looked += CHUNK
-        found.update(k.decode()[len(prefix) :] for k in batch)
+        found.update(replies.text(k)[len(prefix) :] for k in batch)
         if cursor == 0 or looked >= KEYSPACE_SCAN_LIMIT:
             break
     return sorted(n for n in found if accounts.NAME.match(n))

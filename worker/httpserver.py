@@ -28,6 +28,7 @@ class BackgroundHTTPServer:
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
+        assert isinstance(host, str)  # an IPv4 or IPv6 server: bytes are for other families
         return f"http://{host}:{port}"
 
     def serve_forever(self) -> None:

@@ -812,7 +812,7 @@ def _claim_of(job_id: str, ticket: str, r: list[Any]) -> Claim | str:
         ticket,
         r[1].decode(),
         int(r[2]),
-        history,  # type: ignore[arg-type]
+        history,
         int(r[4]) if r[4] else None,
         int(r[5]),
         int(r[6]),

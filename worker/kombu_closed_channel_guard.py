@@ -67,7 +67,7 @@ def install() -> bool:
         transport = self.connection
         if transport is None or getattr(transport, "client", None) is None:
             raise ChannelTransportClosed("the broker connection of this channel was closed")
-        return original(self, *args, **kwargs)  # type: ignore[no-any-return]
+        return original(self, *args, **kwargs)
 
     setattr(_connparams, _MARK, True)
     kombu_redis.Channel._connparams = _connparams  # type: ignore[method-assign]

@@ -72,7 +72,7 @@ class Leases:
         self.lease_ms = lease_ms
         self._client = client
         self._renew = client.register_script(_RENEW)
-        self._epoch: bytes | None = None
+        self._epoch: bytes | str | None = None
         self._checked = float("-inf")  # time.monotonic() of the last read of a current epoch
         self._held: dict[str, str] = {}  # job id -> ticket
         self._expires: dict[str, int] = {}  # job id -> when its lease ends, as last set here
@@ -110,7 +110,7 @@ class Leases:
                 and time.monotonic() - self._checked <= EPOCH_FRESH_S
             ):
                 return True
-        args = [now_ms + self.lease_ms, keys.PREFIX, job_id, ticket]
+        args: list[int | str] = [now_ms + self.lease_ms, keys.PREFIX, job_id, ticket]
         held = bool(self._renew(keys=[keys.LEASES], args=args)[0])
         with self._lock:
             if held and job_id in self._held:

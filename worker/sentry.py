@@ -58,12 +58,12 @@ def before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
     if isinstance(request, dict):
         for key in ("headers", "data", "cookies", "query_string", "env"):
             request.pop(key, None)
-    return scrub(event)  # type: ignore[no-any-return]
+    return scrub(event)
 
 
 def before_breadcrumb(crumb: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
     crumb.pop("data", None)
-    return scrub(crumb)  # type: ignore[no-any-return]
+    return scrub(crumb)
 
 
 def init(settings: Settings) -> bool:
@@ -84,7 +84,7 @@ def init(settings: Settings) -> bool:
         include_local_variables=False,
         max_request_body_size="never",
         before_send=before_send,  # type: ignore[arg-type]
-        before_breadcrumb=before_breadcrumb,  # type: ignore[arg-type]
+        before_breadcrumb=before_breadcrumb,
         release=os.environ.get("SENTRY_RELEASE"),
         environment=os.environ.get("SENTRY_ENVIRONMENT"),
     )

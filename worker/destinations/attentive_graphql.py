@@ -136,9 +136,15 @@ def request_body(job: BaseModel) -> dict[str, Any]:
     return {"query": MUTATION, "variables": {"input": graphql_input(job)}}
 
 
+def _extensions(error: dict[str, Any]) -> dict[str, Any]:
+    """An error's ``extensions`` object; {} when it is absent or not an object."""
+    extensions = error.get("extensions")
+    return extensions if isinstance(extensions, dict) else {}
+
+
 def error_class(error: dict[str, Any]) -> ErrorClass:
     """The class of one GraphQL error (an item of ``errors``). Pure: the table above."""
-    extensions = error.get("extensions") if isinstance(error.get("extensions"), dict) else {}
+    extensions = _extensions(error)
     code = extensions.get("code")
     status = extensions.get("status", extensions.get("statusCode"))
     if isinstance(code, int | str) and str(code).isdigit():
@@ -181,8 +187,7 @@ def _summary(errors: list[Any]) -> str:
     for error in errors:
         if not isinstance(error, dict):
             continue
-        extensions = error.get("extensions") if isinstance(error.get("extensions"), dict) else {}
-        kept.append({"code": extensions.get("code"), "message": error.get("message")})
+        kept.append({"code": _extensions(error).get("code"), "message": error.get("message")})
     return json.dumps(kept, ensure_ascii=False, default=str)[:MAX_BODY_KEPT]
 
 

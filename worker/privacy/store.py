@@ -25,12 +25,14 @@ was asked for. Counters go to the relay's stats hash (`COUNTERS`).
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
 import redis
 
-from producers import keys
+from producers import keys, replies
 
 PENDING, FILED, PROCESSED, FAILED = "pending", "filed", "processed", "failed"
 RECORD_RETENTION_MS = 400 * 86_400_000
@@ -117,7 +119,7 @@ class RequestStore:
         raw = self.client.hgetall(keys.privacy_request(request))
         if not raw:
             return None
-        f = {k.decode(): v.decode() for k, v in raw.items()}
+        f = {replies.text(k): replies.text(v) for k, v in raw.items()}
 
         def ms(name: str) -> int | None:
             return int(f[name]) if f.get(name) else None
@@ -139,11 +141,12 @@ class RequestStore:
     def subject(self, request: str) -> str | None:
         """The value the request names, while it is still to be filed."""
         value = self.client.get(keys.privacy_subject(request))
-        return value.decode() if value is not None else None
+        return replies.text(value) if value is not None else None
 
     def due(self, now_ms: int, limit: int) -> list[str]:
         """Ids of requests due by ``now_ms``, the longest due first."""
-        return [m.decode() for m in self.client.zrangebyscore(keys.PRIVACY_DUE, "-inf", now_ms, start=0, num=limit)]
+        due = self.client.zrangebyscore(keys.PRIVACY_DUE, "-inf", now_ms, start=0, num=limit)
+        return [replies.text(m) for m in cast("list[bytes]", due)]  # members only: no scores asked
 
     def open(self) -> int:
         """Requests still to file or to check."""
@@ -175,7 +178,7 @@ class RequestStore:
 
     def retry(self, request: str, attempts: int, next_ms: int, reason: str, detail: str) -> None:
         """A transient failure: try again at ``next_ms`` (counted as a retry)."""
-        fields = {"attempts": attempts, "reason": reason, "detail": detail}
+        fields: dict[str, str | int] = {"attempts": attempts, "reason": reason, "detail": detail}
         self._write(request, fields, next_ms=next_ms, counter=COUNTERS["retries"])
 
     def later(self, request: str, next_ms: int, **fields: str | int) -> None:
@@ -196,10 +199,10 @@ class RequestStore:
     def list(self, limit: int, person: str | None = None) -> list[Request]:
         """Requests newest first (only ``person``'s when given); ids whose record expired are dropped."""
         found: list[Request] = []
-        for raw in self.client.zrevrange(keys.PRIVACY_REQUESTS, 0, -1):
-            request = self.get(raw.decode())
+        for member in cast("list[bytes]", self.client.zrevrange(keys.PRIVACY_REQUESTS, 0, -1)):  # no scores asked
+            request = self.get(replies.text(member))
             if request is None:
-                self.forget(raw.decode())
+                self.forget(replies.text(member))
             elif person is None or request.person == person:
                 found.append(request)
                 if len(found) >= limit:
@@ -209,7 +212,7 @@ class RequestStore:
     def _write(
         self,
         request: str,
-        fields: dict[str, str | int],
+        fields: Mapping[str, str | int],
         *,
         next_ms: int | None = None,
         counter: str | None = None,
@@ -219,7 +222,8 @@ class RequestStore:
         record = keys.privacy_request(request)
         pipe = self.client.pipeline(transaction=True)
         if fields:
-            pipe.hset(record, mapping=fields)
+            # copied into a dict of redis-py's own key type: a Mapping is invariant in its keys
+            pipe.hset(record, mapping={name: value for name, value in fields.items()})
         pipe.pexpire(record, RECORD_RETENTION_MS)
         if next_ms is None:
             pipe.zrem(keys.PRIVACY_DUE, request)
