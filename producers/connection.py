@@ -10,13 +10,17 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import redis
-
 if TYPE_CHECKING:
     from producers.settings import Settings
+
+
+ASYNC_POOL: dict[str, Any] = {"max_connections": 100, "timeout": 20.0}
+"""A ``redis.asyncio`` client's pool for one Redis: at most 100 connections per event loop, and
+a command waits up to 20 s for one of them before raising ``redis.ConnectionError``."""
 
 
 def is_sentinel(url: str) -> bool:
@@ -39,23 +43,30 @@ def sentinel_hosts(url: str) -> tuple[list[tuple[str, int]], int, str | None]:
     return hosts, db, password
 
 
-def connect(url: str, sentinel_master: str = "mymaster", **options: Any) -> Any:
-    """A redis-py client for ``url`` (see the module docstring for the schemes)."""
+def connect(url: str, sentinel_master: str = "mymaster", *, asyncio: bool = False, **options: Any) -> Any:
+    """A redis-py client for ``url`` (see the module docstring for the schemes); with ``asyncio``
+    its ``redis.asyncio`` counterpart, whose connections belong to the event loop that opens them."""
+    package = "redis.asyncio" if asyncio else "redis"
     if is_sentinel(url):
-        from redis.sentinel import Sentinel
-
+        sentinel = importlib.import_module(f"{package}.sentinel")
         hosts, db, password = sentinel_hosts(url)
         timeout = options.get("socket_timeout", 5)
-        return Sentinel(hosts, socket_timeout=timeout, password=password).master_for(
+        return sentinel.Sentinel(hosts, socket_timeout=timeout, password=password).master_for(
             sentinel_master, db=db, password=password, **options
         )
     if is_cluster(url):
-        from redis.cluster import RedisCluster
+        cluster = importlib.import_module(f"{package}.cluster")
+        return cluster.RedisCluster.from_url(url.replace("+cluster", "", 1), **options)
+    if asyncio:
+        from redis.asyncio import BlockingConnectionPool
+        from redis.asyncio import Redis as AsyncRedis
 
-        return RedisCluster.from_url(url.replace("+cluster", "", 1), **options)
-    return redis.Redis.from_url(url, **options)
+        # redis.asyncio's default pool raises once all its connections are in use: a burst of
+        # concurrent requests should wait for a free one (up to the timeout) rather than fail.
+        return AsyncRedis.from_pool(BlockingConnectionPool.from_url(url, **{**ASYNC_POOL, **options}))
+    return importlib.import_module(package).Redis.from_url(url, **options)
 
 
-def from_settings(settings: Settings, **options: Any) -> Any:
-    """The client for ``REDIS_URL`` (broker and state)."""
-    return connect(settings.redis_url.get_secret_value(), settings.redis_sentinel_master, **options)
+def from_settings(settings: Settings, *, asyncio: bool = False, **options: Any) -> Any:
+    """The client for ``REDIS_URL`` (broker and state); with ``asyncio``, a ``redis.asyncio`` one."""
+    return connect(settings.redis_url.get_secret_value(), settings.redis_sentinel_master, asyncio=asyncio, **options)

@@ -193,10 +193,18 @@ def mentions(job_json: str, account: str | None = None) -> set[str]:
     return found | ids if account is not None else found
 
 
+def configured_secret(settings: Settings) -> bytes | None:
+    """ATTENTIVE_ERASURE_KEY as the keyed hash's key; None: the key is the one kept in Redis."""
+    if settings.attentive_erasure_key is None:
+        return None
+    return settings.attentive_erasure_key.get_secret_value().encode()
+
+
 def secret(client: redis.Redis, settings: Settings) -> bytes:
     """The keyed hash's key: ATTENTIVE_ERASURE_KEY, or the one kept in Redis (created if absent)."""
-    if settings.attentive_erasure_key is not None:
-        return settings.attentive_erasure_key.get_secret_value().encode()
+    configured = configured_secret(settings)
+    if configured is not None:
+        return configured
     client.set(keys.ERASURE_KEY, secrets.token_hex(32), nx=True)
     value = client.get(keys.ERASURE_KEY)
     assert value is not None

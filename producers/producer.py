@@ -18,6 +18,7 @@ from producers.validation import job_json, parse_job
 
 if TYPE_CHECKING:
     import redis
+    from redis.asyncio.client import Pipeline as AsyncPipeline
 
 log = logging.getLogger("attentive_relay.producer")
 UNREADABLE = "could not be read: the relay failed on it (logged as a bug); nothing of it was queued"
@@ -102,8 +103,7 @@ class Producer:
             skipped = {**(skipped or {}), "duplicate": (skipped or {}).get("duplicate", 0) + len(duplicates)}
         if skipped:
             pipe = self.client.pipeline(transaction=False)
-            for reason, count in skipped.items():
-                pipe.hincrby(keys.STATS, f"skipped:{reason}", count)
+            count_skipped(pipe, skipped)
             pipe.execute()
         return duplicates
 
@@ -155,6 +155,13 @@ class Producer:
         malformed, raises or keeps the others from being queued; only ``redis.RedisError``
         (nothing queued) is raised.
         """
+        results, ready = self.prepare_many(jobs)
+        self.push(ready)
+        return results
+
+    def prepare_many(self, jobs: Iterable[Any]) -> tuple[list[str | InvalidJob], list[PreparedJob]]:
+        """Validate and stamp every job: (a job id or the `InvalidJob` for each job, in order;
+        the valid ones prepared, in order). Raises nothing, whatever ``jobs`` holds."""
         results: list[str | InvalidJob] = []
         ready: list[PreparedJob] = []
         now = datetime.now(UTC)
@@ -166,5 +173,10 @@ class Producer:
                 continue
             ready.append(prepared)
             results.append(prepared.job_id)
-        self.push(ready)
-        return results
+        return results, ready
+
+
+def count_skipped(pipe: redis.client.Pipeline | AsyncPipeline, skipped: Mapping[str, int]) -> None:
+    """Add to ``pipe`` the ``skipped:<reason>`` counts of Segment messages queued as no job."""
+    for reason, count in skipped.items():
+        pipe.hincrby(keys.STATS, f"skipped:{reason}", count)

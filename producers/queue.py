@@ -5,7 +5,7 @@ a Redis hash (`producers.keys.job`). So Flower, broker events and Celery's logs 
 never phone numbers or emails.
 
 Messages are written straight into kombu's Redis list in Celery's message protocol v2, by
-the same Lua script that writes the job record and the ``enqueued`` counter (`_STORE`; inside
+the same Lua script that writes the job record and the ``enqueued`` counter (`STORE_SCRIPT`; inside
 MULTI/EXEC when identity ordering's markers go with it): either all three happen or none
 does, and a producer does not need Celery (heavy to import, slow to send). The job store's
 scripts build their messages from the same template. Jobs pushed together share messages,
@@ -25,7 +25,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ from producers import accounts, erasure, keys, ordering
 
 if TYPE_CHECKING:
     import redis
+    from redis.asyncio.client import Pipeline as AsyncPipeline
 
     from producers.settings import Settings
 
@@ -209,7 +210,7 @@ def job_record(job_json: str, kind: str, now_ms: int, round_: int = 0) -> dict[s
 #       job key, '1' to index as queued, job_id, field count, fields..., person count, person keys...,
 #       tie count, ties (person key, member)...
 #       then message count, then per message: queue, message, batch key or ''
-_STORE = """
+STORE_SCRIPT = """
 local now, ttl, pttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local a = 6
 for _ = 1, tonumber(ARGV[5]) do
@@ -237,7 +238,7 @@ end
 if tonumber(ARGV[4]) > 0 then redis.call('HINCRBY', KEYS[1], 'enqueued', ARGV[4]) end
 return 1
 """
-_STORE_SHA = hashlib.sha1(_STORE.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+STORE_SHA = hashlib.sha1(STORE_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
 
 
 @dataclass
@@ -287,7 +288,7 @@ def _entry(settings: Settings, job_id: str, record: Mapping[str, Any], erasure_k
 def _store_args(
     settings: Settings, entries: list[_Entry], messages: list[tuple[str, str, str]], now_ms: int, enqueued: int
 ) -> list[Any]:
-    """`_STORE`'s key count, keys and arguments: the records (expiring after the job retention),
+    """`STORE_SCRIPT`'s key count, keys and arguments: the records (expiring after the job retention),
     their persons (`producers.erasure`; a person's set outlives every job in it, dead letters
     included), the queued index for jobs not waiting, and ``messages`` as (queue, message,
     batch key or '')."""
@@ -307,7 +308,7 @@ def _store_args(
 
 
 def _store(
-    pipe: redis.client.Pipeline,
+    pipe: redis.client.Pipeline | AsyncPipeline,
     settings: Settings,
     entries: list[_Entry],
     messages: list[tuple[str, str, str]],
@@ -316,7 +317,7 @@ def _store(
 ) -> None:
     # EVAL, not EVALSHA, inside a pipeline: it never meets NOSCRIPT (after a Redis restart)
     # mid-transaction, and redis-py would spend a round trip checking scripts before each one.
-    pipe.eval(_STORE, *_store_args(settings, entries, messages, now_ms, enqueued))
+    pipe.eval(STORE_SCRIPT, *_store_args(settings, entries, messages, now_ms, enqueued))
 
 
 def add_job(
@@ -381,20 +382,15 @@ def push_jobs(
 
     jobs = list(jobs)
     if not once:
-        now_ms = int(time.time() * 1000)
-        entries = _entries(settings, jobs, erasure_key, now_ms)
-        if entries and not any(e.links or e.needs for e in entries):
-            # No identity ordering involved: one script, atomic on its own, and the cheapest
-            # call redis-py makes (no pipeline, no MULTI/EXEC; the script's text only once).
-            args = _store_args(settings, entries, _messages(settings, entries), now_ms, len(entries))
+        plan = plan_push(settings, jobs, erasure_key)
+        if plan.store_args is not None:
             try:
-                client.evalsha(_STORE_SHA, *args)
+                client.evalsha(STORE_SHA, *plan.store_args)
             except NoScriptError:
-                client.eval(_STORE, *args)
-            return set()
-        pipe = client.pipeline(transaction=True)
-        _push(pipe, settings, entries, now_ms)
-        if pipe.command_stack:
+                client.eval(STORE_SCRIPT, *plan.store_args)
+        elif plan.entries:
+            pipe = client.pipeline(transaction=True)
+            add_push(pipe, settings, plan)
             pipe.execute()
         return set()
     markers = list(once)
@@ -410,7 +406,7 @@ def push_jobs(
                         pipe.set(marker, 1, px=int(settings.freshness_s * 1000))
                 now_ms = int(time.time() * 1000)
                 kept = [j for j in jobs if j[0] not in left_out]
-                _push(pipe, settings, _entries(settings, kept, erasure_key, now_ms), now_ms)
+                add_push(pipe, settings, PushPlan(now_ms, _entries(settings, kept, erasure_key, now_ms)))
                 pipe.execute()
                 return found
             except WatchError:
@@ -422,8 +418,34 @@ def _entries(settings: Settings, jobs: list[tuple[str, str, str]], erasure_key: 
     return [_entry(settings, job_id, job_record(data, kind, now_ms), erasure_key, True) for job_id, kind, data in jobs]
 
 
-def _push(pipe: redis.client.Pipeline, settings: Settings, entries: list[_Entry], now_ms: int) -> None:
-    """Add to ``pipe`` what stores and queues ``entries``; the caller executes it."""
+@dataclass
+class PushPlan:
+    """What queues a push of new jobs, computed before any Redis call (`plan_push`), so the sync
+    and the asyncio producers send the same commands and differ only in how they send them."""
+
+    now_ms: int
+    entries: list[_Entry]
+    store_args: list[Any] | None = None
+    """`STORE_SCRIPT`'s key count, keys and arguments when that one script queues every job (no
+    identity ordering involved); None: `add_push` fills a MULTI/EXEC pipeline instead."""
+
+
+def plan_push(settings: Settings, jobs: Sequence[tuple[str, str, str]], erasure_key: bytes) -> PushPlan:
+    """The plan for storing and queueing ``jobs`` (job_id, kind, job_json), stamped now."""
+    now_ms = int(time.time() * 1000)
+    entries = _entries(settings, list(jobs), erasure_key, now_ms)
+    if entries and not any(e.links or e.needs for e in entries):
+        # No identity ordering involved: one script, atomic on its own, and the cheapest call
+        # redis-py makes (no pipeline, no MULTI/EXEC; the script's text only once).
+        messages = _messages(settings, entries)
+        return PushPlan(now_ms, entries, _store_args(settings, entries, messages, now_ms, len(entries)))
+    return PushPlan(now_ms, entries)
+
+
+def add_push(pipe: redis.client.Pipeline | AsyncPipeline, settings: Settings, plan: PushPlan) -> None:
+    """Add to ``pipe`` what stores and queues ``plan.entries``; the caller executes it. Adding
+    commands sends nothing, on a redis.asyncio pipeline as on a sync one (neither is WATCHing)."""
+    entries, now_ms = plan.entries, plan.now_ms
     if entries:
         _store(pipe, settings, entries, _messages(settings, [e for e in entries if not e.needs]), now_ms, len(entries))
     # Identity ordering (`producers.ordering`): every link first, so a job in this same push
