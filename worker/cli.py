@@ -57,6 +57,25 @@ ToAccountOpt = Annotated[
 ]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from producers import __version__
+
+        out.print(f"attentive-relay {__version__}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@cli.callback()
+def _global_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the installed version and exit.", callback=_print_version, is_eager=True),
+    ] = False,
+) -> None:
+    # The version is the package metadata's (pyproject.toml), the one string there is.
+    pass
+
+
 def _settings() -> Settings:
     try:
         return load_settings()

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import httpx
 from pydantic import BaseModel, SecretStr
 
+import producers
 from producers.accounts import Account
 from producers.errors import (
     DeliveryError,
@@ -32,7 +33,7 @@ from producers.errors import (
 )
 from worker.destinations.transport import Http
 
-VERSION = "0.1.0"
+VERSION = producers.__version__
 USER_AGENT = f"attentive-relay/{VERSION} (+queue-backed delivery worker; httpx/{httpx.__version__})"
 MAX_BODY_KEPT = 2000
 """How much of a response body an outcome keeps for the dead-letter entry."""
