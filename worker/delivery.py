@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 
 import redis
@@ -170,9 +171,9 @@ class Delivery:
                 out.append(_skipped(job_id, ticket, claim))
                 continue
             self.leases.hold(claim.job_id, claim.ticket, now_ms + self.store.lease_ms)
-            prepared = self._in_lane(claim, now_ms, lambda c=claim: self._prepare(c, now_ms))
+            prepared = self._in_lane(claim, now_ms, partial(self._prepare, claim, now_ms))
             if isinstance(prepared, Ready):
-                prepared = self._in_lane(claim, now_ms, lambda r=prepared: self._held_back(r, now_ms))
+                prepared = self._in_lane(claim, now_ms, partial(self._held_back, prepared, now_ms))
             out.append(prepared if isinstance(prepared, Ended) else DEFERRED)  # a placeholder until handed on
             if isinstance(prepared, Ready):
                 by_lane.setdefault(RateLimiter.key(prepared.bucket), []).append((len(out) - 1, prepared))
@@ -182,12 +183,12 @@ class Delivery:
             for first in range(0, admitted, size):
                 group = members[first : min(admitted, first + size)]
                 readies = [ready for _, ready in group]
-                sent = self.lanes.submit(lane, lambda g=readies: self._on_lane(g), tag=readies, jobs=len(readies))
+                sent = self.lanes.submit(lane, partial(self._on_lane, readies), tag=readies, jobs=len(readies))
                 for k, (i, _) in enumerate(group):
                     out[i] = Pending(sent, k)
             for behind, (i, ready) in enumerate(members[admitted:]):
                 turn_s = self.lanes.turn_s(lane, behind)
-                out[i] = self._in_lane(ready.claim, now_ms, lambda r=ready, t=turn_s: self._park(r, now_ms, t))
+                out[i] = self._in_lane(ready.claim, now_ms, partial(self._park, ready, now_ms, turn_s))
         return out
 
     def _admit(self, lane: str, count: int) -> int:
@@ -240,7 +241,7 @@ class Delivery:
             lane = RateLimiter.key(group[0].bucket)
             for ready, at_s, crowded in self._slots(group, ended):
                 future = self._requests().submit(self._send_at, ready, at_s, crowded, ended)
-                future.add_done_callback(lambda _, lane=lane: self.lanes.release(lane))
+                future.add_done_callback(partial(_release, self.lanes, lane))
                 sends.append((ready, future))
         except redis.RedisError as exc:
             for ready in group:
@@ -255,7 +256,7 @@ class Delivery:
                 ended[claim.job_id] = self._redis_failed(claim, exc)
                 continue
             except Exception as exc:
-                ended[claim.job_id] = self._in_lane(claim, int(self.clock() * 1000), lambda e=exc: _reraise(e))
+                ended[claim.job_id] = self._in_lane(claim, int(self.clock() * 1000), partial(_reraise, exc))
                 continue
             if isinstance(result, Ended):
                 ended[claim.job_id] = result
@@ -297,7 +298,7 @@ class Delivery:
         now_ms = int(self.clock() * 1000)
         for ready in pending:
             ended[ready.claim.job_id] = self._in_lane(
-                ready.claim, now_ms, lambda r=ready: self._park(r, now_ms, SLOT_WAIT_S / 2)
+                ready.claim, now_ms, partial(self._park, ready, now_ms, SLOT_WAIT_S / 2)
             )
 
     def _send_at(
@@ -339,9 +340,7 @@ class Delivery:
                 kept = pipeline.run(
                     self.store.client,
                     [
-                        lambda pipe, r=ready, d=decision, o=outcome, t=done_ms: self._record(
-                            r.claim, t, r.history, d, o, pipe
-                        )
+                        partial(self._record_in, ready, decision, outcome, done_ms)
                         for ready, decision, outcome, done_ms in sent
                     ],
                 )
@@ -361,6 +360,11 @@ class Delivery:
             if not was_kept:
                 _taken_over(ready.claim, decision)
 
+    def _record_in(
+        self, ready: Ready, decision: Decision, outcome: Outcome, done_ms: int, pipe: redis.client.Pipeline
+    ) -> Ended:
+        return self._record(ready.claim, done_ms, ready.history, decision, outcome, pipe)
+
     def _redis_failed(self, claim: Claim, exc: redis.RedisError) -> Ended:
         log.warning(
             "job_id=%s: Redis failed mid-attempt (%s); the job comes back when its lease ends",
@@ -379,7 +383,7 @@ class Delivery:
                     self._pool = ThreadPoolExecutor(SENDER_THREADS, thread_name_prefix="attentive-send")
         return self._pool
 
-    def _crash_guard(self, claim: Claim, now_ms: int, step: Callable[[], T]) -> T | str:
+    def _crash_guard(self, claim: Claim, now_ms: int, step: Callable[[], T]) -> T | Ended:
         try:
             return step()
         except redis.RedisError:
@@ -428,7 +432,7 @@ class Delivery:
             account = account_of(job, self.settings)
         except InvalidJob as err:
             return self._record(claim, now_ms, history, DeadLetter(err.reason, str(err)), None)
-        kind: str = job.kind  # type: ignore[attr-defined]
+        kind: str = job.kind
         occurred = getattr(job, "occurredAt", None)
         if kind in freshness.EVENT_KINDS and freshness.is_stale(occurred, now, self.policy.freshness_s):
             detail = (
@@ -668,6 +672,10 @@ class Pending:
 
     def result(self) -> Ended:
         return self.group.result()[self.index]
+
+
+def _release(lanes: Lanes, lane: str, _: object) -> None:
+    lanes.release(lane)
 
 
 def _reraise(exc: Exception) -> Ended:
