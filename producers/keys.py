@@ -98,6 +98,12 @@ def circuit_probe(lane: str) -> str:
     return f"{PREFIX}circuit-probe:{lane}"
 
 
+def pause_probe(lane: str) -> str:
+    """String with an expiry: held for a period by the worker that probes a paused ``lane``'s
+    token (`worker.pause_probe`), so one worker probes it per period."""
+    return f"{PREFIX}pause-probe:{lane}"
+
+
 def waiters(job_id: str) -> str:
     """List of the ids of the jobs waiting for identity job ``job_id`` to end, oldest first."""
     return f"{PREFIX}waiters:{job_id}"

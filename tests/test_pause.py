@@ -8,8 +8,10 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
+from pydantic import SecretStr
 
 from producers import keys
+from producers.accounts import Account
 from producers.errors import Unauthorized
 from producers.queue import MAX_BATCH, batch_message, ticket_for, tickets_in
 from worker.cli import cli
@@ -91,13 +93,16 @@ def test_resume_queues_the_held_jobs_in_batch_messages(settings, producer, redis
     redis_client.delete(settings.attentive_queue)  # the workers took the messages
     delivery = delivery_for(settings, redis_client)
     assert {delivery.run(j, ticket_for(j, 0)) for j in ids} == {"held:paused"}
-    assert redis_client.zcard(keys.held("default|attentive_rest")) == held
+    in_held_order = [i.decode() for i in redis_client.zrange(keys.held("default|attentive_rest"), 0, -1)]
+    assert sorted(in_held_order) == sorted(ids)
 
     lanes, released = Pauses(redis_client).resume("default", None, int(datetime.now(UTC).timestamp() * 1000))
     assert (lanes, released) == (["default|attentive_rest"], held)
     messages = redis_client.lrange(settings.attentive_queue, 0, -1)[::-1]  # in the order workers take them
     assert [len(tickets_in(m)) for m in messages] == [MAX_BATCH] * (held // MAX_BATCH) + [held % MAX_BATCH]
-    assert [t for m in messages for t in tickets_in(m)] == [ticket_for(j, 1) for j in ids], "oldest held first"
+    assert [t for m in messages for t in tickets_in(m)] == [ticket_for(j, 1) for j in in_held_order], (
+        "oldest held first"
+    )
     for raw in messages:
         message = json.loads(raw)
         batch_id, tickets = message["headers"]["id"], tickets_in(raw)
@@ -134,3 +139,29 @@ def test_release_leaves_a_job_the_promoter_queued_meanwhile(settings, producer, 
     assert HeldRelease(redis_client).release(lane, 1) == 2
     tickets = [t for m in redis_client.lrange(settings.attentive_queue, 0, -1) for t in tickets_in(m)]
     assert sorted(tickets) == sorted(ticket_for(j, 1) for j in ids), "one message each, none twice"
+
+
+def test_a_probe_resumes_a_lane_whose_token_is_accepted_again(settings, producer, redis_client, sandbox):
+    from worker.destinations.attentive_rest import AttentiveRest
+    from worker.pause_probe import PauseProbe
+
+    rest = AttentiveRest(settings)
+    probe = PauseProbe(redis_client, settings, rest.whoami)
+    pauses = Pauses(redis_client)
+    pauses.pause("default", "attentive_rest", "unauthorized", 401, 0)
+    pauses.pause("default", "attentive_graphql", "unauthorized", 403, 0)  # a scope: /v1/me cannot tell
+    job = producer.enqueue(EVENT)
+    redis_client.delete(settings.attentive_queue)
+    assert delivery_for(settings, redis_client).run(job, ticket_for(job, 0)) == "held:paused"
+
+    revoked = Account("default", SecretStr("revoked"))
+    refused = PauseProbe(redis_client, settings, lambda _account: rest.whoami(revoked))
+    assert refused.run_once() == [] and set(stats(redis_client, settings)["paused"]) == {
+        "default|attentive_rest",
+        "default|attentive_graphql",
+    }, "a token still refused leaves the lane paused"
+    assert probe.run_once() == [], "one probe per lane per period, across workers"
+    redis_client.delete(keys.pause_probe("default|attentive_rest"))
+    assert probe.run_once() == ["default|attentive_rest"]
+    assert list(stats(redis_client, settings)["paused"]) == ["default|attentive_graphql"]
+    assert tickets_in(redis_client.lindex(settings.attentive_queue, 0)) == [ticket_for(job, 1)], "its held job queued"

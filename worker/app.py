@@ -34,7 +34,9 @@ from producers.settings import Settings, load_settings
 from worker import kombu_closed_channel_guard, logs, sentry
 from worker.delivery import SENDER_THREADS, Delivery
 from worker.destinations import Destinations
+from worker.destinations.attentive_rest import AttentiveRest
 from worker.jobstore import JobStore
+from worker.pause_probe import PauseProbe
 from worker.privacy.check import PrivacyCheck
 from worker.privacy.forwarder import forwarder_for
 from worker.ratelimit import for_settings
@@ -120,6 +122,7 @@ _runtime: Runtime | None = None
 _runtime_lock = threading.Lock()
 _promoter: Promoter | None = None
 _privacy_check: PrivacyCheck | None = None
+_pause_probe: PauseProbe | None = None
 
 
 def runtime() -> Runtime:
@@ -170,6 +173,10 @@ def _start_promoter(**_: object) -> None:
     _promoter.start()
     global _privacy_check
     _privacy_check = PrivacyCheck(forwarder_for(settings, from_settings(settings, health_check_interval=30))).start()
+    global _pause_probe
+    # Lanes paused by a 401 are resumed once GET /v1/me accepts their token (worker.pause_probe).
+    attentive = AttentiveRest(settings)
+    _pause_probe = PauseProbe(from_settings(settings, health_check_interval=30), settings, attentive.whoami).start()
     for account in settings.accounts.values():
         if account.token is None:
             log.error(

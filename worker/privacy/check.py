@@ -10,24 +10,25 @@ it. Any number may run: a request is taken by one process at a time
 from __future__ import annotations
 
 import logging
-import threading
 
 import redis
 
+from worker.background import Background
 from worker.privacy.forwarder import Forwarder
 
 log = logging.getLogger("attentive_relay.privacy")
 
 
-class PrivacyCheck:
+class PrivacyCheck(Background):
     """Runs `Forwarder.run_due` every ``interval_s`` (at once again while requests are due) in
     a daemon thread until stopped. A Redis error or a crash skips a pass, never ends the thread."""
 
+    thread_name = "attentive-privacy-check"
+
     def __init__(self, forwarder: Forwarder, interval_s: float = 1.0) -> None:
+        super().__init__()
         self.forwarder = forwarder
         self.interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def run_forever(self) -> None:
         failures = 0
@@ -44,13 +45,3 @@ class PrivacyCheck:
                 log.exception("privacy check pass failed; retrying")
             if not busy:
                 self._stop.wait(min(30.0, self.interval_s * (2 ** min(failures, 5))))
-
-    def start(self) -> PrivacyCheck:
-        self._thread = threading.Thread(target=self.run_forever, name="attentive-privacy-check", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
