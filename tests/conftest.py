@@ -18,12 +18,15 @@ import httpx
 import pytest
 import redis
 
+from producers import keys, replies, segment
+from producers.errors import InvalidJob
 from producers.producer import Producer
+from producers.queue import ticket_for
 from producers.settings import Settings
 from worker.counters import stats
 from worker.delivery import Delivery
 from worker.destinations import Destinations
-from worker.jobstore import JobStore
+from worker.jobstore import Claim, JobStore
 from worker.processes import RedisServer, WorkerProcess
 from worker.sandbox import Sandbox
 
@@ -72,6 +75,40 @@ def make_settings(redis_url: str, base_url: str = "http://127.0.0.1:9", **overri
     }
     values.update(overrides)
     return Settings(**values)
+
+
+def claimed(store: JobStore, job_id: str, attempt: int, now_ms: int) -> Claim:
+    """``store.claim`` of the job's ``attempt`` (its ticket), failing the test when it is refused."""
+    claim = store.claim(job_id, ticket_for(job_id, attempt), now_ms)
+    assert isinstance(claim, Claim), f"the claim was refused: {claim}"
+    return claim
+
+
+def job_state(client: redis.Redis, job_id: str) -> str | None:
+    """The ``state`` field of a job's record; None when the record is gone."""
+    raw = client.hget(keys.job(job_id), "state")
+    return replies.text(raw) if raw is not None else None
+
+
+def mapped(message: Any, **options: Any) -> list[dict[str, Any]]:
+    """`producers.segment.to_jobs` of a message the test expects to map, not to skip."""
+    jobs = segment.to_jobs(message, **options)
+    assert not isinstance(jobs, segment.Skip), jobs
+    return jobs
+
+
+def reconciled(store: JobStore, now_ms: int, **options: Any) -> tuple[int, int, int]:
+    """``store.reconcile``'s counts for a pass the test expects to run (None: another held the lock)."""
+    counts = store.reconcile(now_ms, **options)
+    assert counts is not None, "the reconcile lock was held"
+    return counts
+
+
+def all_queued(results: list[str | InvalidJob]) -> list[str]:
+    """The job ids of a `Producer.enqueue_many` that the test expects to queue every job."""
+    ids = [r for r in results if isinstance(r, str)]
+    assert len(ids) == len(results), [str(r) for r in results if not isinstance(r, str)]
+    return ids
 
 
 def delivery_for(settings: Settings, client: redis.Redis) -> Delivery:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from pydantic import SecretStr
 
 from producers import keys
 from producers.accounts import DEFAULT
@@ -26,9 +27,9 @@ EVENT = {"kind": "custom_event", "type": "Order Shipped", "user": {"email": "jan
 def test_accounts_come_from_json_with_the_default_account_first():
     settings = Settings(attentive_api_token="tok-default", attentive_accounts=json.dumps(ACCOUNTS))
     assert list(settings.accounts) == [DEFAULT, "brand-a", "brand-b"]
-    assert settings.accounts["brand-a"].token.get_secret_value() == "tok-brand-a-1234"
+    assert settings.accounts["brand-a"].token == SecretStr("tok-brand-a-1234")
     assert settings.accounts["brand-a"].rate_limit == 50
-    assert settings.accounts[DEFAULT].token.get_secret_value() == "tok-default"
+    assert settings.accounts[DEFAULT].token == SecretStr("tok-default")
     assert settings.queues == ("attentive", "attentive.brand-a", "attentive.brand-b")
     assert "tok-brand" not in repr(settings) and "tok-brand" not in repr(settings.accounts)
 
@@ -112,7 +113,7 @@ def test_one_account_s_backlog_never_holds_up_another_s_jobs(redis_server, redis
 
         requests = sandbox_requests(sandbox)
     assert b_latency < 5, f"brand B waited {b_latency:.1f} s behind brand A's backlog"
-    tokens = {r["body"]["type"]: set() for r in requests}
+    tokens: dict[str, set[str]] = {r["body"]["type"]: set() for r in requests}
     for r in requests:
         tokens[r["body"]["type"]].add(r["token_tag"])
     assert tokens["A"] == {tag("tok-brand-a-1234")} and tokens["B"] == {tag("tok-brand-b-5678")}

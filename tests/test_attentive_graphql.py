@@ -173,7 +173,8 @@ def test_a_200_without_the_mutations_result_or_errors_is_a_server_error_keeping_
 
 
 def test_only_a_returned_create_custom_event_is_delivered() -> None:
-    for payload in ({"createCustomEvent": {"__typename": "X"}}, {"createCustomEvent": {}}):
+    payloads: list[dict[str, Any]] = [{"createCustomEvent": {"__typename": "X"}}, {"createCustomEvent": {}}]
+    for payload in payloads:
         assert classify(200, json.dumps({"data": payload}), httpx.Headers()) is None
         assert classify(200, json.dumps({"data": payload, "errors": []}), httpx.Headers()) is None
 

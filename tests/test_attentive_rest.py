@@ -23,7 +23,7 @@ TOKEN = "tok-live-9f8e7d6c5b4a"
 NOW = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
 USER = {"phone": "+14155552671", "email": "jane.doe@example.com"}
 ITEM = {"productId": "sku-1", "productVariantId": "sku-1-red", "price": [{"value": 19.99, "currency": "USD"}]}
-JOBS = {
+JOBS: dict[str, dict[str, Any]] = {
     "custom_event": {
         "type": "Order Shipped",
         "user": USER,
@@ -37,6 +37,16 @@ JOBS = {
     "purchase": {"user": USER, "items": [ITEM], "orderId": "o-1", "occurredAt": "2026-01-31T11:00:00Z"},
     "identity": {"clientUserId": "u-1", "phone": "+14155552671"},
 }
+
+
+def recording(seen: list[httpx.Request]) -> Callable[[httpx.Request], httpx.Response]:
+    """A MockTransport handler that keeps each request in ``seen`` and answers 200."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    return handle
 
 
 def job(kind: str = "custom_event") -> Any:
@@ -99,9 +109,9 @@ def test_request_path_headers_and_body(kind: str) -> None:
 
 
 def test_decimal_price_sent_as_is() -> None:
-    seen: list[bytes] = []
-    client(lambda r: seen.append(r.content) or httpx.Response(200)).deliver(job("purchase"))
-    assert b'"value":19.99' in seen[0]
+    seen: list[httpx.Request] = []
+    client(recording(seen)).deliver(job("purchase"))
+    assert b'"value":19.99' in seen[0].content
 
 
 def test_success_has_no_error() -> None:
@@ -192,7 +202,7 @@ def test_ratelimit_headers_parsed(headers: dict[str, str], limit: int | None, re
 @pytest.mark.parametrize("token", [None, ""])
 def test_no_token_means_unauthorized_without_a_request(token: str | None) -> None:
     calls: list[httpx.Request] = []
-    outcome = client(lambda r: calls.append(r) or httpx.Response(200), token=token).deliver(job())
+    outcome = client(recording(calls), token=token).deliver(job())
     assert isinstance(outcome.error, Unauthorized) and outcome.status is None
     assert calls == []
 
@@ -213,22 +223,18 @@ def test_each_account_s_calls_carry_that_account_s_token() -> None:
         attentive_base_url="https://api.attentive.test/",
         attentive_accounts='{"brand-a": {"token": "tok-brand-a"}, "brand-b": {"token": "tok-brand-b"}}',
     )
-    seen: list[str] = []
-    destination = AttentiveRest(
-        settings,
-        transport=httpx.MockTransport(lambda r: seen.append(r.headers["authorization"]) or httpx.Response(200)),
-    )
+    seen: list[httpx.Request] = []
+    destination = AttentiveRest(settings, transport=httpx.MockTransport(recording(seen)))
     for name in ("brand-a", DEFAULT, "brand-b", "brand-a"):
         assert destination.deliver(job(), settings.accounts[name]).error is None
-    assert seen == ["Bearer tok-brand-a", f"Bearer {TOKEN}", "Bearer tok-brand-b", "Bearer tok-brand-a"]
+    sent = [r.headers["authorization"] for r in seen]
+    assert sent == ["Bearer tok-brand-a", f"Bearer {TOKEN}", "Bearer tok-brand-b", "Bearer tok-brand-a"]
 
 
 def test_an_account_without_a_token_is_unauthorized_naming_where_to_set_it() -> None:
     settings = Settings(attentive_accounts='{"brand-a": {}}')
     calls: list[httpx.Request] = []
-    destination = AttentiveRest(
-        settings, transport=httpx.MockTransport(lambda r: calls.append(r) or httpx.Response(200))
-    )
+    destination = AttentiveRest(settings, transport=httpx.MockTransport(recording(calls)))
     outcome = destination.deliver(job(), settings.accounts["brand-a"])
     assert isinstance(outcome.error, Unauthorized)
     assert str(outcome.error) == "ATTENTIVE_ACCOUNTS brand-a.token is not set"

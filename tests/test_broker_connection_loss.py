@@ -52,7 +52,9 @@ def _lose_the_broker_as_celery_does(server: RedisServer, ack_emulation: bool) ->
         with contextlib.suppress(TimeoutError):
             conn.drain_events(timeout=1)  # an event on the control channel also returns
     assert len(received) == 1
-    conn.default_channel._brpop_start()
+    channel = conn.default_channel
+    assert isinstance(channel, kombu_redis.Channel)
+    channel._brpop_start()
     server.stop()
     # Consumer.on_connection_error_after_connected: collect(), then close() the old connection.
     conn.collect(socket_timeout=5)
@@ -136,8 +138,10 @@ def test_a_worker_rides_through_a_redis_restart_under_load(tmp_path, sandbox, ac
         server.start()
         broker_up.set()
 
+        proc = worker.proc
+        assert proc is not None
         deadline = time.monotonic() + 40
-        while time.monotonic() < deadline and worker.proc.poll() is None:
+        while time.monotonic() < deadline and proc.poll() is None:
             try:
                 if not producing.is_alive() and finished(client, settings) >= len(ids):
                     break
@@ -145,7 +149,7 @@ def test_a_worker_rides_through_a_redis_restart_under_load(tmp_path, sandbox, ac
                 pass
             time.sleep(0.25)
         log = worker.log_path.read_text(errors="replace")
-        assert worker.proc.poll() is None, f"the worker exited ({worker.proc.returncode}): see {worker.log_path}"
+        assert proc.poll() is None, f"the worker exited ({proc.returncode}): see {worker.log_path}"
         assert "Unrecoverable error" not in log
         assert "Connection to broker lost" in log, "the restart was noticed"
         s = stats(client, settings)

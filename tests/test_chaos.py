@@ -39,7 +39,7 @@ from worker.counters import stats
 from worker.processes import RedisServer, WorkerProcess
 from worker.sandbox import Sandbox
 
-from conftest import TOKEN, env_for, finished, make_settings
+from conftest import TOKEN, all_queued, env_for, finished, make_settings
 
 JOBS = int(os.environ.get("ATTENTIVE_CHAOS_JOBS", "1200"))
 KILL_EVERY = tuple(float(x) for x in os.environ.get("ATTENTIVE_CHAOS_KILL_EVERY", "1-3").split("-"))
@@ -98,7 +98,7 @@ class Supervisor:
 
 def enqueue_all(producer: Producer, jobs: list[dict], ids: list[str]) -> None:
     for start in range(0, len(jobs), 50):
-        ids.extend(producer.enqueue_many(jobs[start : start + 50]))
+        ids.extend(all_queued(producer.enqueue_many(jobs[start : start + 50])))
         time.sleep(0.05)
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
 import redis
 
-from producers import keys
+from producers import keys, replies
 from producers.producer import Producer
 from producers.queue import push_jobs, ticket_for
 from worker.delivery import Delivery
@@ -26,19 +27,22 @@ EVENT = {"kind": "custom_event", "type": "Order Shipped", "user": {"phone": "+14
 
 def run_until_done(delivery: Delivery, client: redis.Redis, job_id: str, limit: int = 10) -> list[str]:
     """Run attempts, promoting scheduled retries at once, until the job ends (bounded)."""
-    outcomes = []
+    outcomes: list[str] = []
     for _ in range(limit):
         ticket = client.hget(keys.job(job_id), "ticket")
         if ticket is None:
             return outcomes
-        outcomes.append(delivery.run(job_id, ticket.decode()))
-        if client.zscore(keys.SCHEDULE, job_id) is not None:
-            delivery.store.promote(int(client.zscore(keys.SCHEDULE, job_id)))
+        outcomes.append(delivery.run(job_id, replies.text(ticket)))
+        due = client.zscore(keys.SCHEDULE, job_id)
+        if due is not None:
+            delivery.store.promote(int(due))
     raise AssertionError(f"job still live after {limit} attempts: {outcomes}")
 
 
-def dead_entry(client: redis.Redis, job_id: str) -> dict:
-    return json.loads(client.get(keys.dead(job_id)))
+def dead_entry(client: redis.Redis, job_id: str) -> dict[str, Any]:
+    entry = client.get(keys.dead(job_id))
+    assert entry is not None, "no dead letter"
+    return dict(json.loads(entry))
 
 
 def test_delivered_sends_the_attentive_body_once(settings, producer, redis_client, sandbox):

@@ -755,7 +755,9 @@ def _relay_commands() -> dict[str, str]:
 
 
 def test_relay_subcommands_exist() -> None:
-    known = set(typer.main.get_command(cli).commands)
+    group = typer.main.get_command(cli)
+    assert isinstance(group, typer.core.TyperGroup)
+    known = set(group.commands)
     used = _relay_commands()
     assert {"collect", "sandbox", "check"} <= used.keys()
     missing = {sub: where for sub, where in used.items() if sub not in known}

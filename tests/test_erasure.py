@@ -17,16 +17,15 @@ import time
 import pytest
 import redis
 
-from producers import keys
+from producers import keys, replies
 from producers.erasure import mentions, person_key, secret
 from producers.errors import ConfigurationError
 from producers.producer import Producer
 from producers.queue import ticket_for
 from producers.settings import Settings, load_settings
 from worker.counters import stats
-from worker.jobstore import Claim
 
-from conftest import add_fault, delivery_for, env_for, make_settings
+from conftest import add_fault, claimed, delivery_for, env_for, make_settings
 
 EMAIL = "Erase.Me@Example.com"
 PHONE = "+14155552671"
@@ -38,19 +37,19 @@ def everything_in(client: redis.Redis) -> str:
     parts = []
     for key in client.scan_iter(count=1000):
         parts.append(key.decode(errors="replace"))
-        kind = client.type(key).decode()
+        kind = replies.text(client.type(key))
         if kind == "none":
             continue  # deleted since the scan (a lock, a job that just ended)
         if kind == "string":
-            parts.append(client.get(key).decode(errors="replace"))
+            parts.append(repr(client.get(key)))
         elif kind == "hash":
             parts.extend(f"{k!r}{v!r}" for k, v in client.hgetall(key).items())
         elif kind == "list":
-            parts.extend(v.decode(errors="replace") for v in client.lrange(key, 0, -1))
+            parts.extend(repr(v) for v in client.lrange(key, 0, -1))
         elif kind == "set":
-            parts.extend(v.decode(errors="replace") for v in client.smembers(key))
+            parts.extend(repr(v) for v in client.smembers(key))
         elif kind == "zset":
-            parts.extend(v.decode(errors="replace") for v, _ in client.zrange(key, 0, -1, withscores=True))
+            parts.extend(repr(v) for v in client.zrange(key, 0, -1))
         else:
             raise AssertionError(f"unexpected key type {kind}")
     return "\n".join(parts)
@@ -89,8 +88,8 @@ def test_job_records_and_person_indexes_expire(settings, producer: Producer, red
 def test_an_expired_job_is_counted_not_lost_silently(settings, producer: Producer, redis_client):
     queued, scheduled = producer.enqueue(event(EMAIL)), producer.enqueue(event(EMAIL))
     store = delivery_for(settings, redis_client).store
-    claim = store.claim(scheduled, ticket_for(scheduled, 0), 1000)
-    assert isinstance(claim, Claim) and store.schedule(claim, 1000, 10, [])
+    claim = claimed(store, scheduled, 0, 1000)
+    assert store.schedule(claim, 1000, 10, [])
     for job_id in (queued, scheduled):
         redis_client.pexpire(keys.job(job_id), 1)
     time.sleep(0.05)
@@ -127,10 +126,9 @@ def test_erase_leaves_no_redis_value_holding_the_address(redis_server, redis_cli
     doomed = producer.enqueue(event(EMAIL, type="Doomed"))
     kept = producer.enqueue(event(OTHER))
 
-    claim = store.claim(scheduled, ticket_for(scheduled, 0), 1000)
-    assert isinstance(claim, Claim) and store.schedule(claim, 1000, 60_000, [])
-    running = store.claim(in_flight, ticket_for(in_flight, 0), int(time.time() * 1000))
-    assert isinstance(running, Claim)
+    claim = claimed(store, scheduled, 0, 1000)
+    assert store.schedule(claim, 1000, 60_000, [])
+    running = claimed(store, in_flight, 0, int(time.time() * 1000))
     assert delivery_for(settings, redis_client).run(doomed, ticket_for(doomed, 0)) == "dead:rejected"
     assert EMAIL.lower() in everything_in(redis_client).lower()
 

@@ -135,7 +135,7 @@ def test_half_of_1000_people_erased_while_workers_deliver(redis_server, redis_cl
     assert not late, f"{len(late)} erased people reached the API after erase returned, e.g. {detail}"
     for i in set(range(PEOPLE)) - erased:
         ok = {(r["path"], r["body"].get("type")) for r in by_person.get(i, []) if r["status"] in (200, 202)}
-        wanted = {("/v1/attributes/custom", None)}
+        wanted: set[tuple[str, str | None]] = {("/v1/attributes/custom", None)}
         if i % 7 and i % 11:
             wanted.add(("/v1/events/custom", "Seen"))
         if i % 20 == 0:

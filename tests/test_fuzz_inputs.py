@@ -25,7 +25,7 @@ import math
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import hypothesis
@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from producers import keys
+from producers import keys, replies
 from producers.errors import InvalidJob
 from producers.jobs import attentive_body
 from producers.producer import UNREADABLE, Producer
@@ -118,8 +118,9 @@ def queued_jobs(client: redis.Redis) -> list[tuple[str, dict[str, Any]]]:
     """(job id, job) for every job queued, read back from its record: each message on the
     queue, then each job waiting for an identity job (it gets a message when that job ends)."""
     ids = [job_of(t) for message in client.lrange("attentive", 0, -1) for t in tickets_in(message)]
-    ids += [job_id.decode() for job_id in client.zrange(keys.WAITING, 0, -1)]
-    return [(job_id, strict_loads(client.hget(keys.job(job_id), "job").decode())) for job_id in ids]
+    ids += [replies.text(job_id) for job_id in cast("list[bytes]", client.zrange(keys.WAITING, 0, -1))]
+    records = [(job_id, client.hget(keys.job(job_id), "job")) for job_id in ids]
+    return [(job_id, strict_loads(replies.text(job))) for job_id, job in records if job is not None]
 
 
 # ---------------------------------------------------------------- strategies
@@ -426,7 +427,7 @@ def test_a_value_json_cannot_carry_is_refused_at_its_path(
         if "kind" in value:
             producer.prepare(data)
         else:
-            producer.prepare_segment(json.loads(data) if as_text else data)
+            producer.prepare_segment(json.loads(data) if isinstance(data, str) else data)
     assert_clean_refusal(caught.value)
     assert path in [p.field for p in caught.value.problems]
 

@@ -9,9 +9,9 @@ import redis
 from producers import keys
 from producers.producer import Producer
 from producers.queue import ticket_for
-from worker.jobstore import Claim, JobStore
+from worker.jobstore import JobStore
 
-from conftest import queued_count
+from conftest import claimed, queued_count
 
 EVENT = {"kind": "custom_event", "type": "Order Shipped", "user": {"email": "jane@example.com"}}
 
@@ -41,8 +41,8 @@ def test_only_the_current_ticket_claims_and_only_once(producer: Producer, redis_
     store = store_for(redis_client)
     job_id = producer.enqueue(EVENT)
     assert store.claim(job_id, ticket_for(job_id, 7), 1000) == "stale"
-    claim = store.claim(job_id, ticket_for(job_id, 0), 1000)
-    assert isinstance(claim, Claim) and claim.attempt == 1
+    claim = claimed(store, job_id, 0, 1000)
+    assert claim.attempt == 1
     assert store.claim(job_id, ticket_for(job_id, 0), 1001) == "busy"
     assert store.delivered(claim, 1002)
     assert store.claim(job_id, ticket_for(job_id, 0), 1003) == "gone"
@@ -54,7 +54,7 @@ def test_a_retry_waits_in_the_schedule_not_in_the_broker_and_is_promoted_once(pr
     store = store_for(redis_client)
     job_id = producer.enqueue(EVENT)
     redis_client.delete("attentive")
-    claim = store.claim(job_id, ticket_for(job_id, 0), 1000)
+    claim = claimed(store, job_id, 0, 1000)
     assert store.schedule(claim, 1000, 5000, [{"attempt": 1, "status": 503}])
     assert redis_client.zscore(keys.SCHEDULE, job_id) == 6000
     assert queued_count(redis_client, "attentive") == 0
@@ -64,26 +64,26 @@ def test_a_retry_waits_in_the_schedule_not_in_the_broker_and_is_promoted_once(pr
     [message] = queued_messages(redis_client)
     assert message["headers"]["id"] == ticket_for(job_id, 1)
     assert store.claim(job_id, ticket_for(job_id, 0), 6002) == "stale"
-    again = store.claim(job_id, ticket_for(job_id, 1), 6003)
-    assert isinstance(again, Claim) and again.attempt == 2 and again.history == [{"attempt": 1, "status": 503}]
+    again = claimed(store, job_id, 1, 6003)
+    assert again.attempt == 2 and again.history == [{"attempt": 1, "status": 503}]
 
 
 def test_an_expired_lease_is_reaped_with_a_new_ticket_and_marked_lost(producer, redis_client):
     store = store_for(redis_client, lease_ms=1000)
     job_id = producer.enqueue(EVENT)
     redis_client.delete("attentive")
-    claim = store.claim(job_id, ticket_for(job_id, 0), 1000)
+    claim = claimed(store, job_id, 0, 1000)
     assert store.promote(1999) == (0, 0)
     assert store.promote(2000) == (0, 1)
     assert not store.delivered(claim, 2001), "the lost attempt's late outcome is discarded"
-    retaken = store.claim(job_id, ticket_for(job_id, 1), 2002)
-    assert isinstance(retaken, Claim) and retaken.lost_at_ms == 2000 and retaken.attempt == 2
+    retaken = claimed(store, job_id, 1, 2002)
+    assert retaken.lost_at_ms == 2000 and retaken.attempt == 2
 
 
 def test_dead_letter_moves_the_job_with_a_retention(producer, redis_client):
     store = store_for(redis_client)
     job_id = producer.enqueue(EVENT)
-    claim = store.claim(job_id, ticket_for(job_id, 0), 1000)
+    claim = claimed(store, job_id, 0, 1000)
     assert store.dead_letter(claim, 1000, "rejected", {"job_id": job_id, "reason": "rejected"})
     assert not redis_client.exists(keys.job(job_id))
     assert json.loads(redis_client.get(keys.dead(job_id)))["reason"] == "rejected"
@@ -95,11 +95,11 @@ def test_deferring_for_a_rate_limit_slot_gives_the_attempt_back(producer, redis_
     store = store_for(redis_client)
     job_id = producer.enqueue(EVENT)
     redis_client.delete("attentive")
-    claim = store.claim(job_id, ticket_for(job_id, 0), 1000)
+    claim = claimed(store, job_id, 0, 1000)
     assert claim.attempt == 1
     assert store.defer(claim, 1000, due_ms=4500, slot_ms=5000)
     assert redis_client.zscore(keys.SCHEDULE, job_id) == 4500
     assert store.promote(4500) == (1, 0)
-    again = store.claim(job_id, ticket_for(job_id, 1), 4600)
-    assert isinstance(again, Claim) and again.attempt == 1 and again.slot_ms == 5000
+    again = claimed(store, job_id, 1, 4600)
+    assert again.attempt == 1 and again.slot_ms == 5000
     assert redis_client.hget(keys.STATS, "deferred") == b"1" and redis_client.hget(keys.STATS, "retries") is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from functools import partial
 
 import pytest
 
@@ -31,7 +32,7 @@ def test_lanes_take_turns():
     gate = threading.Event()
     first = lanes.submit("a", lambda: gate.wait(5))
     time.sleep(0.05)
-    futures = [lanes.submit(lane, lambda lane=lane: order.append(lane)) for lane in "aaab"]
+    futures = [lanes.submit(lane, partial(order.append, lane)) for lane in "aaab"]
     gate.set()
     for f in [first, *futures]:
         f.result(timeout=5)

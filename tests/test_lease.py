@@ -11,14 +11,14 @@ from producers import keys
 from producers.queue import ticket_for
 from worker.lease import Leases
 
-from conftest import PURCHASE, KindLimiter, delivery_for, sandbox_requests
+from conftest import PURCHASE, KindLimiter, claimed, delivery_for, sandbox_requests
 
 
 def test_the_fence_renews_only_the_attempt_that_holds_the_job(settings, producer, redis_client):
     store = delivery_for(settings, redis_client).store
     leases = Leases(redis_client, store.lease_ms)
     job_id = producer.enqueue(PURCHASE)
-    claim = store.claim(job_id, ticket_for(job_id, 0), 1_000)
+    claim = claimed(store, job_id, 0, 1_000)
     leases.hold(job_id, claim.ticket, 1_000 + store.lease_ms)
     leases.check_epoch()  # no erasure since: the local lease can be trusted
     assert leases.fence(job_id, claim.ticket, 2_000, need_ms=5_000), "the claim's lease outlasts the send"
@@ -35,7 +35,7 @@ def test_a_live_process_keeps_the_leases_of_the_jobs_it_holds(settings, producer
     leases = Leases(redis_client, store.lease_ms)
     kept, lost = producer.enqueue(PURCHASE), producer.enqueue({**PURCHASE, "orderId": "o-2"})
     for job_id in (kept, lost):
-        claim = store.claim(job_id, ticket_for(job_id, 0), 1_000)
+        claim = claimed(store, job_id, 0, 1_000)
         leases.hold(job_id, claim.ticket, 1_000 + store.lease_ms)
     redis_client.hset(keys.job(lost), "ticket", "someone-else")
     assert leases.renew_held(90_000) == 1
@@ -84,7 +84,7 @@ def test_a_process_that_holds_no_job_makes_no_round_trips(settings, producer, re
     store = delivery_for(settings, redis_client).store
     leases = Leases(Counted.from_url(settings.redis_url.get_secret_value()), store.lease_ms)
     job_id = producer.enqueue(PURCHASE)
-    claim = store.claim(job_id, ticket_for(job_id, 0), 1_000)
+    claim = claimed(store, job_id, 0, 1_000)
     leases.hold(job_id, claim.ticket, 1_000 + store.lease_ms)
     time.sleep(1.2)
     assert Counted.calls >= 2, "the epoch is read while a job is held"

@@ -7,24 +7,28 @@ import time
 
 import redis
 
-from producers import keys
+from producers import keys, replies
 from producers.producer import Producer
 from producers.queue import job_of, tickets_in
 from producers.settings import Settings
 from worker.delivery import Delivery
 from worker.sandbox import Sandbox
 
-from conftest import add_fault, delivery_for, finished, make_settings, sandbox_requests, wait_for
+from conftest import (
+    add_fault,
+    delivery_for,
+    finished,
+    job_state,
+    make_settings,
+    reconciled,
+    sandbox_requests,
+    wait_for,
+)
 
 IDENTITY = {"kind": "identity", "clientUserId": "shopify-7182391234567", "email": "jane.doe@example.com"}
 BY_ID = {"externalIdentifiers": {"clientUserId": "shopify-7182391234567"}}
 EVENT = {"kind": "custom_event", "type": "Order Shipped", "user": BY_ID}
 IDENTITY_PATH = "/v1/identity-resolution/user-identifiers"
-
-
-def state(client: redis.Redis, job_id: str) -> str | None:
-    raw = client.hget(keys.job(job_id), "state")
-    return raw.decode() if raw is not None else None
 
 
 def queued_ids(client: redis.Redis, queue: str = "attentive") -> list[str]:
@@ -33,17 +37,19 @@ def queued_ids(client: redis.Redis, queue: str = "attentive") -> list[str]:
 
 
 def run(delivery: Delivery, client: redis.Redis, job_id: str) -> str:
-    return delivery.run(job_id, client.hget(keys.job(job_id), "ticket").decode())
+    ticket = client.hget(keys.job(job_id), "ticket")
+    assert ticket is not None, "the job's record is gone"
+    return delivery.run(job_id, replies.text(ticket))
 
 
 def test_an_event_known_only_by_an_id_waits_for_the_pending_identity_job(settings, producer, redis_client):
     identity = producer.enqueue(IDENTITY)
     event = producer.enqueue(EVENT)
-    assert state(redis_client, event) == "waiting"
+    assert job_state(redis_client, event) == "waiting"
     assert queued_ids(redis_client) == [identity], "the waiting event has no broker message"
 
     assert run(delivery_for(settings, redis_client), redis_client, identity) == "delivered"
-    assert state(redis_client, event) == "queued"
+    assert job_state(redis_client, event) == "queued"
     # (the identity job's own message is still there: no broker consumed it in this test)
     assert queued_ids(redis_client) == [identity, event], "the identity job's end queued it"
     assert redis_client.zcard(keys.WAITING) == 0 and not redis_client.exists(keys.waiters(identity))
@@ -54,7 +60,7 @@ def test_a_dead_lettered_identity_job_releases_its_waiters_too(settings, produce
     identity = producer.enqueue(IDENTITY)
     event = producer.enqueue(EVENT)
     assert run(delivery_for(settings, redis_client), redis_client, identity) == "dead:rejected"
-    assert state(redis_client, event) == "queued"
+    assert job_state(redis_client, event) == "queued"
 
 
 def test_only_events_that_need_the_link_wait(settings, producer, redis_client):
@@ -62,22 +68,22 @@ def test_only_events_that_need_the_link_wait(settings, producer, redis_client):
     with_phone = producer.enqueue({**EVENT, "user": {**BY_ID, "phone": "+14155552671"}})
     other_id = producer.enqueue({**EVENT, "user": {"externalIdentifiers": {"clientUserId": "someone-else"}}})
     attributes = producer.enqueue({"kind": "custom_attributes", "user": BY_ID, "properties": {"tier": "gold"}})
-    assert state(redis_client, with_phone) == "queued", "a phone number needs no link"
-    assert state(redis_client, other_id) == "queued", "another customer never waits"
-    assert state(redis_client, attributes) == "waiting"
+    assert job_state(redis_client, with_phone) == "queued", "a phone number needs no link"
+    assert job_state(redis_client, other_id) == "queued", "another customer never waits"
+    assert job_state(redis_client, attributes) == "waiting"
 
 
 def test_custom_identifiers_are_links_too(settings, producer, redis_client):
     custom = [{"name": "loyaltyId", "value": "L-42"}]
     producer.enqueue({"kind": "identity", "customIdentifiers": custom, "phone": "+14155552671"})
     event = producer.enqueue({**EVENT, "user": {"externalIdentifiers": {"customIdentifiers": custom}}})
-    assert state(redis_client, event) == "waiting"
+    assert job_state(redis_client, event) == "waiting"
 
 
 def test_an_identity_job_already_ended_holds_nothing(settings, producer, redis_client):
     identity = producer.enqueue(IDENTITY)
     run(delivery_for(settings, redis_client), redis_client, identity)
-    assert state(redis_client, producer.enqueue(EVENT)) == "queued"
+    assert job_state(redis_client, producer.enqueue(EVENT)) == "queued"
 
 
 def test_the_link_is_per_account(redis_server, redis_client, sandbox):
@@ -85,12 +91,12 @@ def test_the_link_is_per_account(redis_server, redis_client, sandbox):
     producer = Producer(settings, redis_client)
     producer.enqueue(IDENTITY)
     other_account = producer.enqueue({**EVENT, "account": "brand-b"})
-    assert state(redis_client, other_account) == "queued"
+    assert job_state(redis_client, other_account) == "queued"
 
 
 def test_an_identity_job_in_the_same_batch_comes_first(settings, producer, redis_client):
     identity, event = producer.enqueue_many([IDENTITY, EVENT])
-    assert state(redis_client, event) == "waiting"
+    assert job_state(redis_client, event) == "waiting"
     assert redis_client.hget(keys.job(event), "after").decode() == identity
 
 
@@ -109,7 +115,7 @@ def test_a_waiter_whose_identity_job_vanished_is_released_by_the_reconciler(sett
     store = delivery_for(settings, redis_client).store
     now_ms = int(time.time() * 1000)
     assert store.reconcile(now_ms + store.orphan_ms) == (0, 0, 1)
-    assert state(redis_client, event) == "queued"
+    assert job_state(redis_client, event) == "queued"
     assert event in queued_ids(redis_client)
 
 
@@ -118,8 +124,8 @@ def test_a_waiter_whose_identity_job_is_still_pending_stays(settings, producer, 
     event = producer.enqueue(EVENT)
     store = delivery_for(settings, redis_client).store
     now_ms = int(time.time() * 1000)
-    assert store.reconcile(now_ms + store.orphan_ms)[2] == 0
-    assert state(redis_client, event) == "waiting"
+    assert reconciled(store, now_ms + store.orphan_ms)[2] == 0
+    assert job_state(redis_client, event) == "waiting"
 
 
 def test_with_real_workers_the_event_goes_after_an_identity_call_that_failed_twice(

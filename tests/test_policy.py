@@ -34,7 +34,7 @@ FRESH = NOW - timedelta(minutes=1)
 def make(cls: type[RelayError]) -> RelayError:
     if cls is InvalidJob:
         return InvalidJob([Problem("user.phone", "not a valid phone number")])
-    return cls(f"{cls.__name__} happened")  # type: ignore[call-arg]
+    return cls(f"{cls.__name__} happened")
 
 
 PERMANENT = [InvalidJob, Rejected, Unauthorized, Stale, Crashed]

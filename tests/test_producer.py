@@ -13,6 +13,7 @@ from pydantic import SecretStr
 import producers
 from producers import keys
 from producers.producer import Producer
+from producers.segment import Skip
 
 from conftest import queued_count
 
@@ -61,6 +62,8 @@ def test_segment_user_ids_are_read_as_phone_numbers_in_the_default_region(redis_
 
     producer = Producer(make_settings(redis_server.url, attentive_default_region=region))
     message = {"type": "track", "event": "Signed Up", "userId": "07911123456", "traits": {"email": "a@example.com"}}
-    [(_, _, job_json)] = producer.prepare_segment(message)
+    prepared = producer.prepare_segment(message)
+    assert not isinstance(prepared, Skip)
+    [(_, _, job_json)] = prepared
     external = json.loads(job_json)["user"].get("externalIdentifiers", {})
     assert external.get("clientUserId") == client_user_id

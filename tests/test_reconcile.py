@@ -20,7 +20,7 @@ from producers.queue import celery_message, message_template, ticket_for
 from worker.counters import stats
 from worker.jobstore import Claim, JobStore
 
-from conftest import make_settings, sandbox_requests, wait_for
+from conftest import all_queued, claimed, make_settings, reconciled, sandbox_requests, wait_for
 
 EVENT = {"kind": "custom_event", "type": "Order Shipped", "user": {"email": "jane@example.com"}}
 ORPHAN_MS = 5_000
@@ -60,8 +60,8 @@ def test_a_queued_job_whose_message_was_lost_is_queued_again_with_a_new_ticket(p
     assert tickets_in_queue(redis_client) == [ticket_for(job_id, 1)]
     assert queued_at(redis_client, job_id) == t0, "a lost message does not make the job younger"
     assert store.claim(job_id, ticket_for(job_id, 0), t0 + ORPHAN_MS + 1) == "stale", "an old message is fenced"
-    claim = store.claim(job_id, ticket_for(job_id, 1), t0 + ORPHAN_MS + 2)
-    assert isinstance(claim, Claim) and claim.attempt == 1, "a lost message costs no attempt"
+    claim = claimed(store, job_id, 1, t0 + ORPHAN_MS + 2)
+    assert claim.attempt == 1, "a lost message costs no attempt"
     assert redis_client.zscore(keys.QUEUED, job_id) is None, "a claimed job leaves the index"
     assert redis_client.hget(keys.STATS, "reconciled") == b"1"
 
@@ -84,7 +84,7 @@ def test_a_promoted_message_is_recognised_as_present(producer: Producer, redis_c
     store = store_for(redis_client)
     job_id = producer.enqueue(EVENT)
     redis_client.delete("attentive")
-    claim = store.claim(job_id, ticket_for(job_id, 0), 1000)
+    claim = claimed(store, job_id, 0, 1000)
     assert store.schedule(claim, 1000, 10, [])
     assert store.promote(2000) == (1, 0)
     assert queued_at(redis_client, job_id) == 2000, "a promoted job is indexed as queued again"
@@ -116,7 +116,7 @@ def test_a_job_waiting_in_a_queue_nobody_consumes_keeps_its_true_age(producer: P
     redis_client.zadd(keys.QUEUED, {job_id: t0})
     for k in range(3):
         redis_client.delete(keys.RECONCILE_LOCK)
-        assert store.reconcile(t0 + (k + 1) * ORPHAN_MS)[0] == 0
+        assert reconciled(store, t0 + (k + 1) * ORPHAN_MS)[0] == 0
     assert queued_at(redis_client, job_id) == t0
     s = stats(redis_client, producer.settings, overdue_after_ms=ORPHAN_MS)
     assert s["queued_overdue"] == 1 and s["oldest_queued_s"] >= 600
@@ -124,15 +124,15 @@ def test_a_job_waiting_in_a_queue_nobody_consumes_keeps_its_true_age(producer: P
 
 def test_the_reconciler_goes_round_the_overdue_jobs_not_the_same_oldest_ones(producer: Producer, redis_client):
     store = store_for(redis_client)
-    waiting = producer.enqueue_many([EVENT] * 30)
+    waiting = all_queued(producer.enqueue_many([EVENT] * 30))
     time.sleep(0.005)  # queued after them, not in the same millisecond
     lost = producer.enqueue(EVENT)
     t0 = queued_at(redis_client, lost)
     redis_client.lrem("attentive", 1, redis_client.lrange("attentive", 0, 0)[0])  # the newest: the lost one's
-    found = []
+    found: list[tuple[int, int, int]] = []
     for k in range(4):
         redis_client.delete(keys.RECONCILE_LOCK)
-        found.append(store.reconcile(t0 + ORPHAN_MS + k, limit=10))
+        found.append(reconciled(store, t0 + ORPHAN_MS + k, limit=10))
     assert [r[0] for r in found] == [0, 0, 0, 1], "ten a pass, each job once, then the one at the end"
     assert [r[1] for r in found] == [10, 10, 10, 0]
     assert all(redis_client.hget(keys.job(j), "state") == b"queued" for j in waiting)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 
-from test_unserved import EVENT, WITHOUT_X, both, relay, state
+from test_unserved import EVENT, WITHOUT_X, both, relay
 
 from producers import keys
 from producers.producer import Producer
@@ -15,14 +15,14 @@ from producers.queue import ticket_for
 from worker.counters import stats
 from worker.deadletter import DeadLetters
 
-from conftest import add_fault, delivery_for, queued_count, sandbox_requests
+from conftest import add_fault, all_queued, claimed, delivery_for, job_state, queued_count, sandbox_requests
 
 
 def test_requeue_moves_them_to_another_account(redis_server, redis_client, sandbox):
     before, after = both(redis_server.url, sandbox.url)
     producer = Producer(before, redis_client)
     x = {**EVENT, "account": "brand-x"}
-    queued = producer.enqueue_many([x, x])
+    queued = all_queued(producer.enqueue_many([x, x]))
     identity = producer.enqueue(
         {"kind": "identity", "clientUserId": "c-1", "email": "a@example.com", "account": "brand-x"}
     )
@@ -36,9 +36,9 @@ def test_requeue_moves_them_to_another_account(redis_server, redis_client, sandb
     )
     scheduled = producer.enqueue(x)
     store = delivery_for(before, redis_client).store
-    claim = store.claim(scheduled, ticket_for(scheduled, 0), int(time.time() * 1000))
+    claim = claimed(store, scheduled, 0, int(time.time() * 1000))
     assert store.schedule(claim, int(time.time() * 1000), 0, [])
-    assert state(redis_client, waiter) == "waiting"
+    assert job_state(redis_client, waiter) == "waiting"
 
     dry = relay(["requeue", "--from-account", "brand-x", "--to-account", "brand-b", "--dry-run", "--json"], before)
     assert dry.returncode == 0, dry.stderr
@@ -71,7 +71,7 @@ def test_requeue_moves_them_to_another_account(redis_server, redis_client, sandb
     assert delivery.run(queued[0], ticket_for(queued[0], 0)) == "skipped:stale", "the old message is fenced off"
     for job_id in [*queued, identity]:
         assert delivery.run(job_id, ticket_for(job_id, 1)) == "delivered"
-    assert state(redis_client, waiter) == "queued", "its identity job ended: it went, onto brand-b's queue"
+    assert job_state(redis_client, waiter) == "queued", "its identity job ended: it went, onto brand-b's queue"
     assert queued_count(redis_client, "attentive.brand-b") == 4  # (run by hand: no broker took the messages)
     assert len([r for r in sandbox_requests(sandbox) if r["status"] in (200, 202)]) == 3
 
@@ -79,7 +79,7 @@ def test_requeue_moves_them_to_another_account(redis_server, redis_client, sandb
 def test_requeue_dead_letters_them_as_unknown_account(redis_server, redis_client):
     before, after = both(redis_server.url)
     producer = Producer(before, redis_client)
-    ids = producer.enqueue_many([{**EVENT, "account": "brand-x"}] * 3)
+    ids = all_queued(producer.enqueue_many([{**EVENT, "account": "brand-x"}] * 3))
     kept = producer.enqueue({**EVENT, "account": "brand-b"})
     done = relay(["requeue", "--from-account", "brand-x", "--dead-letter", "--json"], after)
     assert done.returncode == 0, done.stderr
@@ -93,7 +93,7 @@ def test_requeue_dead_letters_them_as_unknown_account(redis_server, redis_client
     assert s["dead_letter"]["unknown_account"] == 3 and s["queued"] == 1 and s["queued_unserved"] == 0
     assert s["accounts"]["brand-x"]["dead_letter"]["unknown_account"] == 3
     assert s["enqueued"] == s["delivered"] + sum(s["dead_letter"].values()) + s["erased"] + s["expired"] + s["queued"]
-    assert state(redis_client, kept) == "queued"
+    assert job_state(redis_client, kept) == "queued"
 
 
 def test_requeue_refuses_what_it_cannot_do(redis_server, redis_client):

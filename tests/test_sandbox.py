@@ -206,6 +206,7 @@ def test_attributes_round_trip(api: httpx.Client) -> None:
 
 def test_oversized_body_413(sandbox: Sandbox) -> None:
     host, port = sandbox.server.server_address[:2]
+    assert isinstance(host, str)  # an IPv4 server
     conn = http.client.HTTPConnection(host, port, timeout=5)
     try:
         conn.putrequest("POST", CUSTOM)

@@ -11,7 +11,7 @@ from producers import keys, segment
 from producers.errors import InvalidJob
 from producers.queue import ticket_for
 
-from conftest import delivery_for, make_settings, queued_count, sandbox_requests
+from conftest import delivery_for, make_settings, mapped, queued_count, sandbox_requests
 
 WHEN = (datetime.now(UTC) - timedelta(minutes=5)).replace(microsecond=0)
 STAMP = WHEN.isoformat().replace("+00:00", "Z")
@@ -194,7 +194,7 @@ def test_order_completed_without_order_id_is_a_purchase_without_order_id(deliver
         ("/v1/events/ecommerce/purchase", {"user": USER, "items": [ITEM], "occurredAt": STAMP})
     ]
     blank = message("track", event="Order Completed", properties={"order_id": "  ", "products": [PRODUCT]})
-    assert "orderId" not in segment.to_jobs(blank)[0]
+    assert "orderId" not in mapped(blank)[0]
 
 
 @pytest.mark.parametrize("order_id", [{"id": 1}, ["o-1"], True, 10.5])
@@ -209,7 +209,7 @@ def test_an_order_id_that_is_no_string_or_integer_is_refused(order_id):
 
 def test_item_fallbacks_and_refusals_name_the_segment_field(producer):
     assert (
-        segment.to_jobs(message("track", event="Product Viewed", properties={"id": "i-1", "price": 1}))[0]["items"][0][
+        mapped(message("track", event="Product Viewed", properties={"id": "i-1", "price": 1}))[0]["items"][0][
             "productId"
         ]
         == "i-1"
@@ -238,7 +238,7 @@ def test_prices_and_quantities_sent_as_decimal_strings_are_numbers(deliver):
             {"user": USER, "items": [ITEM, item], "occurredAt": STAMP, "orderId": "1001"},
         )
     ]
-    jobs = segment.to_jobs(message("track", event="Product Added", properties={"id": "i", "price": "+0019"}))
+    jobs = mapped(message("track", event="Product Added", properties={"id": "i", "price": "+0019"}))
     assert jobs[0]["items"][0]["price"] == [{"value": 19, "currency": "USD"}]
     assert isinstance(jobs[0]["items"][0]["price"][0]["value"], int)
 
@@ -277,7 +277,7 @@ def test_number_fields_refuse_anything_but_a_number_or_a_plain_decimal_string(fi
     product = {"product_id": "p", "price": 1, field: value}
     msg = message("track", event="Order Completed", properties={"products": [product]})
     if rule is None:
-        assert segment.to_jobs(msg)[0]["items"][0][field] == [{"value": 1, "currency": "USD"}]
+        assert mapped(msg)[0]["items"][0][field] == [{"value": 1, "currency": "USD"}]
         return
     with pytest.raises(InvalidJob) as caught:
         segment.to_jobs(msg)

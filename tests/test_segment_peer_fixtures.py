@@ -15,6 +15,8 @@ from producers import segment
 from producers.settings import Settings
 from producers.validation import job_json, parse_job
 
+from conftest import mapped
+
 NOW = datetime.now(UTC).replace(microsecond=0)
 SENT = (NOW - timedelta(minutes=2)).isoformat().replace("+00:00", "Z")
 STAMP = (NOW - timedelta(minutes=3)).isoformat().replace("+00:00", "Z")
@@ -94,7 +96,7 @@ def test_product_viewed_from_segments_spec_with_string_numbers():
             "image_url": "https://www.example.com/product/path.jpg",
         },
     )
-    [job] = segment.to_jobs(msg)
+    [job] = mapped(msg)
     assert job == {"kind": "product_view", "user": USER, "items": [MONOPOLY], "occurredAt": STAMP}
     [stored] = validated([job])
     assert stored["user"]["phone"] == "+14155552671"
@@ -130,7 +132,7 @@ def test_product_added_from_rudderstacks_fixture_with_a_whole_price_string():
         "type": "track",
         "userId": SHOPIFY_ID,
     }
-    [job] = segment.to_jobs(msg)
+    [job] = mapped(msg)
     user = {"email": EMAIL, "externalIdentifiers": {"clientUserId": "7182391234567"}}
     assert job == {
         "kind": "add_to_cart",
@@ -211,7 +213,7 @@ def test_order_completed_from_segments_spec_with_string_numbers():
             "products": ORDER_PRODUCTS,
         },
     )
-    [job] = segment.to_jobs(msg)
+    [job] = mapped(msg)
     assert job == {
         "kind": "purchase",
         "user": USER,
@@ -226,7 +228,7 @@ def test_order_completed_from_segments_spec_with_string_numbers():
 
 def test_order_completed_without_order_id_is_a_purchase_without_one():
     msg = envelope(type="track", event="Order Completed", properties={"currency": "usd", "products": ORDER_PRODUCTS})
-    [job] = segment.to_jobs(msg)
+    [job] = mapped(msg)
     assert job == {"kind": "purchase", "user": USER, "items": ORDER_ITEMS, "occurredAt": STAMP}
     assert "orderId" not in validated([job])[0]
 
@@ -245,7 +247,7 @@ def test_identify_with_a_numeric_shopify_user_id_and_traits_email():
             "createdAt": "2023-11-02T17:41:10Z",
         },
     )
-    identity, attributes = segment.to_jobs(msg)
+    identity, attributes = mapped(msg)
     user = {"email": EMAIL, "externalIdentifiers": {"clientUserId": "7182391234567"}}
     assert identity == {"kind": "identity", "email": EMAIL, "clientUserId": "7182391234567"}
     assert attributes == {
@@ -275,7 +277,7 @@ def test_page_from_segments_spec():
             "keywords": ["initech", "software"],
         },
     )
-    [job] = segment.to_jobs(msg)
+    [job] = mapped(msg)
     assert job == {
         "kind": "custom_event",
         "type": "page",

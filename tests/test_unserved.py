@@ -10,16 +10,14 @@ import subprocess
 import sys
 import time
 
-import redis
 from prometheus_client.registry import CollectorRegistry
 
-from producers import keys
 from producers.producer import Producer
 from producers.settings import Settings
 from worker.counters import stats
 from worker.metrics import RelayCollector
 
-from conftest import TOKEN, make_settings, wait_for
+from conftest import TOKEN, all_queued, job_state, make_settings, wait_for
 
 WITH_X = json.dumps({"brand-x": {"token": TOKEN}, "brand-b": {"token": TOKEN}})
 """The accounts the jobs were queued under."""
@@ -47,11 +45,6 @@ def both(redis_url: str, base_url: str = "http://127.0.0.1:9", **overrides: obje
         make_settings(redis_url, base_url, attentive_accounts=WITH_X, **overrides),
         make_settings(redis_url, base_url, attentive_accounts=WITHOUT_X, **overrides),
     )
-
-
-def state(client: redis.Redis, job_id: str) -> str | None:
-    raw = client.hget(keys.job(job_id), "state")
-    return raw.decode() if raw is not None else None
 
 
 def test_stats_name_the_account_of_queued_jobs_no_configured_account_serves(redis_server, redis_client):
@@ -91,7 +84,8 @@ def test_the_metrics_show_unserved_jobs_by_account(redis_server, redis_client):
     assert registry.get_sample_value("attentive_relay_queued_unserved") == 2
     assert registry.get_sample_value("attentive_relay_account_unserved", {"account": "brand-x"}) == 2
     assert registry.get_sample_value("attentive_relay_account_unserved", {"account": "brand-b"}) == 0
-    assert registry.get_sample_value("attentive_relay_account_oldest_queued_seconds", {"account": "brand-x"}) >= 0
+    oldest = registry.get_sample_value("attentive_relay_account_oldest_queued_seconds", {"account": "brand-x"})
+    assert oldest is not None and oldest >= 0
     assert registry.get_sample_value("attentive_relay_dead_lettered_total", {"reason": "unknown_account"}) == 0
 
 
@@ -100,7 +94,7 @@ def test_with_a_real_worker_their_age_grows_and_stats_count_them_overdue(redis_s
     of the queued index on every pass, so `queued_overdue` stayed 0 and `oldest_queued_s` about
     3 s while the jobs waited until their records expired."""
     before, after = both(redis_server.url, attentive_orphan_s=2)
-    ids = Producer(before, redis_client).enqueue_many([{**EVENT, "account": "brand-x"}] * 5)
+    ids = all_queued(Producer(before, redis_client).enqueue_many([{**EVENT, "account": "brand-x"}] * 5))
     queued_at = time.monotonic()
     assert stats(redis_client, after)["unserved"]["brand-x"]["queued"] == 5, "named at once"
     start_worker(settings_=after)
@@ -111,5 +105,5 @@ def test_with_a_real_worker_their_age_grows_and_stats_count_them_overdue(redis_s
     age = time.monotonic() - queued_at
     assert s["queued_overdue"] == 5 and s["queued_unserved"] == 5
     assert s["oldest_queued_s"] >= age - 1.5, f"oldest_queued_s {s['oldest_queued_s']} after {age:.1f} s"
-    assert all(state(redis_client, i) == "queued" for i in ids)
+    assert all(job_state(redis_client, i) == "queued" for i in ids)
     print(f"\nunserved at once; counted overdue after {overdue_after:.1f} s (ATTENTIVE_ORPHAN_S=2)")

@@ -316,7 +316,9 @@ def test_every_problem_listed_by_field_without_values() -> None:
     assert fields(shop(items=items, user={"phone": "12"})) == ["user.phone", "items[0].price", "items[1].quantity"]
 
 
-NOT_AN_OBJECT = [(d, "a job must be a JSON object") for d in ([1], "[1]", b"42", "null", None, 3.5)]
+NOT_AN_OBJECT: list[tuple[Any, str]] = [
+    (d, "a job must be a JSON object") for d in ([1], "[1]", b"42", "null", None, 3.5)
+]
 NOT_JSON = [
     ("{not json", "not valid JSON"),
     (b"\xff\xfe", "not valid JSON"),

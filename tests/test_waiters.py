@@ -19,13 +19,13 @@ import redis
 
 from producers import keys
 from producers.producer import Producer
-from producers.queue import push_jobs, ticket_for
+from producers.queue import push_jobs
 from producers.settings import Settings
 from worker.counters import stats
 from worker.jobstore import JobStore
 from worker.schedule import Promoter
 
-from conftest import TEST_ERASURE_KEY, make_settings, wait_for
+from conftest import TEST_ERASURE_KEY, claimed, job_state, make_settings, wait_for
 
 SCRIPT_COMMANDS = (b"EVAL", b"EVALSHA", b"EVAL_RO", b"EVALSHA_RO", b"FCALL")
 
@@ -61,11 +61,6 @@ def add_waiters(client: redis.Redis, settings: Settings, users: list[str], per_u
     return [job_id for job_id, _, _ in jobs]
 
 
-def state(client: redis.Redis, job_id: str) -> str | None:
-    raw = client.hget(keys.job(job_id), "state")
-    return raw.decode() if raw is not None else None
-
-
 @contextmanager
 def slowlog(client: redis.Redis, slower_than_us: int) -> Iterator[Callable[[], list[dict[str, Any]]]]:
     """Scripts Redis ran for longer than ``slower_than_us`` meanwhile (its SLOWLOG)."""
@@ -87,7 +82,7 @@ def test_50k_waiters_are_released_by_scripts_of_under_50_ms(redis_server, redis_
     waiters = add_waiters(redis_client, settings, ["u-1"], 50_000, "w")
     assert redis_client.zcard(keys.WAITING) == 50_000
     store = store_for(redis_client, settings)
-    claim = store.claim("identity-u-1", ticket_for("identity-u-1", 0), now_ms())
+    claim = claimed(store, "identity-u-1", 0, now_ms())
     promoter = Promoter(store)
     with slowlog(redis_client, 50_000) as slow_scripts:
         started = time.monotonic()
@@ -101,7 +96,7 @@ def test_50k_waiters_are_released_by_scripts_of_under_50_ms(redis_server, redis_
     assert [(e["duration"], e["command"][:40]) for e in slow] == [], "no script ran 50 ms or more"
     assert redis_client.zcard(keys.WAITING) == 0, f"every waiter released (after {took:.1f} s)"
     assert redis_client.zcard(keys.QUEUED) == 50_000
-    assert all(state(redis_client, w) == "queued" for w in (waiters[0], waiters[25_000], waiters[-1]))
+    assert all(job_state(redis_client, w) == "queued" for w in (waiters[0], waiters[25_000], waiters[-1]))
     first, last = (int(redis_client.zscore(keys.QUEUED, w)) for w in (waiters[0], waiters[-1]))
     assert first <= last, "released oldest first"
     print(f"\n50,000 waiters released in {took:.2f} s")
@@ -113,7 +108,7 @@ def test_past_the_cap_an_event_is_queued_at_once_and_counted(redis_server, redis
     producer.enqueue({"kind": "identity", "clientUserId": "u-1", "email": "jane.doe@example.com"})
     event = {"kind": "custom_event", "type": "T", "user": {"externalIdentifiers": {"clientUserId": "u-1"}}}
     events = [producer.enqueue(event) for _ in range(5)]
-    assert [state(redis_client, e) for e in events] == ["waiting"] * 3 + ["queued"] * 2
+    assert [job_state(redis_client, e) for e in events] == ["waiting"] * 3 + ["queued"] * 2
     s = stats(redis_client, settings)
     assert s["waiting"] == 3 and s["waiters_over_cap"] == 2
 
@@ -150,7 +145,7 @@ def test_enqueue_does_not_slow_down_as_the_waiter_list_grows(redis_server, redis
         redis_client.rpush(keys.waiters("identity-u-1"), *filler)
     assert redis_client.llen(keys.waiters("identity-u-1")) > 100_000
     long = median_enqueue_us("long")
-    assert state(redis_client, "long-0") == "waiting"
+    assert job_state(redis_client, "long-0") == "waiting"
     assert long < 2 * short + 200, f"{short:.0f} us with a short list, {long:.0f} us with 100,000 waiters"
 
 
@@ -170,7 +165,7 @@ def test_an_orphaned_waiter_behind_50k_live_waiters_is_released_within_the_orpha
         time.sleep(3)  # a few passes over the live waiters first
         redis_client.delete(keys.job("identity-gone"))  # erased, or expired before it ended
         vanished = time.monotonic()
-        wait_for(lambda: state(redis_client, orphan) == "queued", 60, "the orphan to be released")
+        wait_for(lambda: job_state(redis_client, orphan) == "queued", 60, "the orphan to be released")
         took = time.monotonic() - vanished
     finally:
         promoter.stop()

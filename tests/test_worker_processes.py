@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import httpx
 import pytest
@@ -145,8 +146,12 @@ def test_a_job_that_kills_its_worker_every_time_ends_as_worker_lost(redis_server
     add_fault(sandbox, status=200, type="Deadly Event", times=99, delay_ms=10_000)
     worker = start_worker(concurrency=1, settings_=settings)
     job_id = Producer(settings, redis_client).enqueue(event("Deadly Event"))
+
+    def attempts_seen(n: int) -> bool:
+        return len(requests_for(sandbox, "Deadly Event")) == n
+
     for attempt in (1, 2):
-        wait_for(lambda n=attempt: len(requests_for(sandbox, "Deadly Event")) == n, 40, f"attempt {attempt}")
+        wait_for(partial(attempts_seen, attempt), 40, f"attempt {attempt}")
         for pid in worker.child_pids():
             os.kill(pid, signal.SIGKILL)
     wait_for(lambda: redis_client.exists(keys.dead(job_id)), 40, "the dead letter")
