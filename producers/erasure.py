@@ -29,7 +29,7 @@ scheduled, batched, in flight), their index entries, their dead letters, the ord
 and waiter lists of their identity jobs, and the sets. Then `worker.lease` fences any attempt
 in flight: `erase` bumps `producers.keys.ERASURE_EPOCH` and waits `FENCE_WAIT_S` (only when one
 of the jobs was running), after which no worker sends one of them. Copies in the append-only
-file or an RDB snapshot go only when Redis rewrites them (README, "Erasure").
+file or an RDB snapshot go only when Redis rewrites them (docs/privacy.md, "Erasure").
 """
 
 from __future__ import annotations

@@ -722,7 +722,7 @@ def erase(
     --client-user-id: Attentive deletes by phone or email).
 
     Works while workers run. With ``-`` the value is read from stdin, so it stays out of the
-    shell's history. Afterwards no Redis key holds it (README, "Erasure", for AOF and RDB copies).
+    shell's history. Afterwards no Redis key holds it (docs/privacy.md, "Erasure", for AOF and RDB copies).
     Attentive is asked with each account's own token (accounts without an Attentive token are
     skipped, and said so); a request not filed at once is filed by the workers, which then
     check it until Attentive reports it processed. --json adds ``forwarded``: per account its
