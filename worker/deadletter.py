@@ -44,6 +44,7 @@ account, which the job is then replayed as (its JSON and record name it).
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 import time
@@ -52,11 +53,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import redis
 
-from producers import accounts, erasure, freshness, keys
+from producers import accounts, erasure, freshness, keys, replies
 from producers.errors import REASONS, InvalidJob
 from producers.queue import add_job, job_record
 from producers.settings import Settings
@@ -86,6 +87,11 @@ ALL_REASONS = (*REASONS, UNKNOWN_ACCOUNT)
 _AGE = re.compile(r"([0-9]{1,9})([smhdw])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _STATUS = re.compile(r"[1-5]([0-9][0-9]|xx)")
+
+
+def _texts(reply: object) -> list[str]:
+    """The members of a set or sorted-set reply (without scores) as text."""
+    return [replies.text(m) for m in cast("Iterable[bytes | str]", reply)]
 
 
 def _field_of(entry: dict[str, Any], name: str) -> str:
@@ -282,7 +288,7 @@ class DeadLetters:
         if ids is None:
             low = "-inf" if flt.since_ms is None else flt.since_ms
             high = "+inf" if flt.until_ms is None else flt.until_ms
-            chosen = [i.decode() for i in self.client.zrevrangebyscore(keys.DEAD_INDEX, high, low)]
+            chosen = _texts(self.client.zrevrangebyscore(keys.DEAD_INDEX, high, low))
         else:
             chosen = list(dict.fromkeys(ids))
             if flt.since_ms is not None or flt.until_ms is not None:
@@ -298,7 +304,7 @@ class DeadLetters:
                     and (flt.until_ms is None or at <= flt.until_ms)
                 ]
         if flt.person_set is not None:
-            theirs = {m.decode() for m in self.client.smembers(flt.person_set)}
+            theirs = set(_texts(self.client.smembers(flt.person_set)))
             chosen = [i for i in chosen if i in theirs]
         for start in range(0, len(chosen), PAGE):
             for entry in self.entries(chosen[start : start + PAGE]):
@@ -312,7 +318,7 @@ class DeadLetters:
         if (flt is None or not flt.narrows) and reason is None and account is None:
             # From the index alone: ``dlq replay --all`` always passes a Filter, and reading
             # and parsing every entry only to pass them all grows with the store (100,000).
-            ids = [i.decode() for i in self.client.zrevrange(keys.DEAD_INDEX, 0, -1)]
+            ids = _texts(self.client.zrevrange(keys.DEAD_INDEX, 0, -1))
             return ids[:limit] if limit else ids
         flt = flt or Filter(reason=reason, account=account)
         return [e["job_id"] for e in self._limited(self.select(flt), limit)]
@@ -349,15 +355,15 @@ class DeadLetters:
         account: str | None = None,
         ids: Iterable[str] | None = None,
         flt: Filter | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> builtins.list[dict[str, Any]]:
         """Entries newest first; with ``reason``, only those; with ``account``, only the jobs of
         that account (a job naming none is the default account's); with ``flt``, those it passes."""
         flt = flt or Filter(reason=reason, account=account)
         return self._limited(self.select(flt, ids), limit)
 
     @staticmethod
-    def _limited(entries: Iterator[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
-        out = []
+    def _limited(entries: Iterator[dict[str, Any]], limit: int | None) -> builtins.list[dict[str, Any]]:
+        out: builtins.list[dict[str, Any]] = []
         for entry in entries:
             if limit is not None and len(out) >= limit:
                 break
@@ -368,7 +374,9 @@ class DeadLetters:
         found = self.entries([job_id])
         return found[0] if found else None
 
-    def replay(self, ids: Iterable[str], to_account: str | None = None, **options: Any) -> dict[str, list[str]]:
+    def replay(
+        self, ids: Iterable[str], to_account: str | None = None, **options: Any
+    ) -> dict[str, builtins.list[str]]:
         """Queue these jobs again, each on its account's queue, paced (see the module docstring
         and `Replay` for ``options``). Returns lists of job ids: ``{"replayed", "stale",
         "missing", "unserved"}``, and ``unserved_accounts``, the names of the accounts of the
@@ -485,13 +493,10 @@ class Replay:
         """Replayed jobs in each lane's window now, and the queues with a fresh backlog."""
         now_ms = int(time.time() * 1000)
         self.client.zremrangebyscore(keys.REPLAYING, "-inf", now_ms - self.settings.job_retention_ms)
-        members = [m.decode() for m in self.client.zrange(keys.REPLAYING, 0, -1)]
-        overdue = [
-            m.decode()
-            for m in self.client.zrangebyscore(
-                keys.QUEUED, "-inf", now_ms - int(FRESH_WAIT_S * 1000), start=0, num=PAGE
-            )
-        ]
+        members = _texts(self.client.zrange(keys.REPLAYING, 0, -1))
+        overdue = _texts(
+            self.client.zrangebyscore(keys.QUEUED, "-inf", now_ms - int(FRESH_WAIT_S * 1000), start=0, num=PAGE)
+        )
         pipe = self.client.pipeline(transaction=False)
         for job_id in members:
             pipe.hmget(keys.job(job_id), "state", "account", "kind")

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 
 import redis
 
-from producers import keys
+from producers import keys, replies
 from worker.held import HeldRelease
 
 #: How often a worker reads which lanes are paused.
@@ -70,7 +70,7 @@ class LaneSet:
                 self.forget()
                 raise
             with self._lock:
-                self._lanes = frozenset(f.decode() for f in fields)
+                self._lanes = frozenset(replies.text(f) for f in fields)
         return name in self._lanes
 
     def add(self, name: str) -> None:
@@ -91,8 +91,8 @@ class LaneSet:
         out: dict[str, dict[str, object]] = {}
         for name, raw in self.client.hgetall(self.key).items():
             value = json.loads(raw)
-            value["held"] = self.client.zcard(keys.held(name.decode()))
-            out[name.decode()] = value
+            value["held"] = self.client.zcard(keys.held(replies.text(name)))
+            out[replies.text(name)] = value
         return out
 
 
@@ -118,10 +118,10 @@ class Pauses:
     def resume(self, account: str, destination: str | None, now_ms: int) -> tuple[list[str], int]:
         """Lift the pauses of ``account`` (at ``destination``, or at every one): returns the
         lanes resumed and how many held jobs were queued (`worker.held`)."""
-        lanes = [f.decode() for f in self.client.hkeys(keys.PAUSED)]
+        lanes = [replies.text(f) for f in self.client.hkeys(keys.PAUSED)]
         chosen = [name for name in lanes if name.split("|")[0] == account and destination in (None, name.split("|")[1])]
         held_keys = [keys.held(lane(account, d)) for d in ([destination] if destination else [])]
-        held_keys += [k.decode() for k in self.client.scan_iter(match=keys.held(lane(account, "*")), count=1000)]
+        held_keys += [replies.text(k) for k in self.client.scan_iter(match=keys.held(lane(account, "*")), count=1000)]
         if chosen:
             self.client.hdel(keys.PAUSED, *chosen)
             # Workers read the paused lanes at most every REFRESH_S: a job released sooner could
