@@ -41,8 +41,8 @@ from segment.analytics import Client
 from segment.analytics.request import DatetimeSerializer
 
 from bench.run import machine, write_results
-from worker.collector_server import HEAD_TIMEOUT_S
-from worker.processes import RedisServer, free_port
+from worker.collector.server import HEAD_TIMEOUT_S
+from worker.local.processes import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "bench-write-key"

@@ -31,7 +31,7 @@ import redis
 from producers.producer import Producer
 from producers.settings import Settings
 from worker.counters import stats
-from worker.processes import RedisServer, WorkerProcess, free_port
+from worker.local.processes import RedisServer, WorkerProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token"

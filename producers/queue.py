@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from producers import accounts, erasure, keys, ordering
+from producers import accounts, erasure, keys, lua, ordering
 
 if TYPE_CHECKING:
     import redis
@@ -55,27 +55,7 @@ _ACCOUNT_FIRST = re.compile(r'^\{"account":"([A-Za-z0-9_-]{1,63})"')
 # counted (``waiters_over_cap``). Every command here is O(1) in the list's length (LLEN, RPUSH).
 # KEYS: job, queued index, waiting index, awaited index, stats, marker...
 # ARGV: job_id, now_ms, message, queue, prefix, ttl_ms, max_waiters
-_GATE = """
-for i = 6, #KEYS do
-  local dep = redis.call('GET', KEYS[i])
-  if dep and redis.call('EXISTS', ARGV[5] .. 'job:' .. dep) == 1 then
-    local w = ARGV[5] .. 'waiters:' .. dep
-    if redis.call('LLEN', w) >= tonumber(ARGV[7]) then
-      redis.call('HINCRBY', KEYS[5], 'waiters_over_cap', 1)
-      break
-    end
-    redis.call('HSET', KEYS[1], 'state', 'waiting', 'after', dep)
-    redis.call('RPUSH', w, ARGV[1])
-    redis.call('PEXPIRE', w, tonumber(ARGV[6]))
-    redis.call('ZADD', KEYS[3], tonumber(ARGV[2]), ARGV[1])
-    redis.call('ZADD', KEYS[4], 'NX', tonumber(ARGV[2]), dep)
-    return 1
-  end
-end
-redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), ARGV[1])
-redis.call('LPUSH', ARGV[4], ARGV[3])
-return 0
-"""
+_GATE = lua.source("producers", "queue_gate")
 
 
 def ticket_for(job_id: str, round_: int) -> str:
@@ -210,34 +190,7 @@ def job_record(job_json: str, kind: str, now_ms: int, round_: int = 0) -> dict[s
 #       job key, '1' to index as queued, job_id, field count, fields..., person count, person keys...,
 #       tie count, ties (person key, member)...
 #       then message count, then per message: queue, message, batch key or ''
-STORE_SCRIPT = """
-local now, ttl, pttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local a = 6
-for _ = 1, tonumber(ARGV[5]) do
-  local jk, queued, id, nf = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
-  a = a + 4
-  redis.call('HSET', jk, unpack(ARGV, a, a + nf - 1))
-  redis.call('PEXPIRE', jk, ttl)
-  a = a + nf
-  local np = tonumber(ARGV[a])
-  for p = a + 1, a + np do
-    redis.call('SADD', ARGV[p], id)
-    redis.call('PEXPIRE', ARGV[p], pttl)
-  end
-  a = a + np + 1
-  for l = a + 1, a + 2 * tonumber(ARGV[a]), 2 do redis.call('SADD', ARGV[l], ARGV[l + 1]) end
-  a = a + 2 * tonumber(ARGV[a]) + 1
-  if queued == '1' then redis.call('ZADD', KEYS[2], now, id) end
-end
-for _ = 1, tonumber(ARGV[a]) do
-  local q, msg, bk = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  if bk ~= '' then redis.call('SET', bk, msg, 'PX', ttl) end
-  redis.call('LPUSH', q, msg)
-  a = a + 3
-end
-if tonumber(ARGV[4]) > 0 then redis.call('HINCRBY', KEYS[1], 'enqueued', ARGV[4]) end
-return 1
-"""
+STORE_SCRIPT = lua.source("producers", "queue_store_script")
 STORE_SHA = hashlib.sha1(STORE_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
 
 

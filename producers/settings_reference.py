@@ -105,7 +105,7 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 )
 
 OTHER_VARIABLES: tuple[tuple[str, str], ...] = (
-    ("ATTENTIVE_LOG_FORMAT", "`json` or `text`. Default: JSON when stderr is not a terminal (`worker.logs`)."),
+    ("ATTENTIVE_LOG_FORMAT", "`json` or `text`. Default: JSON when stderr is not a terminal (`worker.ops.logs`)."),
     (
         "ATTENTIVE_LOG_CELERY_TASKS",
         "`true` keeps Celery's per-task received/succeeded lines; the delivery already logs one line"

@@ -27,8 +27,8 @@ from worker.counters import stats
 from worker.delivery import Delivery
 from worker.destinations import Destinations
 from worker.jobstore import Claim, JobStore
-from worker.processes import RedisServer, WorkerProcess
-from worker.sandbox import Sandbox
+from worker.local.processes import RedisServer, WorkerProcess
+from worker.sandbox.server import Sandbox
 
 TOKEN = "test-token"
 PURCHASE = {

@@ -16,7 +16,7 @@ from producers.accounts import DEFAULT
 from producers.errors import ConfigurationError, InvalidJob
 from producers.producer import Producer
 from producers.settings import Settings, load_settings
-from worker.sandbox import Sandbox
+from worker.sandbox.server import Sandbox
 
 from conftest import make_settings, queued_count, sandbox_requests, wait_for
 

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from producers.producer import Producer
 from worker import observed
-from worker.processes import free_port
+from worker.local.processes import free_port
 
 from conftest import TOKEN, make_settings, wait_for
 

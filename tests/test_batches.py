@@ -11,7 +11,7 @@ import redis
 from producers import keys
 from producers.producer import Producer
 from producers.queue import BATCH_TASK_NAME, MAX_BATCH, TASK_NAME, job_of, ticket_for, tickets_in
-from worker.sandbox import Sandbox
+from worker.sandbox.server import Sandbox
 
 from conftest import add_fault, delivery_for, finished, make_settings, sandbox_requests, wait_for
 

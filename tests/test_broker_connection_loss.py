@@ -2,7 +2,7 @@
 
 kombu 5.7 can raise ``AttributeError`` from ``Channel._connparams`` while Celery closes the old
 connection after Redis went away; with ack emulation on it escapes and the worker exits (see
-`worker.kombu_closed_channel_guard`). These tests run both transport configurations: ack
+`worker.compat.kombu_closed_channel_guard`). These tests run both transport configurations: ack
 emulation off (the relay's) and on (kombu's default).
 """
 
@@ -22,9 +22,9 @@ from kombu.transport import redis as kombu_redis
 
 from producers import keys
 from producers.producer import Producer
-from worker import kombu_closed_channel_guard
+from worker.compat import kombu_closed_channel_guard
 from worker.counters import stats
-from worker.processes import RedisServer, WorkerProcess
+from worker.local.processes import RedisServer, WorkerProcess
 
 from conftest import env_for, finished, make_settings
 

@@ -36,8 +36,8 @@ import redis
 from producers import keys
 from producers.producer import Producer
 from worker.counters import stats
-from worker.processes import RedisServer, WorkerProcess
-from worker.sandbox import Sandbox
+from worker.local.processes import RedisServer, WorkerProcess
+from worker.sandbox.server import Sandbox
 
 from conftest import TOKEN, all_queued, env_for, finished, make_settings
 

@@ -29,11 +29,12 @@ from producers.errors import ConfigurationError
 from producers.producer import Producer
 from producers.queue import job_of, tickets_in
 from producers.settings import Settings
-from worker.collector import Collector, CollectorApp
-from worker.collector_body import MAX_BODY, TOO_LARGE, BodyError, read_body
-from worker.collector_policy import FailureLimiter, WriteKeys, key_fingerprint
+from worker.collector.app import CollectorApp
+from worker.collector.background import Collector
+from worker.collector.body import MAX_BODY, TOO_LARGE, BodyError, read_body
+from worker.collector.policy import FailureLimiter, WriteKeys, key_fingerprint
 from worker.counters import stats
-from worker.processes import free_port
+from worker.local.processes import free_port
 
 from conftest import make_settings, queued_count, sandbox_requests, wait_for
 
@@ -436,7 +437,7 @@ def test_write_keys_naming_unknown_accounts_or_misshapen_stop_start_up(redis_ser
 
 
 def test_the_matched_key_yields_its_account_after_comparing_every_key(monkeypatch):
-    from worker import collector_policy
+    from worker.collector import policy as collector_policy
 
     compared: list[bytes] = []
     real = collector_policy.hmac.compare_digest

@@ -13,8 +13,8 @@ from producers.errors import ConfigurationError
 from producers.producer import Producer
 from producers.sensitive_kinds import compile_patterns
 from producers.settings import Settings, load_settings
-from worker.collector import CollectorApp
-from worker.dashboard import OpenDashboard, flower_arguments
+from worker.collector.app import CollectorApp
+from worker.ops.dashboard import OpenDashboard, flower_arguments
 
 SECRET = "tok-secret-value"
 

@@ -14,7 +14,7 @@ from producers.connection import connect, sentinel_hosts
 from producers.producer import Producer
 from producers.settings import Settings
 from worker.counters import stats
-from worker.processes import RedisServer, free_port, redis_server_binary
+from worker.local.processes import RedisServer, free_port, redis_server_binary
 
 from conftest import TOKEN, KindLimiter, make_settings, sandbox_requests, wait_for
 

@@ -18,7 +18,7 @@ from producers import keys, replies
 from producers.producer import Producer
 from producers.queue import push_jobs, ticket_for
 from worker.delivery import Delivery
-from worker.sandbox import Sandbox
+from worker.sandbox.server import Sandbox
 
 from conftest import PURCHASE, TEST_ERASURE_KEY, KindLimiter, add_fault, delivery_for, make_settings, sandbox_requests
 

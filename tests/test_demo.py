@@ -6,7 +6,7 @@ import re
 
 from rich.console import Console
 
-from worker.demo import run_demo
+from worker.local.demo import run_demo
 
 
 def test_the_demo_delivers_for_two_accounts_with_their_own_tokens(redis_server, redis_client, monkeypatch):

@@ -66,8 +66,8 @@ SHUTDOWN_MARGIN_S = 15
 # Environment variables that are not Settings fields but are read by something we run.
 NON_SETTINGS_ENV = {
     "FLOWER_BASIC_AUTH",  # Flower reads FLOWER_* options
-    "SENTRY_DSN",  # worker/sentry.py
-    "SENTRY_ENVIRONMENT",  # worker/sentry.py
+    "SENTRY_DSN",  # worker/ops/sentry.py
+    "SENTRY_ENVIRONMENT",  # worker/ops/sentry.py
     "REMAP_SIGTERM",  # billiard/Celery: SIGTERM starts the (soft) cold shutdown
     "PYTHONUNBUFFERED",  # CPython
 }

@@ -21,7 +21,7 @@ from producers.producer import Producer
 from producers.queue import tickets_in
 from worker.cli import cli
 from worker.deadletter import DeadLetters, Replay
-from worker.sandbox import Sandbox
+from worker.sandbox.server import Sandbox
 
 from conftest import PURCHASE, TOKEN, delivery_for, env_for, make_settings, sandbox_requests, wait_for
 

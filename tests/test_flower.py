@@ -20,7 +20,7 @@ import pytest
 
 from producers.producer import Producer
 from worker.counters import stats
-from worker.processes import free_port
+from worker.local.processes import free_port
 
 from conftest import env_for, sandbox_requests, wait_for
 

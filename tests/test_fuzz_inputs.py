@@ -44,7 +44,7 @@ from producers.sensitive import scan
 from producers.settings import Settings
 from producers.validation import job_json, parse_job
 from worker.cli import cli
-from worker.collector import Collector
+from worker.collector.background import Collector
 
 from conftest import make_settings
 

@@ -14,8 +14,8 @@ from prometheus_client.registry import CollectorRegistry
 
 from producers.producer import Producer
 from producers.queue import ticket_for
-from worker.metrics import RelayCollector
-from worker.processes import free_port
+from worker.local.processes import free_port
+from worker.ops.metrics import RelayCollector
 
 from conftest import TOKEN, add_fault, delivery_for, make_settings, wait_for
 

@@ -12,7 +12,7 @@ from producers.producer import Producer
 from producers.queue import job_of, tickets_in
 from producers.settings import Settings
 from worker.delivery import Delivery
-from worker.sandbox import Sandbox
+from worker.sandbox.server import Sandbox
 
 from conftest import (
     add_fault,

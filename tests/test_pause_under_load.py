@@ -15,7 +15,7 @@ from datetime import datetime
 from producers.producer import Producer
 from worker.counters import stats
 from worker.pause import Pauses
-from worker.sandbox import Sandbox
+from worker.sandbox.server import Sandbox
 
 from conftest import TOKEN, make_settings, sandbox_requests, wait_for
 

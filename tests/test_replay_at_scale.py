@@ -28,7 +28,7 @@ from producers.producer import Producer
 from producers.queue import job_of, tickets_in
 from producers.settings import Settings
 from worker.jobstore import Claim, JobStore
-from worker.sandbox import Sandbox
+from worker.sandbox.server import Sandbox
 
 from conftest import TOKEN, env_for, make_settings, wait_for
 

@@ -14,7 +14,7 @@ import pytest
 from worker.destinations.attentive_graphql import MUTATION
 from worker.destinations.base import credential_tag
 from worker.destinations.yotpo import PATH
-from worker.sandbox import MAX_BODY, Sandbox
+from worker.sandbox.server import MAX_BODY, Sandbox
 
 from conftest import TOKEN, add_fault, sandbox_requests
 

@@ -15,7 +15,7 @@ import sys
 import httpx
 
 from producers.settings import Settings
-from worker import logs
+from worker.ops import logs
 
 from conftest import TOKEN
 

@@ -18,9 +18,9 @@ import pytest
 
 from producers import keys
 from producers.producer import Producer
-from worker import sentry
 from worker.counters import stats
-from worker.httpserver import BackgroundHTTPServer
+from worker.ops import sentry
+from worker.sandbox.httpserver import BackgroundHTTPServer
 
 from conftest import add_fault, make_settings, wait_for
 

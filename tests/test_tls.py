@@ -19,7 +19,7 @@ from celery import Celery
 
 from producers.settings import Settings
 from worker.app import configure
-from worker.processes import RedisServer, free_port
+from worker.local.processes import RedisServer, free_port
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 import trustme
 
 from worker.destinations.transport import Http, StdlibTransport
-from worker.sandbox import Sandbox
+from worker.sandbox.server import Sandbox
 
 from conftest import TOKEN
 

@@ -17,7 +17,7 @@ import redis
 
 from producers.producer import Producer
 from worker.counters import stats
-from worker.sandbox import Sandbox
+from worker.sandbox.server import Sandbox
 
 from conftest import finished, make_settings, sandbox_requests, wait_for
 

@@ -15,7 +15,7 @@ from prometheus_client.registry import CollectorRegistry
 from producers.producer import Producer
 from producers.settings import Settings
 from worker.counters import stats
-from worker.metrics import RelayCollector
+from worker.ops.metrics import RelayCollector
 
 from conftest import TOKEN, all_queued, job_state, make_settings, wait_for
 

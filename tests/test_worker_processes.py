@@ -21,7 +21,7 @@ from producers import keys
 from producers.producer import Producer
 from producers.queue import push_jobs
 from worker.counters import stats
-from worker.processes import RedisServer
+from worker.local.processes import RedisServer
 
 from conftest import (
     TEST_ERASURE_KEY,
@@ -238,7 +238,7 @@ def test_a_redis_restart_loses_nothing(tmp_path, sandbox, start_worker):
 
         def progress() -> bool:
             # No supervisor: the same worker must ride through the loss (kombu's teardown crash is
-            # guarded, see worker.kombu_closed_channel_guard and test_broker_connection_loss.py).
+            # guarded, see worker.compat.kombu_closed_channel_guard and test_broker_connection_loss.py).
             assert worker.proc.poll() is None, f"the worker exited: see {worker.log_path}"
             return finished(client, settings) >= len(ids)
 

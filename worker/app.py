@@ -31,11 +31,12 @@ from kombu import Queue
 from producers.connection import from_settings, is_sentinel
 from producers.queue import TASK_NAME
 from producers.settings import Settings, load_settings
-from worker import kombu_closed_channel_guard, logs, sentry
+from worker.compat import kombu_closed_channel_guard
 from worker.delivery import SENDER_THREADS, Delivery
 from worker.destinations import Destinations
 from worker.destinations.attentive_rest import AttentiveRest
 from worker.jobstore import JobStore
+from worker.ops import logs, sentry
 from worker.pause_probe import PauseProbe
 from worker.privacy.check import PrivacyCheck
 from worker.privacy.forwarder import forwarder_for
@@ -45,7 +46,7 @@ from worker.schedule import Promoter
 log = logging.getLogger("attentive_relay.worker")
 
 # kombu 5.7 can end the worker on a broker connection loss (AttributeError in
-# Channel._connparams while closing the old connection); see worker.kombu_closed_channel_guard.
+# Channel._connparams while closing the old connection); see worker.compat.kombu_closed_channel_guard.
 kombu_closed_channel_guard.install()
 
 

@@ -41,13 +41,14 @@ from producers.errors import InvalidJob, NetworkError, RateLimited, ServerError,
 from producers.queue import MAX_BATCH, job_of
 from producers.settings import Settings
 from producers.validation import parse_job
-from worker import pipeline, sentry
+from worker import pipeline
 from worker.circuit import Circuits
 from worker.destinations import Bucket, Destination, Destinations, Outcome, account_of
 from worker.ended import DEFERRED, Ended, dead, skipped
 from worker.jobstore import Claim, JobStore
 from worker.lanes import Lanes
 from worker.lease import Leases
+from worker.ops import sentry
 from worker.pause import RECHECK_S, Pauses
 from worker.pause import lane as lane_of
 from worker.policy import DeadLetter, Decision, Delivered, Pause, Retry, RetryPolicy, decide

@@ -56,7 +56,7 @@ from typing import Any
 
 import redis
 
-from producers import accounts, keys
+from producers import accounts, keys, lua
 from producers.queue import message_template
 from worker import observed
 
@@ -82,311 +82,40 @@ UNKNOWN_ACCOUNT = "unknown_account"
 
 # KEYS: job, leases, queued index
 # ARGV: ticket, lease expiry ms, job_id
-_CLAIM = """
-local h = redis.call('HMGET', KEYS[1], 'state', 'ticket', 'job', 'history', 'lost', 'first_seen', 'round', 'slot',
-  'account')
-if not h[1] then return {'gone'} end
-if h[2] ~= ARGV[1] then return {'stale'} end
-if h[1] ~= 'queued' then return {'busy'} end
-local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'state', 'running', 'lost', '', 'slot', '')
-redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), ARGV[3])
-redis.call('ZREM', KEYS[3], ARGV[3])
-return {'ok', h[3], tostring(attempts), h[4] or '[]', h[5] or '', h[6] or '0', h[7] or '0', h[8] or '', h[9] or ''}
-"""
+_CLAIM = lua.source("worker", "jobstore_claim")
 
 # One batch message's jobs: each claimed as _CLAIM does, then the batch's kept message is
 # dropped (the reconciler looks for it only while it waits in the queue).
 # KEYS: leases, queued index, batch key   ARGV: lease expiry ms, key prefix, then job_id, ticket pairs
-_CLAIM_MANY = """
-local out = {}
-for i = 3, #ARGV, 2 do
-  local id, ticket = ARGV[i], ARGV[i + 1]
-  local jk = ARGV[2] .. 'job:' .. id
-  local h = redis.call('HMGET', jk, 'state', 'ticket', 'job', 'history', 'lost', 'first_seen', 'round', 'slot',
-    'account')
-  if not h[1] then
-    out[#out + 1] = {'gone'}
-  elseif h[2] ~= ticket then
-    out[#out + 1] = {'stale'}
-  elseif h[1] ~= 'queued' then
-    out[#out + 1] = {'busy'}
-  else
-    local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
-    redis.call('HSET', jk, 'state', 'running', 'lost', '', 'slot', '')
-    redis.call('HDEL', jk, 'batch')
-    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]), id)
-    redis.call('ZREM', KEYS[2], id)
-    out[#out + 1] = {'ok', h[3], tostring(attempts), h[4] or '[]', h[5] or '', h[6] or '0', h[7] or '0',
-      h[8] or '', h[9] or ''}
-  end
-end
-redis.call('DEL', KEYS[3])
-return out
-"""
+_CLAIM_MANY = lua.source("worker", "jobstore_claim_many")
 
 # Shared by the scripts that queue a job again, each on the queue its record names (its
 # account's; ``fallback`` for a record written before records named one).
-_REQUEUE = """
-local function expired(state, stats)
-  -- A record that expired (ATTENTIVE_JOB_RETENTION_HOURS) while its id was still indexed.
-  if not state then redis.call('HINCRBY', stats, 'expired', 1) end
-end
--- The template split once per script at its placeholders: a message is then one concatenation,
--- not four pattern substitutions over the whole text (43 us a message, most of a release's cost).
-local tpl_parts, tpl_names
-local function message(tpl, id, ticket, kind, queue)
-  if not tpl_parts then
-    tpl_parts, tpl_names = {}, {}
-    local pos = 1
-    while true do
-      local s, e, name = string.find(tpl, '@(%u+)@', pos)
-      if not s then break end
-      tpl_parts[#tpl_parts + 1] = string.sub(tpl, pos, s - 1)
-      tpl_names[#tpl_names + 1] = name
-      pos = e + 1
-    end
-    tpl_parts[#tpl_parts + 1] = string.sub(tpl, pos)
-  end
-  local values = {JOB = id, TICKET = ticket, KIND = kind, QUEUE = queue}
-  local out = {}
-  for i = 1, #tpl_names do
-    out[2 * i - 1] = tpl_parts[i]
-    out[2 * i] = values[tpl_names[i]] or ('@' .. tpl_names[i] .. '@')
-  end
-  out[#out + 1] = tpl_parts[#tpl_parts]
-  return table.concat(out)
-end
--- keep_age: the job stays where it is in the queued index (a lost message queued again);
--- otherwise it starts a new round, queued now.
-local function requeue(jk, id, qindex, now, tpl, fallback, keep_age)
-  local round = redis.call('HINCRBY', jk, 'round', 1)
-  local ticket = id .. '.' .. round
-  local h = redis.call('HMGET', jk, 'kind', 'queue')
-  local q = h[2] or fallback
-  redis.call('HSET', jk, 'state', 'queued', 'ticket', ticket)
-  redis.call('HDEL', jk, 'batch')
-  -- RPUSH puts it at the head (consumers BRPOP): it has waited its turn already.
-  redis.call('RPUSH', q, message(tpl, id, ticket, h[1] or '', q))
-  if not keep_age then redis.call('ZADD', qindex, tonumber(now), id) end
-end
--- Queue up to `budget` jobs of a released waiter list, oldest first: those still waiting (one
--- erased meanwhile is skipped; one whose record expired is counted). Returns the jobs queued,
--- the entries taken from the list and the entries left in it.
-local function release(list, budget, waiting, qindex, stats, now, tpl, fallback, prefix)
-  local ids = redis.call('LRANGE', list, 0, budget - 1)
-  if #ids > 0 then redis.call('LTRIM', list, #ids, -1) end
-  local queued = 0
-  for _, id in ipairs(ids) do
-    local jk = prefix .. 'job:' .. id
-    local indexed = redis.call('ZREM', waiting, id)
-    local state = redis.call('HGET', jk, 'state')
-    if state == 'waiting' then
-      requeue(jk, id, qindex, now, tpl, fallback)
-      queued = queued + 1
-    elseif indexed == 1 then
-      expired(state, stats)
-    end
-  end
-  return queued, #ids, redis.call('LLEN', list)
-end
--- Identity job `id` ended (or vanished): its waiters go. The list is renamed under `token`, so
--- waiters of the same job replayed later start a list of their own; up to `budget` are queued
--- here and the rest, if any, by the promoters (the releasing index).
-local function ended(id, token, budget, awaited, releasing, waiting, qindex, stats, now, tpl, fallback, prefix)
-  redis.call('ZREM', awaited, id)
-  local w = prefix .. 'waiters:' .. id
-  if redis.call('EXISTS', w) == 0 then return 0 end
-  local r = prefix .. 'released:' .. token
-  redis.call('RENAME', w, r)
-  local queued, _, left = 0, 0, 1
-  if budget > 0 then queued, _, left = release(r, budget, waiting, qindex, stats, now, tpl, fallback, prefix) end
-  if left > 0 then redis.call('ZADD', releasing, tonumber(now), token) end
-  return queued
-end
-"""
+_REQUEUE = lua.source("worker", "jobstore_requeue")
 
 # KEYS: job, leases, schedule, stats, dead entry, dead index, account stats, queued index, waiting index,
 #       awaited index, releasing index, observed
 # ARGV: ticket, job_id, outcome, now_ms, history, due_ms, entry, reason, retention_ms, slot_ms,
 #       template, key prefix, fallback queue, waiters released here, then observed field/increment pairs
-_FINISH = (
-    _REQUEUE
-    + """
-local h = redis.call('HMGET', KEYS[1], 'ticket', 'state')
-if h[1] ~= ARGV[1] or h[2] ~= 'running' then return 0 end
-redis.call('ZREM', KEYS[2], ARGV[2])
-local over = false
-if ARGV[3] == 'delivered' then
-  redis.call('DEL', KEYS[1])
-  redis.call('HINCRBY', KEYS[4], 'delivered', 1)
-  redis.call('HINCRBY', KEYS[7], 'delivered', 1)
-  over = true
-elseif ARGV[3] == 'retry' then
-  redis.call('HSET', KEYS[1], 'state', 'scheduled', 'history', ARGV[5])
-  redis.call('ZADD', KEYS[3], tonumber(ARGV[6]), ARGV[2])
-  redis.call('HINCRBY', KEYS[4], 'retries', 1)
-elseif ARGV[3] == 'defer' then
-  redis.call('HSET', KEYS[1], 'state', 'scheduled', 'slot', ARGV[10])
-  redis.call('HINCRBY', KEYS[1], 'attempts', -1)
-  redis.call('ZADD', KEYS[3], tonumber(ARGV[6]), ARGV[2])
-  redis.call('HINCRBY', KEYS[4], 'deferred', 1)
-else
-  redis.call('SET', KEYS[5], ARGV[7], 'PX', tonumber(ARGV[9]))
-  redis.call('ZADD', KEYS[6], tonumber(ARGV[4]), ARGV[2])
-  redis.call('DEL', KEYS[1])
-  redis.call('HINCRBY', KEYS[4], 'dead:' .. ARGV[8], 1)
-  redis.call('HINCRBY', KEYS[7], 'dead:' .. ARGV[8], 1)
-  over = true
-end
-if over then
-  -- Jobs waiting for this (identity) job go now, whichever way it ended: a first chunk here,
-  -- the rest from the promoters, so this script stays short however many wait.
-  ended(ARGV[2], ARGV[1], tonumber(ARGV[14]), KEYS[10], KEYS[11], KEYS[9], KEYS[8], KEYS[4], ARGV[4], ARGV[11],
-    ARGV[13], ARGV[12])
-end
--- What the metrics observe of this end (`worker.observed`): field, increment, field, increment...
-for i = 15, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[12], ARGV[i], ARGV[i + 1]) end
-return 1
-"""
-)
+_FINISH = _REQUEUE + lua.source("worker", "jobstore_finish")
 
 # KEYS: schedule, leases, default queue, queued index, stats
 # ARGV: now_ms, limit, message template, key prefix
-_PROMOTE = (
-    _REQUEUE
-    + """
-local promoted, reaped = 0, 0
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))) do
-  redis.call('ZREM', KEYS[1], id)
-  local jk = ARGV[4] .. 'job:' .. id
-  local state = redis.call('HGET', jk, 'state')
-  if state == 'scheduled' then
-    requeue(jk, id, KEYS[4], ARGV[1], ARGV[3], KEYS[3])
-    promoted = promoted + 1
-  else
-    expired(state, KEYS[5])
-  end
-end
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))) do
-  redis.call('ZREM', KEYS[2], id)
-  local jk = ARGV[4] .. 'job:' .. id
-  local state = redis.call('HGET', jk, 'state')
-  if state == 'running' then
-    redis.call('HSET', jk, 'lost', ARGV[1])
-    requeue(jk, id, KEYS[4], ARGV[1], ARGV[3], KEYS[3])
-    reaped = reaped + 1
-  else
-    expired(state, KEYS[5])
-  end
-end
-return {promoted, reaped}
-"""
-)
+_PROMOTE = _REQUEUE + lua.source("worker", "jobstore_promote")
 
 # KEYS: reconcile lock, queued index, default queue, waiting index, stats, awaited index, cursor
 # ARGV: now_ms, cutoff_ms, message template, key prefix, limit, scan_max, lock_ms, waiters swept
-_RECONCILE = (
-    _REQUEUE
-    + """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', tonumber(ARGV[7])) then return {-1, 0} end
-local now, cutoff = tonumber(ARGV[1]), tonumber(ARGV[2])
-local requeued, waiting = 0, 0
--- The overdue queued jobs (oldest first, by rank) from where the last pass stopped: a job found
--- waiting keeps its place and its age, so the next pass starts after it.
-local pos = tonumber(redis.call('HGET', KEYS[7], 'queued') or '0')
-local overdue = redis.call('ZCOUNT', KEYS[2], '-inf', cutoff)
-if pos >= overdue then pos = 0 end
-local kept, last = 0, math.min(pos + tonumber(ARGV[5]), overdue) - 1
--- (ZRANGE with a negative end counts from the end: nothing overdue must read nothing.)
-for _, id in ipairs(last >= pos and redis.call('ZRANGE', KEYS[2], pos, last) or {}) do
-  local jk = ARGV[4] .. 'job:' .. id
-  local h = redis.call('HMGET', jk, 'state', 'ticket', 'kind', 'queue', 'batch', 'checked')
-  local q = h[4] or KEYS[3]
-  if h[1] ~= 'queued' then
-    redis.call('ZREM', KEYS[2], id)
-    expired(h[1], KEYS[5])
-  elseif h[6] and tonumber(h[6]) > cutoff then
-    kept = kept + 1  -- found (or queued again) less than an orphan period ago
-  else
-    kept = kept + 1
-    -- The job's message: its batch's, kept while it waits, or its own, rebuilt from the template.
-    local msg = h[5] and redis.call('GET', ARGV[4] .. 'batch:' .. h[5])
-    if not h[5] then msg = message(ARGV[3], id, h[2] or '', h[3] or '', q) end
-    if msg and redis.call('LPOS', q, msg, 'RANK', -1, 'MAXLEN', tonumber(ARGV[6])) then
-      waiting = waiting + 1  -- still waiting its turn (or on a queue nobody consumes)
-    else
-      requeue(jk, id, KEYS[2], now, ARGV[3], KEYS[3], true)
-      redis.call('HINCRBY', KEYS[5], 'reconciled', 1)
-      requeued = requeued + 1
-    end
-    redis.call('HSET', jk, 'checked', now)
-  end
-end
-redis.call('HSET', KEYS[7], 'queued', pos + kept)
--- Waiting jobs, a few per pass in turn: drop index entries of jobs no longer waiting, and make
--- sure each one's identity job is indexed for the vanished-job check (for waiters indexed
--- before that index existed).
-pos = tonumber(redis.call('HGET', KEYS[7], 'waiting') or '0')
-if pos >= redis.call('ZCARD', KEYS[4]) then pos = 0 end
-kept = 0
-for _, id in ipairs(redis.call('ZRANGE', KEYS[4], pos, pos + tonumber(ARGV[8]) - 1)) do
-  local h = redis.call('HMGET', ARGV[4] .. 'job:' .. id, 'state', 'after')
-  if h[1] ~= 'waiting' then
-    redis.call('ZREM', KEYS[4], id)
-    expired(h[1], KEYS[5])
-  else
-    kept = kept + 1
-    if h[2] then redis.call('ZADD', KEYS[6], 'NX', now, h[2]) end
-  end
-end
-redis.call('HSET', KEYS[7], 'waiting', pos + kept)
-return {requeued, waiting}
-"""
-)
+_RECONCILE = _REQUEUE + lua.source("worker", "jobstore_reconcile")
 
 # Identity jobs with waiters, due for a check: one that no longer exists vanished without ending
 # (erased, expired), so its waiters are released (by the promoters, `_RELEASE`).
 # KEYS: awaited index, releasing index   ARGV: now_ms, cutoff_ms, limit, key prefix
-_AWAITED = """
-local checked, vanished = 0, 0
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))) do
-  checked = checked + 1
-  local w = ARGV[4] .. 'waiters:' .. id
-  if redis.call('EXISTS', w) == 0 then
-    redis.call('ZREM', KEYS[1], id)  -- nothing waits for it any more
-  elseif redis.call('EXISTS', ARGV[4] .. 'job:' .. id) == 1 then
-    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]), id)  -- pending: look again an orphan period later
-  else
-    local token = id .. '.gone-' .. ARGV[1]
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('RENAME', w, ARGV[4] .. 'released:' .. token)
-    redis.call('ZADD', KEYS[2], tonumber(ARGV[1]), token)
-    vanished = vanished + 1
-  end
-end
-return {checked, vanished}
-"""
+_AWAITED = lua.source("worker", "jobstore_awaited")
 
 # Queue the jobs of released waiter lists, oldest list first, up to a chunk in all.
 # KEYS: releasing index, waiting index, queued index, stats
 # ARGV: now_ms, chunk, message template, key prefix, fallback queue
-_RELEASE = (
-    _REQUEUE
-    + """
-local budget, queued = tonumber(ARGV[2]), 0
-while budget > 0 do
-  local token = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
-  if not token then break end
-  local n, taken, left = release(ARGV[4] .. 'released:' .. token, budget, KEYS[2], KEYS[3], KEYS[4], ARGV[1],
-    ARGV[3], ARGV[5], ARGV[4])
-  queued = queued + n
-  budget = budget - math.max(taken, 1)
-  if left == 0 then redis.call('ZREM', KEYS[1], token) end
-end
-return {queued, redis.call('ZCARD', KEYS[1])}
-"""
-)
+_RELEASE = _REQUEUE + lua.source("worker", "jobstore_release")
 
 # Move jobs of one account that no worker serves: to another account's queue (their JSON and
 # record name it), or to the dead-letter store. Only jobs still queued, scheduled or waiting and
@@ -396,40 +125,7 @@ return {queued, redis.call('ZCARD', KEYS[1])}
 #       releasing index
 # ARGV: now_ms, 'move' or 'dead', from account, to account, to queue, template, key prefix,
 #       dead-letter retention ms, fallback queue, reason, then per job: job_id, new job JSON or dead entry
-_MOVE = (
-    _REQUEUE
-    + """
-local now, prefix = ARGV[1], ARGV[7]
-local movable = {queued = true, scheduled = true, waiting = true}
-local done, skipped = 0, 0
-for i = 11, #ARGV, 2 do
-  local id, text = ARGV[i], ARGV[i + 1]
-  local jk = prefix .. 'job:' .. id
-  local h = redis.call('HMGET', jk, 'state', 'account', 'queue', 'ticket')
-  local account = h[2] or 'default'
-  if not (h[1] and movable[h[1]] and account == ARGV[3] and (ARGV[3] ~= ARGV[4] or h[3] ~= ARGV[5])) then
-    skipped = skipped + 1
-  elseif ARGV[2] == 'move' then
-    redis.call('HSET', jk, 'job', text, 'account', ARGV[4], 'queue', ARGV[5])
-    -- A queued job's message waits on the old queue: a new one (new ticket) on the new queue.
-    if h[1] == 'queued' then requeue(jk, id, KEYS[1], now, ARGV[6], ARGV[9]) end
-    done = done + 1
-  else
-    redis.call('SET', prefix .. 'dead:' .. id, text, 'PX', tonumber(ARGV[8]))
-    redis.call('ZADD', KEYS[6], tonumber(now), id)
-    redis.call('DEL', jk)
-    for k = 1, 3 do redis.call('ZREM', KEYS[k], id) end
-    redis.call('HINCRBY', KEYS[4], 'dead:' .. ARGV[10], 1)
-    redis.call('HINCRBY', KEYS[5], 'dead:' .. ARGV[10], 1)
-    -- It ended: jobs waiting for it (of the same account, so moved by this command too) go.
-    ended(id, (h[4] or id) .. '.moved-' .. now, 0, KEYS[7], KEYS[8], KEYS[3], KEYS[1], KEYS[4], now, ARGV[6],
-      ARGV[9], prefix)
-    done = done + 1
-  end
-end
-return {done, skipped}
-"""
-)
+_MOVE = _REQUEUE + lua.source("worker", "jobstore_move")
 
 
 @dataclass(frozen=True)

@@ -36,25 +36,12 @@ from typing import Any
 
 import redis
 
-from producers import keys
+from producers import keys, lua
 
 log = logging.getLogger("attentive_relay.lease")
 
 # KEYS: leases   ARGV: expiry ms, key prefix, then job_id, ticket pairs
-_RENEW = """
-local held = {}
-for i = 3, #ARGV, 2 do
-  local id, ticket = ARGV[i], ARGV[i + 1]
-  local h = redis.call('HMGET', ARGV[2] .. 'job:' .. id, 'ticket', 'state')
-  if h[1] == ticket and h[2] == 'running' then
-    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]), id)
-    held[#held + 1] = 1
-  else
-    held[#held + 1] = 0
-  end
-end
-return held
-"""
+_RENEW = lua.source("worker", "lease_renew")
 
 #: Leases renewed in one script, at most: keeps each script short at any backlog.
 RENEW_CHUNK = 500

@@ -29,7 +29,7 @@ from collections import deque
 
 import redis
 
-from producers import keys
+from producers import keys, lua
 from producers.connection import connect
 from producers.settings import Settings
 from worker.destinations.base import Bucket
@@ -37,34 +37,9 @@ from worker.destinations.base import Bucket
 # Several consecutive slots at once: {how many, the first one's wait}; the others follow at the
 # interval. With a maximum wait (ARGV[3] >= 0), only the slots at most that far off are
 # reserved: none, when the first is further (its wait is still returned).
-_RESERVE_MANY = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local interval, count, max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-if max >= 0 then
-  local fit = math.floor((max - (tat - now)) / interval) + 1
-  if fit < count then count = math.max(fit, 0) end
-end
-if count > 0 then
-  local new = tat + interval * count
-  redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.floor((new - now) / 1000) + 1000)
-end
-return {count, string.format('%.0f', tat - now), string.format('%.0f', now)}
-"""
+_RESERVE_MANY = lua.source("worker", "ratelimit_reserve_many")
 
-_BACK_OFF = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local until_ = now + tonumber(ARGV[1])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if until_ > tat then
-  redis.call('SET', KEYS[1], string.format('%.0f', until_), 'PX', math.floor(tonumber(ARGV[1]) / 1000) + 1000)
-end
-redis.call('SET', KEYS[2], '1', 'PX', math.max(1, math.floor(tonumber(ARGV[1]) / 1000)))
-return 1
-"""
+_BACK_OFF = lua.source("worker", "ratelimit_back_off")
 
 
 class RateLimiter:

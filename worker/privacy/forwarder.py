@@ -19,7 +19,7 @@ token and endpoint, `worker.privacy.api.PrivacyApi.bucket`; a 429 backs off ever
 the retry policy (`worker.policy.decide`: 429, 5xx and network errors retried with full-jitter
 backoff up to ``ATTENTIVE_MAX_ATTEMPTS``; any other 4xx at once). A request that cannot be
 filed ends ``failed`` with its reason and detail: counted (``privacy_failed:<reason>`` in
-the stats hash, `worker.metrics`), logged as an error and listed by ``erase --status``, never
+the stats hash, `worker.ops.metrics`), logged as an error and listed by ``erase --status``, never
 dropped. Checking a filed request never gives up on transient errors: once the attempts are
 used up it falls back to checking every ``ATTENTIVE_PRIVACY_POLL_S``, keeping the last error.
 

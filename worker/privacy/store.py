@@ -32,7 +32,7 @@ from typing import cast
 
 import redis
 
-from producers import keys, replies
+from producers import keys, lua, replies
 
 PENDING, FILED, PROCESSED, FAILED = "pending", "filed", "processed", "failed"
 RECORD_RETENTION_MS = 400 * 86_400_000
@@ -49,12 +49,7 @@ COUNTERS = {
 }
 """Fields of the stats hash (`producers.keys.STATS`): failures are counted by reason."""
 
-_CLAIM = """
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-return 1
-"""
+_CLAIM = lua.source("worker.privacy", "store_claim")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """A threaded stdlib HTTP server that runs in the foreground or in a background thread.
 
 The sandbox is this plus a request handler; it listens on 127.0.0.1 unless told otherwise.
-The collector, which faces the network, runs on uvicorn instead (`worker.collector_server`):
+The collector, which faces the network, runs on uvicorn instead (`worker.collector.server`):
 this server has a thread per connection and no timeouts.
 """
 

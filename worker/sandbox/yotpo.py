@@ -28,7 +28,7 @@ from producers.yotpo import YotpoCustomEvent
 from worker.destinations.yotpo import PATH
 
 if TYPE_CHECKING:
-    from worker.sandbox import SandboxState
+    from worker.sandbox.state import SandboxState
 
 _PATH = re.compile("^" + re.escape(PATH).replace(re.escape("{store_id}"), "([^/]+)") + "$")
 

@@ -27,8 +27,8 @@ from producers.producer import Producer
 from producers.settings import Settings, load_settings
 from worker.counters import stats
 from worker.deadletter import DeadLetters
-from worker.processes import RedisServer, WorkerProcess, reachable
-from worker.sandbox import Sandbox
+from worker.local.processes import RedisServer, WorkerProcess, reachable
+from worker.sandbox.server import Sandbox
 
 TOKEN = "demo-token"  # noqa: S105 - the sandbox's, not a real credential
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

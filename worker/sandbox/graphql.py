@@ -24,25 +24,18 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from producers import freshness
 from producers.errors import InvalidJob
 from producers.validation import parse_job
-
-if TYPE_CHECKING:
-    from worker.sandbox import SandboxState
+from worker.sandbox.state import SandboxState, error
 
 PATH = "/v1/graphql"
 PAYLOAD = {"data": {"createCustomEvent": {"__typename": "CreateCustomEventPayload"}}}
 _MUTATION = re.compile(r"\bmutation\b.*\bcreateCustomEvent\s*\(\s*input\s*:\s*\$(\w+)\s*\)", re.DOTALL)
 
 Answer = tuple[int, Any, dict[str, str], str]
-
-
-def error(code: str, message: str, **extensions: Any) -> dict[str, Any]:
-    """A GraphQL answer holding one error."""
-    return {"data": None, "errors": [{"message": message, "extensions": {"code": code, **extensions}}]}
 
 
 def answer(state: SandboxState, token: str | None, body: Any) -> Answer:

@@ -1,6 +1,6 @@
 """The collector's process supervisor: one listening socket, N forked server processes.
 
-    python -m worker.collector_supervisor HOST PORT WORKERS     (what ``collect`` execs)
+    python -m worker.collector.supervisor HOST PORT WORKERS     (what ``collect`` execs)
 
 Why not uvicorn's own ``--workers``: its supervisor imports uvicorn and spawns workers
 through multiprocessing, which adds a resource-tracker process; together that is about 37 MB
@@ -59,7 +59,7 @@ def _start(sock: socket.socket) -> int:
     try:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)  # uvicorn installs its own
-        from worker.collector_server import run_worker
+        from worker.collector.server import run_worker
 
         run_worker(sock)
         code = 0
@@ -75,7 +75,7 @@ def supervise(host: str, port: int, workers: int) -> int:
     sock = socket.create_server((host, port), backlog=2048)
     sock.set_inheritable(True)
     if workers <= 1:
-        from worker.collector_server import run_worker
+        from worker.collector.server import run_worker
 
         run_worker(sock)
         return 0

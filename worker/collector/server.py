@@ -9,13 +9,13 @@ requests, so thousands of idle sockets would turn every real request into a 503.
   keep-alive requests alike (a byte every second does not keep it open), and refuses
   connections past `MAX_CONNECTIONS` per process by closing them at once;
 - idle keep-alive connections close after `KEEP_ALIVE_S`;
-- requests in progress are capped separately, in the app (`worker.collector.MAX_IN_PROGRESS`),
-  and a slow body has `worker.collector.BODY_TIMEOUT_S`;
+- requests in progress are capped separately, in the app (`worker.collector.app.MAX_IN_PROGRESS`),
+  and a slow body has `worker.collector.app.BODY_TIMEOUT_S`;
 - h11 (0.16 or later) reads ``Transfer-Encoding: chunked`` bodies and refuses ambiguous
   framing (both ``Content-Length`` and chunked, bad chunk sizes) with 400, so a proxy in
   front and this server agree where each request ends.
 
-`run_worker` serves in one of the processes `worker.collector_supervisor` forks (``collect
+`run_worker` serves in one of the processes `worker.collector.supervisor` forks (``collect
 --workers N``); `BackgroundServer` runs it in a thread of this process, for tests.
 """
 
@@ -97,31 +97,31 @@ def _options(http: type[CollectorProtocol]) -> dict[str, Any]:
         "lifespan": "on",
         "timeout_keep_alive": KEEP_ALIVE_S,
         "access_log": False,  # request lines carry nothing useful and invite personal data
-        "log_config": None,  # our own logging (worker.logs), JSON off a terminal
+        "log_config": None,  # our own logging (worker.ops.logs), JSON off a terminal
         "server_header": False,
         "backlog": 2048,
     }
 
 
 def run_worker(sock: socket.socket) -> None:
-    """Serve ``worker.collector.create_app`` on the listening ``sock`` until SIGTERM/SIGINT.
+    """Serve ``worker.collector.app.create_app`` on the listening ``sock`` until SIGTERM/SIGINT.
 
-    Runs in each process `worker.collector_supervisor` forks. The settings are read from
+    Runs in each process `worker.collector.supervisor` forks. The settings are read from
     the environment; a bad one raises `ConfigurationError` (``collect`` checks them first).
     """
-    from worker.collector import create_app
+    from worker.collector.app import create_app
 
     config = uvicorn.Config(create_app(), **_options(CollectorProtocol))
     uvicorn.Server(config).run(sockets=[sock])
 
 
 def exec_serve(host: str, port: int, workers: int = DEFAULT_WORKERS) -> NoReturn:
-    """Replace this process with ``python -m worker.collector_supervisor HOST PORT WORKERS``.
+    """Replace this process with ``python -m worker.collector.supervisor HOST PORT WORKERS``.
 
     The supervisor holds only the standard library (see its module). The process id stays
     the same, so a container's signals reach the supervisor.
     """
-    argv = [sys.executable, "-m", "worker.collector_supervisor", host, str(port), str(workers)]
+    argv = [sys.executable, "-m", "worker.collector.supervisor", host, str(port), str(workers)]
     os.execv(sys.executable, argv)  # noqa: S606 - a fixed argv, no shell
 
 

@@ -26,7 +26,7 @@ from worker.destinations.base import credential_tag
 from worker.privacy.api import DELETE_PATH, STATUS_PATH
 
 if TYPE_CHECKING:
-    from worker.sandbox import SandboxState
+    from worker.sandbox.state import SandboxState
 
 Answer = tuple[int, Any, dict[str, str], str]
 _FIELDS = {"subjectEmail", "subjectPhone", "requestMsg"}

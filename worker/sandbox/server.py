@@ -1,8 +1,8 @@
 """A local stand-in for Attentive's REST API, for development, the tests, the demo and benchmarks.
 
-It also plays Attentive's GraphQL API (`worker.sandbox_graphql`, ``POST /v1/graphql``), its
-Privacy Request API (`worker.sandbox_privacy`, deletion requests) and Yotpo's custom-event
-endpoint (`worker.sandbox_yotpo`), on the same server: point ATTENTIVE_BASE_URL and
+It also plays Attentive's GraphQL API (`worker.sandbox.graphql`, ``POST /v1/graphql``), its
+Privacy Request API (`worker.sandbox.privacy`, deletion requests) and Yotpo's custom-event
+endpoint (`worker.sandbox.yotpo`), on the same server: point ATTENTIVE_BASE_URL and
 YOTPO_BASE_URL at it.
 
 It checks the Bearer token, validates bodies with the same rules the producers apply (400
@@ -33,11 +33,9 @@ from __future__ import annotations
 import json
 import logging
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -47,89 +45,15 @@ from producers import freshness
 from producers.errors import InvalidJob
 from producers.jobs import EVENT_PATHS, CustomAttributes
 from producers.rules import normalize_phone
-from producers.settings import Settings
 from producers.validation import parse_job
-from worker import sandbox_graphql, sandbox_privacy, sandbox_yotpo
 from worker.destinations.base import credential_tag
-from worker.httpserver import BackgroundHTTPServer
+from worker.sandbox import graphql, privacy, yotpo
+from worker.sandbox.httpserver import BackgroundHTTPServer
+from worker.sandbox.state import Fault, SandboxState
 
 log = logging.getLogger("attentive_relay.sandbox")
 KIND_BY_PATH = {path: kind for kind, path in EVENT_PATHS.items()}
-#: Attentive's published per-endpoint limits where they differ from the default.
-SPECIAL_LIMITS = {"/v1/identity-resolution/user-identifiers": 10}
 MAX_BODY = 1024 * 1024
-
-
-@dataclass
-class Fault:
-    status: int = 200
-    times: int = 1
-    type: str | None = None
-    path: str | None = None
-    retry_after: float | None = None
-    delay_ms: int = 0
-    graphql_code: str | None = None
-    """On ``/v1/graphql``: answer this code as a GraphQL error inside a 200 (``status`` unused)."""
-    message: str | None = None
-
-    def matches(self, path: str, body: dict[str, Any]) -> bool:
-        return (self.path is None or self.path == path) and (self.type is None or body.get("type") == self.type)
-
-    def answer(self, headers: dict[str, str]) -> tuple[int, Any, dict[str, str], str]:
-        """(status, payload, headers, note): what the faulty endpoint answers."""
-        time.sleep(self.delay_ms / 1000)
-        if self.retry_after is not None:
-            headers["Retry-After"] = f"{self.retry_after:g}"
-        if self.graphql_code is not None:
-            message = self.message or f"injected {self.graphql_code}"
-            return 200, sandbox_graphql.error(self.graphql_code, message), headers, "fault"
-        return self.status, {"status": self.status, "error": "injected"}, headers, "fault"
-
-
-@dataclass
-class SandboxState:
-    token: str | None
-    """The Bearer token accepted (None: any token)."""
-    more_tokens: frozenset[str] = frozenset()
-    """Other accounts' tokens accepted too."""
-    rate: int = 150
-    fail_rate: float = 0.0
-    latency_ms: int = 0
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    faults: list[Fault] = field(default_factory=list)
-    windows: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
-    attributes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    yotpo_rate: int = 5
-    yotpo_stores: dict[str, str] = field(default_factory=dict)
-    """Yotpo store id -> access token; empty: every store takes any token."""
-    yotpo_events: dict[tuple[str, str], Any] = field(default_factory=dict)
-    """The last body received per (store id, event_id)."""
-    privacy: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Deletion requests filed, by id (`worker.sandbox_privacy`)."""
-    privacy_delay_s: float = 0.0
-    """How long after filing a deletion request reads as processed."""
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    settings: Settings = field(default_factory=Settings)
-
-    def take(self, token: str, path: str, limit: int | None = None) -> tuple[bool, int, int]:
-        """Count one request in the current second: (allowed, limit, remaining)."""
-        limit = limit or SPECIAL_LIMITS.get(path, self.rate)
-        second = int(time.time())
-        with self.lock:
-            start, used = self.windows.get((token, path), (second, 0))
-            if start != second:
-                start, used = second, 0
-            used += 1
-            self.windows[(token, path)] = (start, used)
-        return used <= limit, limit, max(0, limit - used)
-
-    def fault_for(self, path: str, body: dict[str, Any]) -> Fault | None:
-        with self.lock:
-            for fault in self.faults:
-                if fault.times > 0 and fault.matches(path, body):
-                    fault.times -= 1
-                    return fault
-        return None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -190,9 +114,9 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path == "/__sandbox/requests":
             with s.lock:
                 return self._send(200, [dict(r) for r in s.requests])
-        request = sandbox_privacy.request_id_of(url.path)
+        request = privacy.request_id_of(url.path)
         if request is not None:
-            return self._answer_recorded(url.path, None, lambda: sandbox_privacy.status(s, token, request))
+            return self._answer_recorded(url.path, None, lambda: privacy.status(s, token, request))
         if url.path == "/v1/me":
             return self._send(200, {"applicationName": "attentive-relay sandbox", "companyName": "Sandbox"})
         if url.path == "/v1/attributes/custom":
@@ -218,18 +142,18 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path.startswith("/__sandbox/"):
             return self._control(url.path, raw)
         s = self.state
-        store = sandbox_yotpo.store_of(url.path)
+        store = yotpo.store_of(url.path)
         presented = self._yotpo_token(url.query) if store is not None else self._bearer()
         body = _json_or_none(raw)
         token = self._token()
 
         def answer() -> tuple[int, Any, dict[str, str], str]:
             if store is not None:
-                return sandbox_yotpo.answer(s, store, presented, body)
-            if url.path == sandbox_graphql.PATH:
-                return sandbox_graphql.answer(s, token, body)
-            if url.path == sandbox_privacy.DELETE_PATH and token is not None:
-                return sandbox_privacy.file(s, token, body)
+                return yotpo.answer(s, store, presented, body)
+            if url.path == graphql.PATH:
+                return graphql.answer(s, token, body)
+            if url.path == privacy.DELETE_PATH and token is not None:
+                return privacy.file(s, token, body)
             return self._answer(token, KIND_BY_PATH.get(url.path), url.path, raw)
 
         return self._answer_recorded(url.path, body, answer, presented)

@@ -1,6 +1,6 @@
 """A collector that speaks the Segment HTTP Tracking API, so Segment's own client libraries,
 pointed at it, send their events to Attentive through this relay. This module is the ASGI
-application; `worker.collector_server` serves it (uvicorn) and `worker.collector_body`
+application; `worker.collector.server` serves it (uvicorn) and `worker.collector.body`
 reads request bodies.
 
     POST /v1/track | /v1/page | /v1/identify   one message
@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import Any, Self
+from typing import Any
 
 import anyio
 import redis
@@ -28,9 +28,9 @@ from producers import accounts, jsonvalues, keys, segment
 from producers.errors import ConfigurationError, InvalidJob, Problem
 from producers.prepared import PreparedJob
 from producers.producer import Producer
-from worker.asgi import Receive, Scope, Send, lifespan, respond
-from worker.collector_body import MAX_BODY, BodyBudget, BodyError, read_body
-from worker.collector_policy import Cors, FailureLimiter, WriteKeys, key_fingerprint, presented_key
+from worker.collector.asgi import Receive, Scope, Send, lifespan, respond
+from worker.collector.body import MAX_BODY, BodyBudget, BodyError, read_body
+from worker.collector.policy import Cors, FailureLimiter, WriteKeys, key_fingerprint, presented_key
 
 log = logging.getLogger("attentive_relay.collector")
 MAX_MESSAGE = 32 * 1024
@@ -38,7 +38,7 @@ PATHS = {"/v1/track": "track", "/v1/page": "page", "/v1/identify": "identify", "
 MAX_IN_PROGRESS = 64
 """Requests one process checks and queues at once (bodies read, waiting for or holding a
 worker thread); more get 503 (clients retry). Bodies being received are bounded apart, by
-bytes (`worker.collector_body.MAX_BUFFERED`), so slow senders do not crowd out the others."""
+bytes (`worker.collector.body.MAX_BUFFERED`), so slow senders do not crowd out the others."""
 BODY_TIMEOUT_S = 30.0
 
 Answer = tuple[int, dict[str, Any]]
@@ -219,37 +219,11 @@ def create_app() -> CollectorApp:
     """The app from the environment's settings: what each ``collect --workers N`` process runs."""
     from producers.connection import from_settings
     from producers.settings import load_settings
-    from worker import logs
+    from worker.ops import logs
 
     logs.configure()
     settings = load_settings()
     return CollectorApp(Producer(settings, from_settings(settings)))
 
 
-class Collector:
-    """``with Collector(producer, host="127.0.0.1", port=0) as c: c.url`` serves in a thread.
-
-    Raises ``ValueError`` when ``COLLECTOR_WRITE_KEYS`` is empty. Keyword arguments go to
-    `CollectorApp` (limits) and `worker.collector_server.BackgroundServer` (timeouts, caps).
-    """
-
-    def __init__(self, producer: Producer, host: str = "127.0.0.1", port: int = 8788, **options: Any) -> None:
-        from worker.collector_server import BackgroundServer
-
-        app_options = {k: options.pop(k) for k in ("max_in_progress", "body_timeout_s", "limiter") if k in options}
-        self.app = CollectorApp(producer, **app_options)
-        self.server = BackgroundServer(self.app, host, port, **options)
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def __enter__(self) -> Self:
-        self.server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.stop()
-
-
-__all__ = ["MAX_BODY", "MAX_MESSAGE", "PATHS", "Collector", "CollectorApp", "create_app"]
+__all__ = ["MAX_BODY", "MAX_MESSAGE", "PATHS", "CollectorApp", "create_app"]

@@ -1,0 +1,3 @@
+"""Operating the worker: logging (`logs`), error reports (`sentry`), Prometheus metrics
+(`metrics`) and Flower started safely (`dashboard`).
+"""
