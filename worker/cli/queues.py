@@ -81,7 +81,7 @@ def resume(
     elif not lanes and not released:
         err.print(f"{account} is not paused", markup=False, highlight=False)
     else:
-        out.print(f"resumed {', '.join(lanes) or account}: {released} held jobs due now", markup=False, highlight=False)
+        out.print(f"resumed {', '.join(lanes) or account}: {released} held jobs queued", markup=False, highlight=False)
 
 
 @cli.command()
