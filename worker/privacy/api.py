@@ -30,7 +30,7 @@ import httpx
 from producers.accounts import Account
 from producers.errors import DeliveryError, Rejected, Unauthorized
 from producers.settings import Settings
-from worker.destinations.attentive_rest import classify, rate_for
+from worker.destinations.attentive import classify, rate_for
 from worker.destinations.base import Bucket, Outcome, credential_tag, exchange, http_client
 
 DELETE_PATH = "/v1/privacy/delete-request"
