@@ -205,7 +205,7 @@ class KindLimiter:
     """The shared rate limiter as the Attentive REST destination uses it for one account, by kind."""
 
     def __init__(self, client: redis.Redis, settings: Settings, account: str = "default") -> None:
-        from worker.destinations.attentive_rest import rate_for
+        from worker.destinations.attentive import rate_for
         from worker.destinations.base import Bucket, credential_tag
         from worker.ratelimit import RateLimiter
 

@@ -8,6 +8,8 @@
   its parent packages, whose ``__init__`` modules are kept light.
 - ``producers`` (what a web app installs) never imports ``worker``, ``httpx``, ``celery`` or
   ``uvicorn``, directly or through another ``producers`` module, lazily or not.
+- The two Attentive destinations are siblings over `worker.destinations.attentive`: neither
+  subclasses nor imports the other (the one check that imports, to ask ``issubclass``).
 - Modules longer than `LONG_MODULE` lines are reported (a warning in pytest's summary), never
   failed: the team's guide asks for most modules under it, not all.
 """
@@ -151,3 +153,15 @@ def test_long_modules_are_reported() -> None:
         listed = ", ".join(f"{name} ({n})" for n, name in long)
         warnings.warn(f"{len(long)} modules over {LONG_MODULE} lines: {listed}", stacklevel=1)
     assert lengths, "no modules were found"
+
+
+def test_the_attentive_destinations_are_siblings_over_one_shared_module() -> None:
+    """Issue 18: REST and GraphQL share `worker.destinations.attentive`; neither is the other."""
+    from worker.destinations.attentive_graphql import AttentiveGraphQL
+    from worker.destinations.attentive_rest import AttentiveRest
+
+    assert not issubclass(AttentiveGraphQL, AttentiveRest) and not issubclass(AttentiveRest, AttentiveGraphQL)
+    graph = _graph()
+    rest, graphql = "worker.destinations.attentive_rest", "worker.destinations.attentive_graphql"
+    assert rest not in graph[graphql] and graphql not in graph[rest]
+    assert "worker.destinations.attentive" in graph[rest] & graph[graphql]

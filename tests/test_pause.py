@@ -142,10 +142,10 @@ def test_release_leaves_a_job_the_promoter_queued_meanwhile(settings, producer, 
 
 
 def test_a_probe_resumes_a_lane_whose_token_is_accepted_again(settings, producer, redis_client, sandbox):
-    from worker.destinations.attentive_rest import AttentiveRest
+    from worker.destinations.attentive import AttentiveApi
     from worker.pause_probe import PauseProbe
 
-    rest = AttentiveRest(settings)
+    rest = AttentiveApi(settings)
     probe = PauseProbe(redis_client, settings, rest.whoami)
     pauses = Pauses(redis_client)
     pauses.pause("default", "attentive_rest", "unauthorized", 401, 0)

@@ -34,7 +34,7 @@ from producers.settings import Settings, load_settings
 from worker.compat import kombu_closed_channel_guard
 from worker.delivery import SENDER_THREADS, Delivery
 from worker.destinations import Destinations
-from worker.destinations.attentive_rest import AttentiveRest
+from worker.destinations.attentive import AttentiveApi
 from worker.jobstore import JobStore
 from worker.ops import logs, sentry
 from worker.pause_probe import PauseProbe
@@ -176,7 +176,7 @@ def _start_promoter(**_: object) -> None:
     _privacy_check = PrivacyCheck(forwarder_for(settings, from_settings(settings, health_check_interval=30))).start()
     global _pause_probe
     # Lanes paused by a 401 are resumed once GET /v1/me accepts their token (worker.pause_probe).
-    attentive = AttentiveRest(settings)
+    attentive = AttentiveApi(settings)
     _pause_probe = PauseProbe(from_settings(settings, health_check_interval=30), settings, attentive.whoami).start()
     for account in settings.accounts.values():
         if account.token is None:

@@ -16,9 +16,9 @@ from worker.cli.context import JsonFlag, _settings, cli, err, out
 
 
 def _attentive(settings: Settings) -> Any:
-    from worker.destinations.attentive_rest import AttentiveRest
+    from worker.destinations.attentive import AttentiveApi
 
-    return AttentiveRest(settings)
+    return AttentiveApi(settings)
 
 
 @cli.command()
@@ -37,14 +37,14 @@ def check(as_json: JsonFlag = False) -> None:
         result["redis"] = "ok"
     except redis.RedisError as exc:
         result["redis"] = f"unreachable ({type(exc).__name__})"
-    destination = _attentive(settings)
+    api = _attentive(settings)
     for name, account in settings.accounts.items():
         key = "attentive" if name == DEFAULT else f"attentive:{name}"
         if account.token is None or not account.token.get_secret_value():
             result[key] = f"{account.token_setting} is not set"
             continue
         try:
-            status = destination.whoami(account)
+            status = api.whoami(account)
             result[key] = {200: "ok", 401: "token refused (401)", 403: "token refused (403)"}.get(
                 status, f"unexpected HTTP {status}"
             )

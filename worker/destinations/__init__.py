@@ -11,6 +11,8 @@ outcome classification. The delivery path (`worker.delivery`) is the same for al
     purchase, identity    Attentive REST         attentive_rest
     yotpo_custom_event    Yotpo SMS & Email      yotpo
 
+Both Attentive destinations use `attentive.AttentiveApi` (host, token, rate buckets, sending).
+
 `Destinations` builds each client once per worker process (with an optional injected httpx
 transport for tests) and picks the one for a job. `account_of` finds the job's credentials.
 """

@@ -12,7 +12,7 @@ the published material, and ``__typename`` is valid on every object type, so the
 cannot fail validation over a field name we guessed; the relay needs nothing back but
 success or errors.
 
-Outcomes. An HTTP status other than 2xx is classified as for REST (`attentive_rest.classify`).
+Outcomes. An HTTP status other than 2xx is classified as for REST (`attentive.classify`).
 A 2xx is delivered only when ``data.createCustomEvent`` came back as an object and
 ``errors`` is absent or empty. A 2xx may carry ``errors`` (``{"data": null, "errors":
 [{"message", "extensions": {"code"}}]}``); each error is sorted into one class
@@ -51,7 +51,10 @@ its ``body`` (up to `base.MAX_BODY_KEPT` characters) goes to the dead letter. Fo
 ``body`` keeps each error's code and message (same limit); the detail names codes only.
 
 Rate limits: lane ``graphql`` per token, at ATTENTIVE_RATE_LIMITS["graphql"], else the
-account's ``rate_limit``, else ATTENTIVE_RATE_LIMIT (`attentive_rest.rate_for`).
+account's ``rate_limit``, else ATTENTIVE_RATE_LIMIT (`attentive.rate_for`).
+
+Host, token and sending are `attentive.AttentiveApi`'s, as for REST: the two destinations
+are siblings over it, neither a kind of the other.
 """
 
 from __future__ import annotations
@@ -65,15 +68,11 @@ from pydantic import BaseModel
 
 from producers.accounts import Account
 from producers.errors import DeliveryError, RateLimited, Rejected, ServerError, Unauthorized
-from producers.jobs import attentive_body
-from worker.destinations.attentive_rest import AttentiveRest, rate_for
-from worker.destinations.attentive_rest import classify as classify_http
-from worker.destinations.base import (
-    MAX_BODY_KEPT,
-    Bucket,
-    credential_tag,
-    parse_retry_after,
-)
+from producers.jobs import COUNTED_KINDS, attentive_body
+from producers.settings import Settings
+from worker.destinations.attentive import AttentiveApi
+from worker.destinations.attentive import classify as classify_http
+from worker.destinations.base import MAX_BODY_KEPT, Bucket, Outcome, parse_retry_after
 
 PATH = "/v1/graphql"
 LANE = "graphql"
@@ -254,19 +253,25 @@ def _retry_after(errors: list[Any], headers: httpx.Headers) -> float | None:
     return wait
 
 
-class AttentiveGraphQL(AttentiveRest):
+class AttentiveGraphQL:
     """Attentive's API, same host and token as REST, through the GraphQL endpoint. Thread-safe;
     one per worker process."""
 
     name = "attentive_graphql"
 
+    def __init__(self, settings: Settings, transport: httpx.BaseTransport | None = None) -> None:
+        self.api = AttentiveApi(settings, transport)
+
+    def close(self) -> None:
+        self.api.close()
+
     def endpoint(self, job: BaseModel) -> str:
         return PATH
 
     def bucket(self, job: BaseModel, account: Account) -> Bucket:
-        return Bucket(credential_tag(account.token), LANE, rate_for(self.settings, LANE, account))
+        return self.api.bucket(LANE, account)
 
-    def body(self, job: BaseModel) -> dict[str, Any]:
-        return request_body(job)
-
-    classify = staticmethod(classify)
+    def deliver(self, job: BaseModel, account: Account) -> Outcome:
+        """POST the mutation with the job as its input; the answer read by `classify`."""
+        counted = job.kind in COUNTED_KINDS  # type: ignore[attr-defined]
+        return self.api.send(PATH, request_body(job), account, classify, counted=counted)

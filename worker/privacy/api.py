@@ -28,10 +28,10 @@ from urllib.parse import quote
 import httpx
 
 from producers.accounts import Account
-from producers.errors import DeliveryError, Rejected, Unauthorized
+from producers.errors import DeliveryError, Rejected
 from producers.settings import Settings
-from worker.destinations.attentive_rest import classify, rate_for
-from worker.destinations.base import Bucket, Outcome, credential_tag, exchange, http_client
+from worker.destinations.attentive import AttentiveApi, bearer, classify, missing_token
+from worker.destinations.base import Bucket, Outcome, exchange
 
 DELETE_PATH = "/v1/privacy/delete-request"
 STATUS_PATH = DELETE_PATH + "/{id}"
@@ -70,23 +70,23 @@ class PrivacyApi:
 
     def __init__(self, settings: Settings, transport: httpx.BaseTransport | None = None) -> None:
         self.settings = settings
-        self.http = http_client(settings.attentive_base_url, settings.attentive_timeout_s, transport)
+        self.attentive = AttentiveApi(settings, transport)
 
     def close(self) -> None:
-        self.http.close()
+        self.attentive.close()
 
     def bucket(self, account: Account, lane: str) -> Bucket:
         """The rate limit a call in ``lane`` (`FILE_LANE`, `STATUS_LANE`) counts against."""
-        return Bucket(credential_tag(account.token), lane, rate_for(self.settings, lane, account))
+        return self.attentive.bucket(lane, account)
 
     def file(self, account: Account, subject: str, message: str) -> Filed:
         """File a deletion request for ``subject`` with ``account``'s token."""
-        missing = _no_token(account)
+        missing = missing_token(account)
         if missing is not None:
             return Filed(missing)
         content = json.dumps(delete_body(subject, message), separators=(",", ":"), ensure_ascii=False).encode()
         outcome, response = exchange(
-            lambda: self.http.post(DELETE_PATH, content=content, headers=_auth(account)), _classify
+            lambda: self.attentive.http.post(DELETE_PATH, content=content, headers=bearer(account)), _classify
         )
         if outcome.error is not None or response is None:
             return Filed(outcome)
@@ -103,11 +103,11 @@ class PrivacyApi:
 
     def check(self, account: Account, request_id: str) -> Checked:
         """Ask whether request ``request_id`` (filed with ``account``'s token) was processed."""
-        missing = _no_token(account)
+        missing = missing_token(account)
         if missing is not None:
             return Checked(missing)
         path = STATUS_PATH.format(id=quote(request_id, safe=""))  # an id is Attentive's text: never a path
-        outcome, response = exchange(lambda: self.http.get(path, headers=_auth(account)), _classify)
+        outcome, response = exchange(lambda: self.attentive.http.get(path, headers=bearer(account)), _classify)
         if outcome.error is not None or response is None:
             return Checked(outcome)
         body = _json(response)
@@ -118,18 +118,6 @@ class PrivacyApi:
 
 def _classify(response: httpx.Response) -> DeliveryError | None:
     return classify(response.status_code, response.text, response.headers)
-
-
-def _auth(account: Account) -> dict[str, str]:
-    assert account.token is not None
-    return {"Authorization": f"Bearer {account.token.get_secret_value()}"}
-
-
-def _no_token(account: Account) -> Outcome | None:
-    """An `Unauthorized` outcome when the account has no Attentive token, None otherwise."""
-    if account.token is not None and account.token.get_secret_value():
-        return None
-    return Outcome(None, Unauthorized(f"{account.token_setting} is not set"), 0.0)
 
 
 def _with_error(outcome: Outcome, error: DeliveryError) -> Outcome:
