@@ -2,7 +2,7 @@
 
 Everything before Redis is the sync producer's own code: validation and Segment mapping
 (`Producer.prepare`, `prepare_segment`, `prepare_many`) and the enqueue plan with its Lua script
-and arguments (`producers.queue.plan_push`, `add_push`). Only the last step differs: the commands
+and arguments (`producers.enqueue.plan_push`, `add_push`). Only the last step differs: the commands
 go out on a ``redis.asyncio`` client, awaited on the caller's event loop, with no thread pool in
 between. So the job records, the messages, the counters and the errors are the sync calls'.
 """
@@ -14,15 +14,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from producers import erasure, keys, segment
+from producers.enqueue import STORE, STORE_KEYS, add_push, plan_push
 from producers.errors import InvalidJob
 from producers.prepared import PreparedJob
 from producers.producer import Producer, count_skipped
-from producers.queue import STORE_SCRIPT, add_push, plan_push
 from producers.settings import Settings
 
 if TYPE_CHECKING:
     import redis.asyncio
-    from redis.commands.core import AsyncScript
 
 
 class AsyncProducer:
@@ -39,7 +38,6 @@ class AsyncProducer:
         self.settings = self._preparer.settings
         self._client = client
         self._owns_client = client is None
-        self._store: AsyncScript | None = None
         self._erasure_key: bytes | None = None
 
     @property
@@ -87,7 +85,7 @@ class AsyncProducer:
         """
         plan = plan_push(self.settings, prepared, await self._erasure_secret())
         if plan.store_args is not None:
-            await self._store_script(plan.store_args)
+            await STORE.acall(self.client, STORE_KEYS, plan.store_args)
         elif plan.entries:
             async with self.client.pipeline(transaction=True) as pipe:
                 add_push(pipe, self.settings, plan)
@@ -96,14 +94,6 @@ class AsyncProducer:
             async with self.client.pipeline(transaction=False) as pipe:
                 count_skipped(pipe, skipped)
                 await pipe.execute()
-
-    async def _store_script(self, store_args: list[Any]) -> None:
-        """Run the enqueue script (`STORE_SCRIPT`) by its SHA; redis-py loads it again after a
-        Redis restart (NOSCRIPT). ``store_args`` is its key count, keys, then arguments."""
-        if self._store is None:
-            self._store = self.client.register_script(STORE_SCRIPT)
-        numkeys = int(store_args[0])
-        await self._store(keys=store_args[1 : 1 + numkeys], args=store_args[1 + numkeys :])
 
     async def _erasure_secret(self) -> bytes:
         """`producers.erasure.secret`, awaited: the configured key, or the one kept in Redis."""

@@ -71,7 +71,7 @@ MAX_ROUNDS = 4
 #: looked at the erasure epoch (`worker.lease.EPOCH_FRESH_S`) plus a request's start.
 FENCE_WAIT_S = 3.0
 
-_ERASE = lua.source("producers", "erasure_erase")
+_ERASE = lua.script("producers", "erasure_erase")
 
 
 def canonical_email(raw: str) -> str:
@@ -262,9 +262,9 @@ def erase(
     if before_delete is not None:
         found_people = {p for _, job in found.values() for p in people(job)}
         before_delete(found_accounts, tuple(sorted(found_people | ({person} if person else set()))))
-    script = client.register_script(_ERASE)
     ids_list = sorted(found)
-    jobs, dead, running = script(
+    jobs, dead, running = _ERASE(
+        client,
         keys=[
             keys.STATS,
             keys.QUEUED,

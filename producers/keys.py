@@ -117,7 +117,7 @@ def released(token: str) -> str:
 
 
 def batch(batch_id: str) -> str:
-    """String holding a batch message (`producers.queue.batch_message`) while it waits in the
+    """String holding a batch message (`producers.message.batch_message`) while it waits in the
     queue, for the reconciler to look for; the worker that takes it deletes it."""
     return f"{PREFIX}batch:{batch_id}"
 
@@ -133,7 +133,7 @@ def job(job_id: str) -> str:
 
 
 def seen(message_id: str) -> str:
-    """String marking a Segment ``messageId`` as queued (`producers.queue.push_jobs`'s ``once``),
+    """String marking a Segment ``messageId`` as queued (`producers.enqueue.push_jobs`'s ``once``),
     named by a hash of it; it expires after the freshness window."""
     digest = hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     return f"{PREFIX}seen:{digest}"

@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from producers import erasure, keys, segment, segment_yotpo
+from producers.enqueue import new_job_id, push_jobs
 from producers.errors import InvalidJob, Problem
 from producers.prepared import PreparedJob
-from producers.queue import new_job_id, push_jobs
 from producers.settings import Settings, load_settings
 from producers.validation import job_json, parse_job
 

@@ -20,8 +20,8 @@ import redis
 
 from producers import keys, replies, segment
 from producers.errors import InvalidJob
+from producers.message import ticket_for
 from producers.producer import Producer
-from producers.queue import ticket_for
 from producers.settings import Settings
 from worker.counters import stats
 from worker.delivery import Delivery
@@ -39,7 +39,7 @@ PURCHASE = {
 }
 """A purchase: Attentive takes it without an externalEventId, so one sent twice counts twice."""
 TEST_ERASURE_KEY = b"test-erasure-key"
-"""For tests that queue jobs with `producers.queue.push_jobs` directly, bypassing validation."""
+"""For tests that queue jobs with `producers.enqueue.push_jobs` directly, bypassing validation."""
 
 
 @pytest.fixture(scope="session")
@@ -225,6 +225,6 @@ class KindLimiter:
 
 def queued_count(client: redis.Redis, queue: str = "attentive") -> int:
     """Jobs whose messages wait in ``queue`` (a batch message carries several)."""
-    from producers.queue import tickets_in
+    from producers.message import tickets_in
 
     return sum(len(tickets_in(message)) for message in client.lrange(queue, 0, -1))

@@ -17,8 +17,8 @@ from pydantic import SecretStr
 import producers
 from producers import keys
 from producers.async_producer import AsyncProducer
+from producers.message import celery_message, ticket_for
 from producers.producer import Producer
-from producers.queue import celery_message, ticket_for
 from producers.settings import Settings
 
 from conftest import env_for, queued_count

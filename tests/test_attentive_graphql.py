@@ -13,8 +13,8 @@ from test_delivery import dead_entry, run_until_done
 
 from producers.accounts import DEFAULT
 from producers.errors import RateLimited, Rejected, ServerError, Unauthorized
+from producers.message import ticket_for
 from producers.producer import Producer
-from producers.queue import ticket_for
 from producers.settings import Settings
 from producers.validation import parse_job
 from worker.counters import stats

@@ -26,8 +26,8 @@ from segment.analytics import Client
 
 from producers import keys
 from producers.errors import ConfigurationError
+from producers.message import job_of, tickets_in
 from producers.producer import Producer
-from producers.queue import job_of, tickets_in
 from producers.settings import Settings
 from worker.collector.app import CollectorApp
 from worker.collector.background import Collector

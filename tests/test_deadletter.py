@@ -6,8 +6,9 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from producers import keys
+from producers.enqueue import push_jobs
+from producers.message import ticket_for
 from producers.producer import Producer
-from producers.queue import push_jobs, ticket_for
 from worker.deadletter import DeadLetters
 
 from conftest import TEST_ERASURE_KEY, add_fault, delivery_for, make_settings, queued_count, sandbox_requests

@@ -15,8 +15,9 @@ import pytest
 import redis
 
 from producers import keys, replies
+from producers.enqueue import push_jobs
+from producers.message import ticket_for
 from producers.producer import Producer
-from producers.queue import push_jobs, ticket_for
 from worker.delivery import Delivery
 from worker.sandbox.server import Sandbox
 

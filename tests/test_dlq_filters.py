@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from producers import keys
+from producers.message import tickets_in
 from producers.producer import Producer
-from producers.queue import tickets_in
 from worker.cli import cli
 from worker.deadletter import DeadLetters, Replay
 

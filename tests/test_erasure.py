@@ -20,8 +20,8 @@ import redis
 from producers import keys, replies
 from producers.erasure import mentions, person_key, secret
 from producers.errors import ConfigurationError
+from producers.message import ticket_for
 from producers.producer import Producer
-from producers.queue import ticket_for
 from producers.settings import Settings, load_settings
 from worker.counters import stats
 

@@ -38,8 +38,8 @@ from typer.testing import CliRunner
 from producers import keys, replies
 from producers.errors import InvalidJob
 from producers.jobs import attentive_body
+from producers.message import job_of, tickets_in
 from producers.producer import UNREADABLE, Producer
-from producers.queue import job_of, tickets_in
 from producers.sensitive import scan
 from producers.settings import Settings
 from producers.validation import job_json, parse_job

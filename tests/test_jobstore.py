@@ -7,8 +7,8 @@ import json
 import redis
 
 from producers import keys
+from producers.message import ticket_for
 from producers.producer import Producer
-from producers.queue import ticket_for
 from worker.jobstore import JobStore
 
 from conftest import claimed, queued_count

@@ -28,19 +28,36 @@ def _files() -> dict[tuple[str, str], Path]:
 
 
 def _sources() -> set[tuple[str, str]]:
-    """(package, name) of every ``lua.source("package", "name")`` call in the code."""
+    """(package, name) of every file a ``lua.source("package", "name")`` or
+    ``lua.script("package", "name", requires=...)`` call in the code reads (its libraries included:
+    named as strings there, or through a module constant such as ``REQUEUE_LIBRARY``)."""
     calls: set[tuple[str, str]] = set()
     for path in [*(ROOT / "worker").rglob("*.py"), *(ROOT / "producers").rglob("*.py")]:
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        constants = {
+            target.id: node.value.value
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+            for target in node.targets
+            if isinstance(target, ast.Name)
+        }
+        for node in ast.walk(tree):
             if (
                 isinstance(node, ast.Call)
                 and isinstance(node.func, ast.Attribute)
-                and node.func.attr == "source"
+                and node.func.attr in ("source", "script")
                 and isinstance(node.func.value, ast.Name)
                 and node.func.value.id == "lua"
             ):
                 package, name = (str(arg.value) for arg in node.args if isinstance(arg, ast.Constant))
                 calls.add((package, name))
+                for keyword in node.keywords:
+                    if keyword.arg == "requires":
+                        for library in ast.walk(keyword.value):
+                            if isinstance(library, ast.Constant) and isinstance(library.value, str):
+                                calls.add((package, library.value))
+                            elif isinstance(library, ast.Name) and isinstance(constants.get(library.id), str):
+                                calls.add((package, str(constants[library.id])))
     return calls
 
 

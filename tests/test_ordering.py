@@ -8,8 +8,8 @@ import time
 import redis
 
 from producers import keys, replies
+from producers.message import job_of, tickets_in
 from producers.producer import Producer
-from producers.queue import job_of, tickets_in
 from producers.settings import Settings
 from worker.delivery import Delivery
 from worker.sandbox.server import Sandbox

@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from producers import keys
 from producers.accounts import Account
 from producers.errors import Unauthorized
-from producers.queue import MAX_BATCH, batch_message, ticket_for, tickets_in
+from producers.message import MAX_BATCH, batch_message, ticket_for, tickets_in
 from worker.cli import cli
 from worker.counters import stats
 from worker.pause import Pauses

@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from producers import keys
+from producers.message import ticket_for
 from producers.producer import Producer
-from producers.queue import ticket_for
 from producers.settings import Settings
 from worker.counters import stats
 

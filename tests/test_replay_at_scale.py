@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from producers import keys
+from producers.message import job_of, tickets_in
 from producers.producer import Producer
-from producers.queue import job_of, tickets_in
 from producers.settings import Settings
 from worker.jobstore import Claim, JobStore
 from worker.sandbox.server import Sandbox

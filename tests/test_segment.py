@@ -9,7 +9,7 @@ import pytest
 
 from producers import keys, segment
 from producers.errors import InvalidJob
-from producers.queue import ticket_for
+from producers.message import ticket_for
 
 from conftest import delivery_for, make_settings, mapped, queued_count, sandbox_requests
 

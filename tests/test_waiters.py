@@ -2,7 +2,7 @@
 them in short scripts, a cap on how many one identity job gathers, and an orphaned waiter
 (its identity job vanished) released within the orphan period behind 50,000 live ones.
 
-The waiters are queued through the real enqueue path (`producers.queue.push_jobs`, without
+The waiters are queued through the real enqueue path (`producers.enqueue.push_jobs`, without
 validation), 500 at a time.
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 import redis
 
 from producers import keys
+from producers.enqueue import push_jobs
 from producers.producer import Producer
-from producers.queue import push_jobs
 from producers.settings import Settings
 from worker.counters import stats
 from worker.jobstore import JobStore

@@ -18,8 +18,8 @@ import pytest
 import redis
 
 from producers import keys
+from producers.enqueue import push_jobs
 from producers.producer import Producer
-from producers.queue import push_jobs
 from worker.counters import stats
 from worker.local.processes import RedisServer
 

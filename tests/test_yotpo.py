@@ -18,8 +18,8 @@ from producers import segment_yotpo
 from producers.accounts import DEFAULT
 from producers.erasure import mentions
 from producers.errors import InvalidJob, RateLimited, Rejected, ServerError, Unauthorized
+from producers.message import ticket_for
 from producers.producer import Producer
-from producers.queue import ticket_for
 from producers.segment import Skip
 from producers.settings import Settings
 from producers.validation import job_json, parse_job

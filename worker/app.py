@@ -29,7 +29,7 @@ from celery import Celery, signals
 from kombu import Queue
 
 from producers.connection import from_settings, is_sentinel
-from producers.queue import TASK_NAME
+from producers.message import TASK_NAME
 from producers.settings import Settings, load_settings
 from worker.compat import kombu_closed_channel_guard
 from worker.delivery import SENDER_THREADS, Delivery

@@ -58,8 +58,8 @@ from typing import Any, cast
 import redis
 
 from producers import accounts, erasure, freshness, keys, replies
+from producers.enqueue import add_job, job_record
 from producers.errors import REASONS, InvalidJob
-from producers.queue import add_job, job_record
 from producers.settings import Settings
 from producers.validation import KINDS
 from worker.jobstore import UNKNOWN_ACCOUNT, job_with_account

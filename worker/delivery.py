@@ -35,13 +35,12 @@ from typing import Any, TypeVar
 import redis
 from pydantic import BaseModel
 
-from producers import freshness, keys
+from producers import freshness, keys, lua
 from producers.accounts import Account
 from producers.errors import InvalidJob, NetworkError, RateLimited, ServerError, Stale, Uncertain, WorkerLost
-from producers.queue import MAX_BATCH, job_of
+from producers.message import MAX_BATCH, job_of
 from producers.settings import Settings
 from producers.validation import parse_job
-from worker import pipeline
 from worker.circuit import Circuits
 from worker.destinations import Bucket, Destination, Destinations, Outcome, account_of
 from worker.ended import DEFERRED, Ended, dead, skipped
@@ -338,7 +337,7 @@ class Delivery:
         pause_s = 0.05
         while True:
             try:
-                kept = pipeline.run(
+                kept = lua.run_pipeline(
                     self.store.client,
                     [
                         partial(self._record_in, ready, decision, outcome, done_ms)

@@ -3,7 +3,7 @@
 A paused lane (`worker.pause`) or an open circuit (`worker.circuit`) holds its jobs in the
 schedule, listed in `producers.keys.held`. When the lane resumes or the circuit closes they are
 released by `release_held`: `CHUNK` jobs per script, each script queuing them in messages of up
-to `producers.queue.MAX_BATCH` jobs per queue (`producers.queue.batch_message`, built in the
+to `producers.message.MAX_BATCH` jobs per queue (`producers.message.batch_message`, built in the
 script from its template), behind the work already queued there. Ten thousand held jobs are
 then a few hundred Celery messages, not ten thousand.
 
@@ -23,7 +23,7 @@ import uuid
 import redis
 
 from producers import keys, lua
-from producers.queue import (
+from producers.message import (
     JOB_PLACEHOLDER,
     KIND_PLACEHOLDER,
     MAX_BATCH,
@@ -31,7 +31,7 @@ from producers.queue import (
     batch_message,
     message_template,
 )
-from worker.jobstore import _REQUEUE
+from worker.jobstore import REQUEUE_LIBRARY
 
 CHUNK = 2 * MAX_BATCH
 """Held jobs released per script: two batch messages of one queue, about 3.5 ms of Redis time
@@ -51,7 +51,7 @@ def batch_template() -> str:
     one = batch_message(JOB_PLACEHOLDER, [TICKETS_PLACEHOLDER], QUEUE_PLACEHOLDER, [KIND_PLACEHOLDER])
     summary = f"(1 jobs: {KIND_PLACEHOLDER} x1)"
     if one.count(summary) != 1:
-        raise AssertionError("producers.queue.batch_message changed its argsrepr: update worker.held")
+        raise AssertionError("producers.message.batch_message changed its argsrepr: update worker.held")
     return one.replace(summary, SUMMARY_PLACEHOLDER)
 
 
@@ -61,18 +61,17 @@ def batch_template() -> str:
 # KEYS: held set, schedule, queued index
 # ARGV: now_ms, chunk, single-job template, batch template, key prefix, fallback queue, max batch,
 #       batch id prefix, ticket glue, ttl fallback ms
-_RELEASE_HELD = _REQUEUE + lua.source("worker", "held_release_held")
+_RELEASE_HELD = lua.script("worker", "held_release_held", requires=(REQUEUE_LIBRARY,))
 
 
 class HeldRelease:
-    """Releases held lanes through one Redis client (the script is registered once)."""
+    """Releases held lanes through one Redis client."""
 
     def __init__(self, client: redis.Redis, fallback_queue: str = "attentive") -> None:
         """``fallback_queue``: where a record that names no queue goes (``ATTENTIVE_QUEUE``;
         every record written since queues were per account names its own)."""
         self.client = client
         self.fallback_queue = fallback_queue
-        self._script = client.register_script(_RELEASE_HELD)
         self._batch_template = batch_template()
 
     def release(self, lane: str, now_ms: int, chunk: int = CHUNK, budget_s: float = 60.0) -> int:
@@ -87,7 +86,8 @@ class HeldRelease:
         batch_prefix = "batch-" + uuid.uuid4().hex  # the script numbers its messages after it
         released = 0
         for n in range(scripts):
-            queued, taken = self._script(
+            queued, taken = _RELEASE_HELD(
+                self.client,
                 keys=[key, keys.SCHEDULE, keys.QUEUED],
                 args=[
                     now_ms,

@@ -57,7 +57,7 @@ from typing import Any
 import redis
 
 from producers import accounts, keys, lua
-from producers.queue import message_template
+from producers.message import message_template
 from worker import observed
 
 log = logging.getLogger("attentive_relay.jobstore")
@@ -82,40 +82,40 @@ UNKNOWN_ACCOUNT = "unknown_account"
 
 # KEYS: job, leases, queued index
 # ARGV: ticket, lease expiry ms, job_id
-_CLAIM = lua.source("worker", "jobstore_claim")
+_CLAIM = lua.script("worker", "jobstore_claim")
 
 # One batch message's jobs: each claimed as _CLAIM does, then the batch's kept message is
 # dropped (the reconciler looks for it only while it waits in the queue).
 # KEYS: leases, queued index, batch key   ARGV: lease expiry ms, key prefix, then job_id, ticket pairs
-_CLAIM_MANY = lua.source("worker", "jobstore_claim_many")
+_CLAIM_MANY = lua.script("worker", "jobstore_claim_many")
 
-# Shared by the scripts that queue a job again, each on the queue its record names (its
-# account's; ``fallback`` for a record written before records named one).
-_REQUEUE = lua.source("worker", "jobstore_requeue")
+REQUEUE_LIBRARY = "jobstore_requeue"
+"""Lua functions shared by the scripts that queue a job again, each on the queue its record names
+(its account's; ``fallback`` for a record written before records named one): prepended to them."""
 
 # KEYS: job, leases, schedule, stats, dead entry, dead index, account stats, queued index, waiting index,
 #       awaited index, releasing index, observed
 # ARGV: ticket, job_id, outcome, now_ms, history, due_ms, entry, reason, retention_ms, slot_ms,
 #       template, key prefix, fallback queue, waiters released here, then observed field/increment pairs
-_FINISH = _REQUEUE + lua.source("worker", "jobstore_finish")
+_FINISH = lua.script("worker", "jobstore_finish", requires=(REQUEUE_LIBRARY,))
 
 # KEYS: schedule, leases, default queue, queued index, stats
 # ARGV: now_ms, limit, message template, key prefix
-_PROMOTE = _REQUEUE + lua.source("worker", "jobstore_promote")
+_PROMOTE = lua.script("worker", "jobstore_promote", requires=(REQUEUE_LIBRARY,))
 
 # KEYS: reconcile lock, queued index, default queue, waiting index, stats, awaited index, cursor
 # ARGV: now_ms, cutoff_ms, message template, key prefix, limit, scan_max, lock_ms, waiters swept
-_RECONCILE = _REQUEUE + lua.source("worker", "jobstore_reconcile")
+_RECONCILE = lua.script("worker", "jobstore_reconcile", requires=(REQUEUE_LIBRARY,))
 
 # Identity jobs with waiters, due for a check: one that no longer exists vanished without ending
 # (erased, expired), so its waiters are released (by the promoters, `_RELEASE`).
 # KEYS: awaited index, releasing index   ARGV: now_ms, cutoff_ms, limit, key prefix
-_AWAITED = lua.source("worker", "jobstore_awaited")
+_AWAITED = lua.script("worker", "jobstore_awaited")
 
 # Queue the jobs of released waiter lists, oldest list first, up to a chunk in all.
 # KEYS: releasing index, waiting index, queued index, stats
 # ARGV: now_ms, chunk, message template, key prefix, fallback queue
-_RELEASE = _REQUEUE + lua.source("worker", "jobstore_release")
+_RELEASE = lua.script("worker", "jobstore_release", requires=(REQUEUE_LIBRARY,))
 
 # Move jobs of one account that no worker serves: to another account's queue (their JSON and
 # record name it), or to the dead-letter store. Only jobs still queued, scheduled or waiting and
@@ -125,7 +125,7 @@ _RELEASE = _REQUEUE + lua.source("worker", "jobstore_release")
 #       releasing index
 # ARGV: now_ms, 'move' or 'dead', from account, to account, to queue, template, key prefix,
 #       dead-letter retention ms, fallback queue, reason, then per job: job_id, new job JSON or dead entry
-_MOVE = _REQUEUE + lua.source("worker", "jobstore_move")
+_MOVE = lua.script("worker", "jobstore_move", requires=(REQUEUE_LIBRARY,))
 
 
 @dataclass(frozen=True)
@@ -155,20 +155,14 @@ class JobStore:
         self.lease_ms = lease_ms
         self.retention_ms = retention_ms
         self.orphan_ms = orphan_ms
-        self._claim = client.register_script(_CLAIM)
-        self._claim_many = client.register_script(_CLAIM_MANY)
-        self._finish = client.register_script(_FINISH)
-        self._promote = client.register_script(_PROMOTE)
-        self._reconcile = client.register_script(_RECONCILE)
-        self._awaited = client.register_script(_AWAITED)
-        self._release = client.register_script(_RELEASE)
-        self._move = client.register_script(_MOVE)
         self._template = message_template()
 
     def claim(self, job_id: str, ticket: str, now_ms: int) -> Claim | str:
         """Take the job for one attempt, or say why not: ``gone``, ``stale`` or ``busy``."""
-        r = self._claim(
-            keys=[keys.job(job_id), keys.LEASES, keys.QUEUED], args=[ticket, now_ms + self.lease_ms, job_id]
+        r = _CLAIM(
+            self.client,
+            keys=[keys.job(job_id), keys.LEASES, keys.QUEUED],
+            args=[ticket, now_ms + self.lease_ms, job_id],
         )
         return _claim_of(job_id, ticket, r)
 
@@ -177,7 +171,7 @@ class JobStore:
         args: list[Any] = [now_ms + self.lease_ms, keys.PREFIX]
         for job_id, ticket in tickets:
             args += [job_id, ticket]
-        found = self._claim_many(keys=[keys.LEASES, keys.QUEUED, keys.batch(batch_id)], args=args)
+        found = _CLAIM_MANY(self.client, keys=[keys.LEASES, keys.QUEUED, keys.batch(batch_id)], args=args)
         return [_claim_of(job_id, ticket, r) for (job_id, ticket), r in zip(tickets, found, strict=True)]
 
     def _run_finish(
@@ -194,10 +188,10 @@ class JobStore:
         observe: list[Any] | None = None,
     ) -> bool:
         """Run the finish script; with ``pipe`` only queue it there (its result comes from
-        ``pipe.execute()``), and return True. ``observe``: `worker.observed` fields and
-        increments, counted when the outcome is."""
-        result = self._finish(
-            keys=[
+        `producers.lua.run_pipeline`, which sends that pipeline), and return True. ``observe``:
+        `worker.observed` fields and increments, counted when the outcome is."""
+        finish_keys, finish_args = (
+            [
                 keys.job(claim.job_id),
                 keys.LEASES,
                 keys.SCHEDULE,
@@ -211,7 +205,7 @@ class JobStore:
                 keys.RELEASING,
                 observed.KEY,
             ],
-            args=[
+            [
                 claim.ticket,
                 claim.job_id,
                 outcome,
@@ -228,9 +222,11 @@ class JobStore:
                 FINISH_RELEASE,
                 *(observe or []),
             ],
-            client=pipe,
         )
-        return pipe is not None or bool(result)
+        if pipe is not None:
+            _FINISH.queue(pipe, finish_keys, finish_args)
+            return True
+        return bool(_FINISH(self.client, finish_keys, finish_args))
 
     def delivered(self, claim: Claim, now_ms: int, pipe: redis.client.Pipeline | None = None) -> bool:
         """Count the job delivered and forget it. False when the delivery had been taken over."""
@@ -271,7 +267,8 @@ class JobStore:
 
     def promote(self, now_ms: int, limit: int = 500) -> tuple[int, int]:
         """Queue due retries and reclaim expired leases: (promoted, reaped)."""
-        promoted, reaped = self._promote(
+        promoted, reaped = _PROMOTE(
+            self.client,
             keys=[keys.SCHEDULE, keys.LEASES, self.queue, keys.QUEUED, keys.STATS],
             args=[now_ms, limit, self._template, keys.PREFIX],
         )
@@ -298,7 +295,8 @@ class JobStore:
         ran it just now. Raises ``redis.RedisError`` when Redis cannot be reached; what a
         script did before that stays done (each is atomic on its own).
         """
-        requeued, waiting = self._reconcile(
+        requeued, waiting = _RECONCILE(
+            self.client,
             keys=[
                 keys.RECONCILE_LOCK,
                 keys.QUEUED,
@@ -314,8 +312,10 @@ class JobStore:
             return None
         vanished = 0
         for _ in range(IDENTITY_SCRIPTS):
-            checked, gone = self._awaited(
-                keys=[keys.AWAITED, keys.RELEASING], args=[now_ms, now_ms - self.orphan_ms, IDENTITY_CHUNK, keys.PREFIX]
+            checked, gone = _AWAITED(
+                self.client,
+                keys=[keys.AWAITED, keys.RELEASING],
+                args=[now_ms, now_ms - self.orphan_ms, IDENTITY_CHUNK, keys.PREFIX],
             )
             vanished += int(gone)
             if int(checked) < IDENTITY_CHUNK:
@@ -333,7 +333,8 @@ class JobStore:
         deadline = time.monotonic() + budget_s
         released = 0
         while True:
-            queued, left = self._release(
+            queued, left = _RELEASE(
+                self.client,
                 keys=[keys.RELEASING, keys.WAITING, keys.QUEUED, keys.STATS],
                 args=[now_ms, chunk, self._template, keys.PREFIX, self.queue],
             )
@@ -422,7 +423,8 @@ class JobStore:
                 args += [job_id, json.dumps(_dead_entry(job_id, record, detail, now_ms))]
         if dry_run or not args:
             return
-        done, _skipped = self._move(
+        done, _skipped = _MOVE(
+            self.client,
             keys=[
                 keys.QUEUED,
                 keys.SCHEDULE,

@@ -41,7 +41,7 @@ from producers import keys, lua
 log = logging.getLogger("attentive_relay.lease")
 
 # KEYS: leases   ARGV: expiry ms, key prefix, then job_id, ticket pairs
-_RENEW = lua.source("worker", "lease_renew")
+_RENEW = lua.script("worker", "lease_renew")
 
 #: Leases renewed in one script, at most: keeps each script short at any backlog.
 RENEW_CHUNK = 500
@@ -58,7 +58,6 @@ class Leases:
     def __init__(self, client: redis.Redis, lease_ms: int) -> None:
         self.lease_ms = lease_ms
         self._client = client
-        self._renew = client.register_script(_RENEW)
         self._epoch: bytes | str | None = None
         self._checked = float("-inf")  # time.monotonic() of the last read of a current epoch
         self._held: dict[str, str] = {}  # job id -> ticket
@@ -98,7 +97,7 @@ class Leases:
             ):
                 return True
         args: list[int | str] = [now_ms + self.lease_ms, keys.PREFIX, job_id, ticket]
-        held = bool(self._renew(keys=[keys.LEASES], args=args)[0])
+        held = bool(_RENEW(self._client, keys=[keys.LEASES], args=args)[0])
         with self._lock:
             if held and job_id in self._held:
                 self._expires[job_id] = now_ms + self.lease_ms
@@ -111,7 +110,7 @@ class Leases:
             args: list[Any] = [now_ms + self.lease_ms, keys.PREFIX]
             for job_id, ticket in pairs[start : start + RENEW_CHUNK]:
                 args += [job_id, ticket]
-            out += [bool(flag) for flag in self._renew(keys=[keys.LEASES], args=args)]
+            out += [bool(flag) for flag in _RENEW(self._client, keys=[keys.LEASES], args=args)]
         return out
 
     def renew_held(self, now_ms: int) -> int:

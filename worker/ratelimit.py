@@ -37,9 +37,9 @@ from worker.destinations.base import Bucket
 # Several consecutive slots at once: {how many, the first one's wait}; the others follow at the
 # interval. With a maximum wait (ARGV[3] >= 0), only the slots at most that far off are
 # reserved: none, when the first is further (its wait is still returned).
-_RESERVE_MANY = lua.source("worker", "ratelimit_reserve_many")
+_RESERVE_MANY = lua.script("worker", "ratelimit_reserve_many")
 
-_BACK_OFF = lua.source("worker", "ratelimit_back_off")
+_BACK_OFF = lua.script("worker", "ratelimit_back_off")
 
 
 class RateLimiter:
@@ -49,8 +49,6 @@ class RateLimiter:
     def __init__(self, client: redis.Redis, headroom: float) -> None:
         self._headroom = headroom
         self._client = client
-        self._reserve_many = client.register_script(_RESERVE_MANY)
-        self._back_off = client.register_script(_BACK_OFF)
         self._held: dict[str, float] = {}
         self._offsets: deque[float] = deque(maxlen=64)
         self._offset_lock = threading.Lock()
@@ -70,7 +68,7 @@ class RateLimiter:
     def reserve_many(self, bucket: Bucket, count: int) -> list[float]:
         """Reserve ``count`` consecutive slots in one call: seconds until each."""
         interval_us = round(1_000_000 / self.rate(bucket))
-        _, wait_us, _ = self._reserve_many(keys=[self.key(bucket)], args=[interval_us, count, -1])
+        _, wait_us, _ = _RESERVE_MANY(self._client, keys=[self.key(bucket)], args=[interval_us, count, -1])
         return [(int(wait_us) + i * interval_us) / 1_000_000 for i in range(count)]
 
     def reserve_up_to(self, bucket: Bucket, count: int, max_wait_s: float) -> tuple[list[float], float]:
@@ -84,7 +82,7 @@ class RateLimiter:
         otherwise shift its slots late, into the next ones."""
         interval_us = round(1_000_000 / self.rate(bucket))
         args = [interval_us, count, round(max_wait_s * 1e6) if max_wait_s >= 0 else -1]
-        got, wait, redis_now = self._reserve_many(keys=[self.key(bucket)], args=args)
+        got, wait, redis_now = _RESERVE_MANY(self._client, keys=[self.key(bucket)], args=args)
         first = self._to_local(int(redis_now), time.time()) + int(wait) / 1_000_000
         return [first + i * interval_us / 1_000_000 for i in range(int(got))], first
 
@@ -102,7 +100,7 @@ class RateLimiter:
         worker, and mark it held for that long (see `held`)."""
         self._held[self.key(bucket)] = time.monotonic() + seconds
         hold = keys.rate_hold(bucket.tag, bucket.lane)
-        self._back_off(keys=[self.key(bucket), hold], args=[round(seconds * 1_000_000)])
+        _BACK_OFF(self._client, keys=[self.key(bucket), hold], args=[round(seconds * 1_000_000)])
 
     def held(self, bucket: Bucket, ask_redis: bool) -> bool:
         """Whether the bucket was backed off after a slot in it was reserved: a slot reserved

@@ -49,7 +49,7 @@ COUNTERS = {
 }
 """Fields of the stats hash (`producers.keys.STATS`): failures are counted by reason."""
 
-_CLAIM = lua.source("worker.privacy", "store_claim")
+_CLAIM = lua.script("worker.privacy", "store_claim")
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,6 @@ class RequestStore:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self._claim = client.register_script(_CLAIM)
 
     def create(self, person: str, account: str, subject: str, now_ms: int) -> str:
         """Record a pending request for ``person`` (a digest) at ``account``, keeping ``subject``
@@ -150,7 +149,7 @@ class RequestStore:
     def claim(self, request: str, now_ms: int, until_ms: int) -> bool:
         """Take a due request until ``until_ms``; False when it is not due (another process has
         it, or it is done)."""
-        return bool(self._claim(keys=[keys.PRIVACY_DUE], args=[request, now_ms, until_ms]))
+        return bool(_CLAIM(self.client, keys=[keys.PRIVACY_DUE], args=[request, now_ms, until_ms]))
 
     def filed(self, request: str, request_id: str, now_ms: int, next_ms: int) -> None:
         """Attentive took the request: keep its id, forget the value, check it at ``next_ms``."""

@@ -1,51 +1,27 @@
-"""What goes on the queue, and the atomic enqueue.
+"""The atomic enqueue: job records, their indexes and their messages, written together.
 
-The broker message carries only the job id; the job itself (with its personal data) sits in
-a Redis hash (`producers.keys.job`). So Flower, broker events and Celery's logs see ids,
-never phone numbers or emails.
-
-Messages are written straight into kombu's Redis list in Celery's message protocol v2, by
-the same Lua script that writes the job record and the ``enqueued`` counter (`STORE_SCRIPT`; inside
-MULTI/EXEC when identity ordering's markers go with it): either all three happen or none
-does, and a producer does not need Celery (heavy to import, slow to send). The job store's
-scripts build their messages from the same template. Jobs pushed together share messages,
-up to `MAX_BATCH` each (`batch_message`).
-
-Each message's task id is a *ticket* ``<job_id>.<round>``. The job record holds the ticket
-that may run it; a copy of an older message (kombu restoring an unacked message, a
-duplicate push) carries an older ticket and is ignored. That fencing is what makes a
-crash-restored or promoted message run at most once.
+One Lua script (`STORE`) writes the job records, their messages (`producers.message`) and the
+``enqueued`` counter; inside MULTI/EXEC when identity ordering's markers go with it (and `GATE`
+per job that may wait). Either all of it happens or none does.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from producers import accounts, erasure, keys, lua, ordering
+from producers.message import MAX_BATCH, batch_message, celery_message, new_batch_id, ticket_for
 
 if TYPE_CHECKING:
     import redis
     from redis.asyncio.client import Pipeline as AsyncPipeline
 
     from producers.settings import Settings
-
-TASK_NAME = "attentive.deliver"
-BATCH_TASK_NAME = "attentive.deliver_batch"
-MAX_BATCH = 32
-"""Most jobs one message carries (`batch_message`): Celery's cost per message is shared by
-them. Jobs queued together (``enqueue_many``, a collector batch) go in batches."""
-JOB_PLACEHOLDER = "@JOB@"
-TICKET_PLACEHOLDER = "@TICKET@"
-KIND_PLACEHOLDER = "@KIND@"
-QUEUE_PLACEHOLDER = "@QUEUE@"
 
 _ACCOUNT_FIRST = re.compile(r'^\{"account":"([A-Za-z0-9_-]{1,63})"')
 
@@ -55,104 +31,7 @@ _ACCOUNT_FIRST = re.compile(r'^\{"account":"([A-Za-z0-9_-]{1,63})"')
 # counted (``waiters_over_cap``). Every command here is O(1) in the list's length (LLEN, RPUSH).
 # KEYS: job, queued index, waiting index, awaited index, stats, marker...
 # ARGV: job_id, now_ms, message, queue, prefix, ttl_ms, max_waiters
-_GATE = lua.source("producers", "queue_gate")
-
-
-def ticket_for(job_id: str, round_: int) -> str:
-    return f"{job_id}.{round_}"
-
-
-def celery_message(job_id: str, ticket: str, queue: str, kind: str = "") -> str:
-    """A Celery protocol v2 message, as kombu's Redis transport stores it, for one delivery.
-
-    The body is plain JSON (no ``body_encoding``), which kombu passes through unchanged.
-    ``argsrepr`` is what Flower displays: the job id and kind, nothing personal. Filled in
-    from `message_template`, as the job store's scripts fill it in, so both make the same
-    bytes (the reconciler finds a message by them). Ids, tickets, queue names and kinds never
-    hold characters JSON escapes.
-    """
-    return (
-        _TEMPLATE.replace(JOB_PLACEHOLDER, job_id)
-        .replace(TICKET_PLACEHOLDER, ticket)
-        .replace(QUEUE_PLACEHOLDER, queue)
-        .replace(KIND_PLACEHOLDER, kind)
-    )
-
-
-def _build_message(job_id: str, ticket: str, queue: str, kind: str) -> str:
-    body = json.dumps([[job_id], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
-    return json.dumps(
-        {
-            "body": body,
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": {
-                "lang": "py",
-                "task": TASK_NAME,
-                "id": ticket,
-                "shadow": None,
-                "eta": None,
-                "expires": None,
-                "group": None,
-                "group_index": None,
-                "retries": 0,
-                "timelimit": [None, None],
-                "root_id": ticket,
-                "parent_id": None,
-                "argsrepr": f"('{job_id}',) {kind}",
-                "kwargsrepr": "{}",
-                "origin": "attentive-relay",
-                "ignore_result": True,
-            },
-            "properties": {
-                "correlation_id": ticket,
-                "reply_to": "",
-                "delivery_mode": 2,
-                "delivery_info": {"exchange": "", "routing_key": queue},
-                "priority": 0,
-                "delivery_tag": ticket,
-            },
-        },
-        separators=(",", ":"),
-    )
-
-
-_TEMPLATE = _build_message(JOB_PLACEHOLDER, TICKET_PLACEHOLDER, QUEUE_PLACEHOLDER, KIND_PLACEHOLDER)
-
-
-def batch_message(batch_id: str, tickets: list[str], queue: str, kinds: list[str]) -> str:
-    """One Celery message for several jobs (`BATCH_TASK_NAME`): its task id is the batch id, its
-    argument the jobs' tickets. Flower shows the number of jobs and their kinds, nothing else."""
-    counts = Counter(kinds)
-    summary = ", ".join(f"{kind} x{n}" for kind, n in sorted(counts.items()))
-    message = json.loads(celery_message(batch_id, batch_id, queue))
-    message["body"] = json.dumps([[tickets], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
-    headers = message["headers"]
-    headers["task"] = BATCH_TASK_NAME
-    headers["argsrepr"] = f"({len(tickets)} jobs: {summary})"
-    return json.dumps(message, separators=(",", ":"))
-
-
-def tickets_in(message: str | bytes) -> list[str]:
-    """The tickets a queued message carries: its task id, or a batch's list."""
-    parsed = json.loads(message)
-    if parsed["headers"]["task"] == BATCH_TASK_NAME:
-        return list(json.loads(parsed["body"])[0][0])
-    return [parsed["headers"]["id"]]
-
-
-def job_of(ticket: str) -> str:
-    """The job id a ticket (``<job_id>.<round>``) names."""
-    return ticket.rpartition(".")[0]
-
-
-def new_batch_id() -> str:
-    return "batch-" + uuid.uuid4().hex
-
-
-def message_template() -> str:
-    """`celery_message` with placeholders, for the job store's Lua scripts to fill in."""
-    return _TEMPLATE
+GATE = lua.script("producers", "queue_gate")
 
 
 def account_of(job_json: str) -> str:
@@ -185,13 +64,13 @@ def job_record(job_json: str, kind: str, now_ms: int, round_: int = 0) -> dict[s
 
 # Stores jobs and queues their messages: one command however many jobs, so a producer pays for
 # one round trip's packing and parsing, not a dozen.
-# KEYS: stats, queued index
+# KEYS: stats, queued index (`STORE_KEYS`)
 # ARGV: now_ms, retention_ms, person_ttl_ms, enqueued, job count, then per job:
 #       job key, '1' to index as queued, job_id, field count, fields..., person count, person keys...,
 #       tie count, ties (person key, member)...
 #       then message count, then per message: queue, message, batch key or ''
-STORE_SCRIPT = lua.source("producers", "queue_store_script")
-STORE_SHA = hashlib.sha1(STORE_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+STORE = lua.script("producers", "queue_store_script")
+STORE_KEYS = (keys.STATS, keys.QUEUED)
 
 
 @dataclass
@@ -241,12 +120,12 @@ def _entry(settings: Settings, job_id: str, record: Mapping[str, Any], erasure_k
 def _store_args(
     settings: Settings, entries: list[_Entry], messages: list[tuple[str, str, str]], now_ms: int, enqueued: int
 ) -> list[Any]:
-    """`STORE_SCRIPT`'s key count, keys and arguments: the records (expiring after the job retention),
+    """`STORE`'s arguments (its keys are `STORE_KEYS`): the records (expiring after the job retention),
     their persons (`producers.erasure`; a person's set outlives every job in it, dead letters
     included), the queued index for jobs not waiting, and ``messages`` as (queue, message,
     batch key or '')."""
     person_ttl_ms = max(settings.job_retention_ms, settings.dlq_retention_ms)
-    args: list[Any] = [2, keys.STATS, keys.QUEUED, now_ms, settings.job_retention_ms, person_ttl_ms, enqueued]
+    args: list[Any] = [now_ms, settings.job_retention_ms, person_ttl_ms, enqueued]
     args.append(len(entries))
     for e in entries:
         fields = [x for item in e.record.items() for x in item]
@@ -268,9 +147,7 @@ def _store(
     now_ms: int,
     enqueued: int,
 ) -> None:
-    # EVAL, not EVALSHA, inside a pipeline: it never meets NOSCRIPT (after a Redis restart)
-    # mid-transaction, and redis-py would spend a round trip checking scripts before each one.
-    pipe.eval(STORE_SCRIPT, *_store_args(settings, entries, messages, now_ms, enqueued))
+    STORE.queue_in_transaction(pipe, STORE_KEYS, _store_args(settings, entries, messages, now_ms, enqueued))
 
 
 def add_job(
@@ -331,16 +208,13 @@ def push_jobs(
     message pushed at once queue it once). Returns the markers that were already set.
     Raises ``redis.RedisError`` (nothing queued) when Redis cannot be reached.
     """
-    from redis.exceptions import NoScriptError, WatchError
+    from redis.exceptions import WatchError
 
     jobs = list(jobs)
     if not once:
         plan = plan_push(settings, jobs, erasure_key)
         if plan.store_args is not None:
-            try:
-                client.evalsha(STORE_SHA, *plan.store_args)
-            except NoScriptError:
-                client.eval(STORE_SCRIPT, *plan.store_args)
+            STORE(client, STORE_KEYS, plan.store_args)
         elif plan.entries:
             pipe = client.pipeline(transaction=True)
             add_push(pipe, settings, plan)
@@ -379,7 +253,7 @@ class PushPlan:
     now_ms: int
     entries: list[_Entry]
     store_args: list[Any] | None = None
-    """`STORE_SCRIPT`'s key count, keys and arguments when that one script queues every job (no
+    """`STORE`'s arguments (keys: `STORE_KEYS`) when that one script queues every job (no
     identity ordering involved); None: `add_push` fills a MULTI/EXEC pipeline instead."""
 
 
@@ -419,4 +293,4 @@ def add_push(pipe: redis.client.Pipeline | AsyncPipeline, settings: Settings, pl
                 settings.job_retention_ms,
                 settings.attentive_max_waiters,
             ]
-            pipe.eval(_GATE, len(gate_keys), *gate_keys, *args)
+            GATE.queue_in_transaction(pipe, gate_keys, args)
