@@ -11,7 +11,7 @@
 `InvalidJob` (a ``ValueError``) naming every broken rule and queues nothing then.
 
 Web apps that speak Segment can call `enqueue_segment(message)` instead; it maps track, page
-and identify messages to Attentive calls (see `producers.segment`).
+and identify messages to Attentive calls (see `producers.segment.mapping`).
 
 Async code (FastAPI, Starlette, async Django views) awaits `aenqueue`, `aenqueue_many` and
 `aenqueue_segment` instead: the same validation, script, results and errors, on

@@ -2,7 +2,7 @@
 
 Everything before Redis is the sync producer's own code: validation and Segment mapping
 (`Producer.prepare`, `prepare_segment`, `prepare_many`) and the enqueue plan with its Lua script
-and arguments (`producers.enqueue.plan_push`, `add_push`). Only the last step differs: the commands
+and arguments (`producers.store.enqueue.plan_push`, `add_push`). Only the last step differs: the commands
 go out on a ``redis.asyncio`` client, awaited on the caller's event loop, with no thread pool in
 between. So the job records, the messages, the counters and the errors are the sync calls'.
 """
@@ -13,12 +13,13 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from producers import erasure, keys, segment
-from producers.enqueue import STORE, STORE_KEYS, add_push, plan_push
 from producers.errors import InvalidJob
 from producers.prepared import PreparedJob
 from producers.producer import Producer, count_skipped
+from producers.segment import mapping as segment
 from producers.settings import Settings
+from producers.store import erasure, keys
+from producers.store.enqueue import STORE, STORE_KEYS, add_push, plan_push
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -43,7 +44,7 @@ class AsyncProducer:
     @property
     def client(self) -> redis.asyncio.Redis:
         if self._client is None:
-            from producers.connection import from_settings
+            from producers.store.connection import from_settings
 
             self._client = from_settings(self.settings, asyncio=True)
         return self._client
@@ -96,7 +97,7 @@ class AsyncProducer:
                 await pipe.execute()
 
     async def _erasure_secret(self) -> bytes:
-        """`producers.erasure.secret`, awaited: the configured key, or the one kept in Redis."""
+        """`producers.store.erasure.secret`, awaited: the configured key, or the one kept in Redis."""
         if self._erasure_key is None:
             configured = erasure.configured_secret(self.settings)
             if configured is None:

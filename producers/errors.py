@@ -130,7 +130,7 @@ class Stale(PermanentError):
 
 class Uncertain(PermanentError):
     """The request left but no answer came (a timeout or a connection broken mid-exchange),
-    for a kind Attentive takes without an ``externalEventId`` (`producers.jobs.COUNTED_KINDS`):
+    for a kind Attentive takes without an ``externalEventId`` (`producers.job.models.COUNTED_KINDS`):
     it may have counted, and a second send would count the order twice. Dead-lettered, never
     sent again by itself: an operator checks and replays. Kinds with an event id, and every
     failure before the request left, are a retried `NetworkError` instead."""

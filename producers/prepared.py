@@ -1,5 +1,5 @@
 """A job validated and stamped, ready to queue: what `producers.producer.Producer.prepare`
-returns and `producers.enqueue.push_jobs` takes."""
+returns and `producers.store.enqueue.push_jobs` takes."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ class PreparedJob(NamedTuple):
     """One valid job as it will be stored. A tuple, so ``job_id, kind, job_json = prepared`` works."""
 
     job_id: str
-    """The id `producers.enqueue.new_job_id` gave it: the key of its record in Redis."""
+    """The id `producers.store.enqueue.new_job_id` gave it: the key of its record in Redis."""
     kind: str
-    """Its ``kind``, one of `producers.validation.KINDS`: the queue message carries it."""
+    """Its ``kind``, one of `producers.job.validation.KINDS`: the queue message carries it."""
     job_json: str
-    """The job as stored and replayed (`producers.validation.job_json`)."""
+    """The job as stored and replayed (`producers.job.validation.job_json`)."""

@@ -9,12 +9,14 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from producers import erasure, keys, segment, segment_yotpo
-from producers.enqueue import new_job_id, push_jobs
 from producers.errors import InvalidJob, Problem
+from producers.job.validation import job_json, parse_job
 from producers.prepared import PreparedJob
+from producers.segment import mapping as segment
+from producers.segment import yotpo as segment_yotpo
 from producers.settings import Settings, load_settings
-from producers.validation import job_json, parse_job
+from producers.store import erasure, keys
+from producers.store.enqueue import new_job_id, push_jobs
 
 if TYPE_CHECKING:
     import redis
@@ -58,7 +60,7 @@ class Producer:
     @property
     def client(self) -> redis.Redis:
         if self._client is None:
-            from producers.connection import from_settings
+            from producers.store.connection import from_settings
 
             self._client = from_settings(self.settings)
         return self._client
@@ -127,7 +129,7 @@ class Producer:
 
         ``account`` names the account its jobs are delivered for (the collector's write key
         picks it); None: the default account. With ATTENTIVE_SEGMENT_TO_YOTPO a track message also
-        makes a Yotpo job (`producers.segment_yotpo`). All or nothing: raises `InvalidJob` if any
+        makes a Yotpo job (`producers.segment.yotpo`). All or nothing: raises `InvalidJob` if any
         of its jobs is invalid (an identify makes two), and nothing else whatever ``message`` holds.
         """
         with _refusing_failures("mapping a Segment message"):

@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from producers import accounts as accounts_
 from producers.errors import ConfigurationError
-from producers.sensitive_kinds import compile_patterns
+from producers.job.sensitive_kinds import compile_patterns
 
 
 class Settings(BaseSettings):
@@ -122,7 +122,7 @@ class Settings(BaseSettings):
     """
 
     attentive_max_waiters: int = Field(100_000, ge=1, le=10_000_000)
-    """Most jobs that may wait for one identity job (`producers.ordering`). A job that would
+    """Most jobs that may wait for one identity job (`producers.store.ordering`). A job that would
     wait beyond that is queued at once, unordered, and counted as ``waiters_over_cap``: so
     many events for one person's id while its identity call is pending means an id shared by
     many people (a placeholder such as ``0``), which an identity call cannot link anyway, and
@@ -184,7 +184,7 @@ class Settings(BaseSettings):
     """
 
     attentive_sensitive_guard: bool = True
-    """Refuse jobs carrying strings that look like payment cards or SSNs (see producers.sensitive)."""
+    """Refuse jobs carrying strings that look like payment cards or SSNs (see producers.job.sensitive)."""
 
     attentive_sensitive_patterns: dict[str, str] = Field(default_factory=dict)
     """More sensitive-data patterns, as JSON ``{"name": "regex"}``. Compiled here, so a bad
@@ -202,7 +202,7 @@ class Settings(BaseSettings):
 
     attentive_segment_to_yotpo: bool = False
     """Also make a Yotpo custom event (``yotpo_custom_event``) of every Segment track message
-    (see `producers.segment_yotpo`), for the account's Yotpo store. Off by default."""
+    (see `producers.segment.yotpo`), for the account's Yotpo store. Off by default."""
 
     yotpo_source: str = Field("attentive_relay", max_length=255, pattern=r"^[a-z0-9]+(_[a-z0-9]+)*$")
     """The ``source`` of the Yotpo events the Segment fan-out makes (snake_case)."""

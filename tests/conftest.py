@@ -18,11 +18,12 @@ import httpx
 import pytest
 import redis
 
-from producers import keys, replies, segment
 from producers.errors import InvalidJob
-from producers.message import ticket_for
 from producers.producer import Producer
+from producers.segment import mapping as segment
 from producers.settings import Settings
+from producers.store import keys, replies
+from producers.store.message import ticket_for
 from worker.counters import stats
 from worker.delivery import Delivery
 from worker.destinations import Destinations
@@ -39,7 +40,7 @@ PURCHASE = {
 }
 """A purchase: Attentive takes it without an externalEventId, so one sent twice counts twice."""
 TEST_ERASURE_KEY = b"test-erasure-key"
-"""For tests that queue jobs with `producers.enqueue.push_jobs` directly, bypassing validation."""
+"""For tests that queue jobs with `producers.store.enqueue.push_jobs` directly, bypassing validation."""
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +92,7 @@ def job_state(client: redis.Redis, job_id: str) -> str | None:
 
 
 def mapped(message: Any, **options: Any) -> list[dict[str, Any]]:
-    """`producers.segment.to_jobs` of a message the test expects to map, not to skip."""
+    """`producers.segment.mapping.to_jobs` of a message the test expects to map, not to skip."""
     jobs = segment.to_jobs(message, **options)
     assert not isinstance(jobs, segment.Skip), jobs
     return jobs
@@ -225,6 +226,6 @@ class KindLimiter:
 
 def queued_count(client: redis.Redis, queue: str = "attentive") -> int:
     """Jobs whose messages wait in ``queue`` (a batch message carries several)."""
-    from producers.message import tickets_in
+    from producers.store.message import tickets_in
 
     return sum(len(tickets_in(message)) for message in client.lrange(queue, 0, -1))

@@ -11,11 +11,11 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from producers import keys
 from producers.accounts import DEFAULT
 from producers.errors import ConfigurationError, InvalidJob
 from producers.producer import Producer
 from producers.settings import Settings, load_settings
+from producers.store import keys
 from worker.sandbox.server import Sandbox
 
 from conftest import make_settings, queued_count, sandbox_requests, wait_for

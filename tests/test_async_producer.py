@@ -15,11 +15,11 @@ import redis
 from pydantic import SecretStr
 
 import producers
-from producers import keys
 from producers.async_producer import AsyncProducer
-from producers.message import celery_message, ticket_for
 from producers.producer import Producer
 from producers.settings import Settings
+from producers.store import keys
+from producers.store.message import celery_message, ticket_for
 
 from conftest import env_for, queued_count
 

@@ -13,10 +13,10 @@ from test_delivery import dead_entry, run_until_done
 
 from producers.accounts import DEFAULT
 from producers.errors import RateLimited, Rejected, ServerError, Unauthorized
-from producers.message import ticket_for
+from producers.job.validation import parse_job
 from producers.producer import Producer
 from producers.settings import Settings
-from producers.validation import parse_job
+from producers.store.message import ticket_for
 from worker.counters import stats
 from worker.delivery import Delivery
 from worker.destinations import Destinations

@@ -13,9 +13,9 @@ import pytest
 
 from producers.accounts import DEFAULT, Account
 from producers.errors import NetworkError, RateLimited, Rejected, ServerError, Unauthorized
-from producers.jobs import EVENT_PATHS, attentive_body
+from producers.job.models import EVENT_PATHS, attentive_body
+from producers.job.validation import parse_job
 from producers.settings import Settings
-from producers.validation import parse_job
 from worker.destinations import Outcome
 from worker.destinations.attentive_rest import AttentiveRest
 

@@ -1,4 +1,4 @@
-"""Several jobs per Celery message (`producers.message.batch_message`): queued together, claimed
+"""Several jobs per Celery message (`producers.store.message.batch_message`): queued together, claimed
 in one script, attempted overlapped, found by the reconciler, and fenced like single jobs."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import time
 
 import redis
 
-from producers import keys
-from producers.message import BATCH_TASK_NAME, MAX_BATCH, TASK_NAME, job_of, ticket_for, tickets_in
 from producers.producer import Producer
+from producers.store import keys
+from producers.store.message import BATCH_TASK_NAME, MAX_BATCH, TASK_NAME, job_of, ticket_for, tickets_in
 from worker.sandbox.server import Sandbox
 
 from conftest import add_fault, delivery_for, finished, make_settings, sandbox_requests, wait_for

@@ -20,8 +20,8 @@ import redis
 from kombu import Connection, Exchange, Queue
 from kombu.transport import redis as kombu_redis
 
-from producers import keys
 from producers.producer import Producer
+from producers.store import keys
 from worker.compat import kombu_closed_channel_guard
 from worker.counters import stats
 from worker.local.processes import RedisServer, WorkerProcess

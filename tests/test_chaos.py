@@ -33,8 +33,8 @@ from pathlib import Path
 
 import redis
 
-from producers import keys
 from producers.producer import Producer
+from producers.store import keys
 from worker.counters import stats
 from worker.local.processes import RedisServer, WorkerProcess
 from worker.sandbox.server import Sandbox

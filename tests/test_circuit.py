@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 
-from producers import keys
-from producers.message import ticket_for, tickets_in
 from producers.producer import Producer
+from producers.store import keys
+from producers.store.message import ticket_for, tickets_in
 from worker.circuit import Window
 from worker.counters import stats
 

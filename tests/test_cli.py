@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 from pydantic import SecretStr
 
-from producers import keys
-from producers.message import ticket_for
 from producers.producer import Producer
+from producers.store import keys
+from producers.store.message import ticket_for
 
 from conftest import TOKEN, add_fault, delivery_for, make_settings, queued_count, sandbox_requests
 

@@ -24,11 +24,11 @@ import pytest
 from pydantic import SecretStr
 from segment.analytics import Client
 
-from producers import keys
 from producers.errors import ConfigurationError
-from producers.message import job_of, tickets_in
 from producers.producer import Producer
 from producers.settings import Settings
+from producers.store import keys
+from producers.store.message import job_of, tickets_in
 from worker.collector.app import CollectorApp
 from worker.collector.background import Collector
 from worker.collector.body import MAX_BODY, TOO_LARGE, BodyError, read_body

@@ -10,8 +10,8 @@ import pytest
 
 from producers import accounts
 from producers.errors import ConfigurationError
+from producers.job.sensitive_kinds import compile_patterns
 from producers.producer import Producer
-from producers.sensitive_kinds import compile_patterns
 from producers.settings import Settings, load_settings
 from worker.collector.app import CollectorApp
 from worker.ops.dashboard import OpenDashboard, flower_arguments

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from producers.connection import connect, sentinel_hosts
 from producers.producer import Producer
 from producers.settings import Settings
+from producers.store.connection import connect, sentinel_hosts
 from worker.counters import stats
 from worker.local.processes import RedisServer, free_port, redis_server_binary
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from producers import keys
-from producers.enqueue import push_jobs
-from producers.message import ticket_for
 from producers.producer import Producer
+from producers.store import keys
+from producers.store.enqueue import push_jobs
+from producers.store.message import ticket_for
 from worker.deadletter import DeadLetters
 
 from conftest import TEST_ERASURE_KEY, add_fault, delivery_for, make_settings, queued_count, sandbox_requests

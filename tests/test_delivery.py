@@ -14,10 +14,10 @@ import httpx
 import pytest
 import redis
 
-from producers import keys, replies
-from producers.enqueue import push_jobs
-from producers.message import ticket_for
 from producers.producer import Producer
+from producers.store import keys, replies
+from producers.store.enqueue import push_jobs
+from producers.store.message import ticket_for
 from worker.delivery import Delivery
 from worker.sandbox.server import Sandbox
 

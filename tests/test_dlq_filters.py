@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from producers import keys
-from producers.message import tickets_in
 from producers.producer import Producer
+from producers.store import keys
+from producers.store.message import tickets_in
 from worker.cli import cli
 from worker.deadletter import DeadLetters, Replay
 

@@ -17,12 +17,12 @@ import time
 import pytest
 import redis
 
-from producers import keys, replies
-from producers.erasure import mentions, person_key, secret
 from producers.errors import ConfigurationError
-from producers.message import ticket_for
 from producers.producer import Producer
 from producers.settings import Settings, load_settings
+from producers.store import keys, replies
+from producers.store.erasure import mentions, person_key, secret
+from producers.store.message import ticket_for
 from worker.counters import stats
 
 from conftest import add_fault, claimed, delivery_for, env_for, make_settings

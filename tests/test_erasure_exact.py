@@ -1,4 +1,4 @@
-"""Erasure that is exact and complete (`producers.erasure`): every address validation accepts
+"""Erasure that is exact and complete (`producers.store.erasure`): every address validation accepts
 is erased as the same person it was queued as, never another; and a person's customer ids,
 waiting events, markers and attempts in flight go with them."""
 
@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, example, given
 from hypothesis import strategies as st
 from test_erasure import everything_in
 
-from producers import keys
-from producers.erasure import canonical_email, customer_id, erase, identifier, mentions
 from producers.errors import InvalidJob
+from producers.job.rules import _EMAIL
 from producers.producer import Producer
-from producers.rules import _EMAIL
+from producers.store import keys
+from producers.store.erasure import canonical_email, customer_id, erase, identifier, mentions
 from worker.counters import stats
 from worker.lease import Leases
 

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 from test_erasure import everything_in
 
-from producers.erasure import erase, identifier
 from producers.producer import Producer
+from producers.store.erasure import erase, identifier
 from worker.counters import stats
 from worker.privacy.forwarder import forwarder_for, person_of
 from worker.privacy.store import RequestStore

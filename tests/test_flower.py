@@ -1,6 +1,6 @@
 """A real Flower process watching a real worker: it sees job ids, never personal data.
 
-The broker message carries only the job id (producers/message.py), so the task events Flower
+The broker message carries only the job id (producers/store/message.py), so the task events Flower
 records (args, kwargs, result) and everything its API and metrics serve must not contain
 the phone number, the email or the property values of a job. Also pins down what Flower
 protects with ``--basic-auth`` and what it does not.

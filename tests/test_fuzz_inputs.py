@@ -35,14 +35,14 @@ from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from producers import keys, replies
 from producers.errors import InvalidJob
-from producers.jobs import attentive_body
-from producers.message import job_of, tickets_in
+from producers.job.models import attentive_body
+from producers.job.sensitive import scan
+from producers.job.validation import job_json, parse_job
 from producers.producer import UNREADABLE, Producer
-from producers.sensitive import scan
 from producers.settings import Settings
-from producers.validation import job_json, parse_job
+from producers.store import keys, replies
+from producers.store.message import job_of, tickets_in
 from worker.cli import cli
 from worker.collector.background import Collector
 

@@ -6,9 +6,9 @@ import json
 
 import redis
 
-from producers import keys
-from producers.message import ticket_for
 from producers.producer import Producer
+from producers.store import keys
+from producers.store.message import ticket_for
 from worker.jobstore import JobStore
 
 from conftest import claimed, queued_count

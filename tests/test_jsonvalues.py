@@ -1,4 +1,4 @@
-"""`producers.jsonvalues`: what JSON carries faithfully, and reading JSON that one hostile value
+"""`producers.job.jsonvalues`: what JSON carries faithfully, and reading JSON that one hostile value
 would otherwise make unreadable as a whole."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from producers.jsonvalues import MAX_NUMBER, TOO_DEEP, TOO_LARGE, loads, problems
+from producers.job.jsonvalues import MAX_NUMBER, TOO_DEEP, TOO_LARGE, loads, problems
 
 
 def test_loads_reads_a_number_too_long_for_python_as_one_past_the_bound():

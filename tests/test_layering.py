@@ -8,6 +8,9 @@
   its parent packages, whose ``__init__`` modules are kept light.
 - ``producers`` (what a web app installs) never imports ``worker``, ``httpx``, ``celery`` or
   ``uvicorn``, directly or through another ``producers`` module, lazily or not.
+- Inside ``producers``, the groups keep their seams: `producers.job` (what a job is, its rules)
+  imports neither the Redis store nor the Segment mapping; `producers.store` (the Redis store the
+  worker shares) never imports the Segment mapping; `producers.segment` never imports the store.
 - The two Attentive destinations are siblings over `worker.destinations.attentive`: neither
   subclasses nor imports the other (the one check that imports, to ask ``issubclass``).
 - Modules longer than `LONG_MODULE` lines are reported (a warning in pytest's summary), never
@@ -25,6 +28,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("worker", "producers")
 FORBIDDEN_IN_PRODUCERS = frozenset({"worker", "httpx", "celery", "uvicorn"})
 LONG_MODULE = 200
+PRODUCERS_SEAMS = {
+    "producers.job": ("producers.store", "producers.segment"),
+    "producers.store": ("producers.segment",),
+    "producers.segment": ("producers.store",),
+}
+"""A group of ``producers`` -> the groups none of its modules may import."""
 
 
 def _modules() -> dict[str, Path]:
@@ -144,6 +153,20 @@ def test_producers_never_imports_the_worker_or_its_dependencies() -> None:
         if target.split(".")[0] in FORBIDDEN_IN_PRODUCERS
     ]
     assert broken == []
+
+
+def test_producers_groups_keep_their_seams() -> None:
+    modules = _modules()
+    crossings = [
+        f"{name} imports {target}"
+        for name, path in sorted(modules.items())
+        for group, forbidden in PRODUCERS_SEAMS.items()
+        if name == group or name.startswith(group + ".")
+        for target in sorted(set(_imported(name, path, modules)))
+        if any(target == other or target.startswith(other + ".") for other in forbidden)
+    ]
+    assert all(group in modules for group in PRODUCERS_SEAMS), "a producers group was not found"
+    assert crossings == []
 
 
 def test_long_modules_are_reported() -> None:

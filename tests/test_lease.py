@@ -7,8 +7,8 @@ from typing import Any
 
 import redis
 
-from producers import keys
-from producers.message import ticket_for
+from producers.store import keys
+from producers.store.message import ticket_for
 from worker.lease import Leases
 
 from conftest import PURCHASE, KindLimiter, claimed, delivery_for, sandbox_requests

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import producers
-from producers import keys
+from producers.store import keys
 
 from conftest import queued_count
 
@@ -123,7 +123,12 @@ def test_the_console_script_names_the_extra_to_install(base_venv):
 
 def test_producers_imports_nothing_of_the_worker_even_where_it_is_installed():
     modules = [m.name for m in pkgutil.walk_packages(producers.__path__, "producers.")]
-    assert {"producers.async_producer", "producers.on_commit", "producers.enqueue", "producers.message"} <= set(modules)
+    assert {
+        "producers.async_producer",
+        "producers.on_commit",
+        "producers.store.enqueue",
+        "producers.store.message",
+    } <= set(modules)
     code = (
         "import importlib, sys\n"
         f"for name in {modules!r}: importlib.import_module(name)\n"

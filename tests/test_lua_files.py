@@ -1,4 +1,4 @@
-"""The Lua scripts kept as ``.lua`` files (`producers.lua`): each compiles, each is used, each ships.
+"""The Lua scripts kept as ``.lua`` files (`producers.store.lua`): each compiles, each is used, each ships.
 
 Redis compiles a script on ``SCRIPT LOAD`` without running it, so a syntax error shows here with
 the file's name rather than at the first job that needs the script.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from producers import lua
+from producers.store import lua
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""The one way Lua scripts run (`producers.lua.LuaScript`): every script the code builds runs after
+"""The one way Lua scripts run (`producers.store.lua.LuaScript`): every script the code builds runs after
 Redis forgot its scripts (a restart, ``SCRIPT FLUSH``), called directly, in a pipeline and in a
 transaction; and no module registers a script with redis-py any more.
 
@@ -20,12 +20,12 @@ import redis
 import redis.asyncio
 from redis.exceptions import NoScriptError
 
-from producers import lua
+from producers.store import lua
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = (
-    "producers.enqueue",
-    "producers.erasure",
+    "producers.store.enqueue",
+    "producers.store.erasure",
     "worker.jobstore",
     "worker.held",
     "worker.lease",
@@ -124,10 +124,10 @@ def test_requires_prepends_the_libraries() -> None:
 
 def test_no_module_registers_a_script() -> None:
     """redis-py's ``register_script`` asks ``SCRIPT EXISTS`` before each pipeline; scripts run
-    through `producers.lua` instead."""
+    through `producers.store.lua` instead."""
     callers = []
     for path in [*(ROOT / "worker").rglob("*.py"), *(ROOT / "producers").rglob("*.py")]:
-        if path == ROOT / "producers" / "lua.py":
+        if path == ROOT / "producers" / "store" / "lua.py":
             continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Attribute) and node.attr in ("register_script", "evalsha", "eval"):

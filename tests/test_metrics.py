@@ -12,8 +12,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
-from producers.message import ticket_for
 from producers.producer import Producer
+from producers.store.message import ticket_for
 from worker.local.processes import free_port
 from worker.ops.metrics import RelayCollector
 

@@ -1,4 +1,4 @@
-"""Identity before the events that need it (`producers.ordering`): in-process against the
+"""Identity before the events that need it (`producers.store.ordering`): in-process against the
 sandbox and a real Redis, then with real workers and an identity call that fails twice."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import time
 
 import redis
 
-from producers import keys, replies
-from producers.message import job_of, tickets_in
 from producers.producer import Producer
 from producers.settings import Settings
+from producers.store import keys, replies
+from producers.store.message import job_of, tickets_in
 from worker.delivery import Delivery
 from worker.sandbox.server import Sandbox
 

@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import SecretStr
 
-from producers import keys
 from producers.accounts import Account
 from producers.errors import Unauthorized
-from producers.message import MAX_BATCH, batch_message, ticket_for, tickets_in
+from producers.store import keys
+from producers.store.message import MAX_BATCH, batch_message, ticket_for, tickets_in
 from worker.cli import cli
 from worker.counters import stats
 from worker.pause import Pauses

@@ -10,7 +10,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from producers import keys
+from producers.store import keys
 from worker.pause import LaneSet
 
 

@@ -15,10 +15,10 @@ import redis
 from test_erasure import erase_cli as cli
 from test_erasure import everything_in
 
-from producers import keys
 from producers.accounts import Account
 from producers.producer import Producer
 from producers.settings import Settings
+from producers.store import keys
 from worker.counters import stats
 from worker.destinations.base import credential_tag
 from worker.privacy.api import DELETE_PATH, STATUS_PATH, PrivacyApi, delete_body

@@ -11,9 +11,9 @@ import redis
 from pydantic import SecretStr
 
 import producers
-from producers import keys
 from producers.producer import Producer
-from producers.segment import Skip
+from producers.segment.mapping import Skip
+from producers.store import keys
 
 from conftest import queued_count
 
@@ -47,7 +47,7 @@ def test_unreachable_redis_raises_and_nothing_is_half_written(settings):
 
 
 def test_enqueue_accepts_json_text_and_models(producer: Producer, redis_client):
-    from producers.jobs import CustomAttributes, User
+    from producers.job.models import CustomAttributes, User
 
     model = CustomAttributes(user=User(email="a@example.com"), properties={"vip": True})
     first = producer.enqueue(model)

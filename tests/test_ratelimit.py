@@ -7,10 +7,10 @@ import itertools
 import httpx
 import pytest
 
-from producers import keys
-from producers.message import ticket_for
 from producers.producer import Producer
 from producers.settings import Settings
+from producers.store import keys
+from producers.store.message import ticket_for
 from worker.counters import stats
 
 from conftest import TOKEN, KindLimiter, add_fault, delivery_for, make_settings, sandbox_requests, wait_for

@@ -14,9 +14,9 @@ import time
 
 import redis
 
-from producers import keys
-from producers.message import celery_message, message_template, ticket_for
 from producers.producer import Producer
+from producers.store import keys
+from producers.store.message import celery_message, message_template, ticket_for
 from worker.counters import stats
 from worker.jobstore import Claim, JobStore
 

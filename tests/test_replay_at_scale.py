@@ -23,10 +23,10 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from producers import keys
-from producers.message import job_of, tickets_in
 from producers.producer import Producer
 from producers.settings import Settings
+from producers.store import keys
+from producers.store.message import job_of, tickets_in
 from worker.jobstore import Claim, JobStore
 from worker.sandbox.server import Sandbox
 

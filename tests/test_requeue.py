@@ -9,9 +9,9 @@ import time
 
 from test_unserved import EVENT, WITHOUT_X, both, relay
 
-from producers import keys
-from producers.message import ticket_for
 from producers.producer import Producer
+from producers.store import keys
+from producers.store.message import ticket_for
 from worker.counters import stats
 from worker.deadletter import DeadLetters
 

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from producers import keys, segment
 from producers.errors import InvalidJob
-from producers.message import ticket_for
+from producers.segment import mapping as segment
+from producers.store import keys
+from producers.store.message import ticket_for
 
 from conftest import delivery_for, make_settings, mapped, queued_count, sandbox_requests
 

@@ -11,9 +11,9 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from producers import segment
+from producers.job.validation import job_json, parse_job
+from producers.segment import mapping as segment
 from producers.settings import Settings
-from producers.validation import job_json, parse_job
 
 from conftest import mapped
 

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from producers.errors import ConfigurationError, InvalidJob
-from producers.sensitive import card_network, luhn_ok, scan
+from producers.job.sensitive import card_network, luhn_ok, scan
+from producers.job.validation import parse_job
 from producers.settings import Settings, load_settings
-from producers.validation import parse_job
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 

@@ -16,8 +16,8 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from producers import keys
 from producers.producer import Producer
+from producers.store import keys
 from worker.counters import stats
 from worker.ops import sentry
 from worker.sandbox.httpserver import BackgroundHTTPServer

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from producers.errors import InvalidJob
-from producers.jobs import attentive_body
+from producers.job.models import attentive_body
+from producers.job.validation import parse_job
 from producers.settings import Settings
-from producers.validation import parse_job
 
 NOW = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
 WHEN = "2026-01-31T11:00:00Z"
@@ -435,7 +435,7 @@ def test_properties_nest_to_the_limit_and_no_further_however_deep_the_input() ->
 
 
 def test_a_model_holding_nan_is_refused_not_serialised_as_null() -> None:
-    from producers.jobs import CustomAttributes, User
+    from producers.job.models import CustomAttributes, User
 
     model = CustomAttributes(user=User(email=EMAIL), properties={"score": float("nan")})
     assert [p.field for p in refused(model).problems] == ["properties.score"]

@@ -1,8 +1,8 @@
-"""Identity waiters at scale (`producers.ordering`, `worker.jobstore`): releasing 50,000 of
+"""Identity waiters at scale (`producers.store.ordering`, `worker.jobstore`): releasing 50,000 of
 them in short scripts, a cap on how many one identity job gathers, and an orphaned waiter
 (its identity job vanished) released within the orphan period behind 50,000 live ones.
 
-The waiters are queued through the real enqueue path (`producers.enqueue.push_jobs`, without
+The waiters are queued through the real enqueue path (`producers.store.enqueue.push_jobs`, without
 validation), 500 at a time.
 """
 
@@ -17,10 +17,10 @@ from typing import Any
 
 import redis
 
-from producers import keys
-from producers.enqueue import push_jobs
 from producers.producer import Producer
 from producers.settings import Settings
+from producers.store import keys
+from producers.store.enqueue import push_jobs
 from worker.counters import stats
 from worker.jobstore import JobStore
 from worker.schedule import Promoter

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 import producers
-from producers import keys
+from producers.store import keys
 
 from conftest import env_for, queued_count
 

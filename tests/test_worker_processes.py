@@ -17,9 +17,9 @@ import httpx
 import pytest
 import redis
 
-from producers import keys
-from producers.enqueue import push_jobs
 from producers.producer import Producer
+from producers.store import keys
+from producers.store.enqueue import push_jobs
 from worker.counters import stats
 from worker.local.processes import RedisServer
 

@@ -14,15 +14,15 @@ import httpx
 import pytest
 from test_delivery import dead_entry, run_until_done
 
-from producers import segment_yotpo
 from producers.accounts import DEFAULT
-from producers.erasure import mentions
 from producers.errors import InvalidJob, RateLimited, Rejected, ServerError, Unauthorized
-from producers.message import ticket_for
+from producers.job.validation import job_json, parse_job
 from producers.producer import Producer
-from producers.segment import Skip
+from producers.segment import yotpo as segment_yotpo
+from producers.segment.mapping import Skip
 from producers.settings import Settings
-from producers.validation import job_json, parse_job
+from producers.store.erasure import mentions
+from producers.store.message import ticket_for
 from worker.destinations import Destinations
 from worker.destinations.base import credential_tag
 from worker.destinations.yotpo import PATH, Yotpo, classify
@@ -442,7 +442,7 @@ def test_the_fan_out_is_delivered_to_both(ysettings, redis_client, sandbox) -> N
     )
 
 
-@pytest.mark.parametrize("module", ["producers.yotpo", "producers.segment_yotpo", "worker.destinations.yotpo"])
+@pytest.mark.parametrize("module", ["producers.job.yotpo", "producers.segment.yotpo", "worker.destinations.yotpo"])
 def test_each_module_imports_first_in_a_fresh_interpreter(module: str) -> None:
-    # The job models are split over producers.jobs and producers.yotpo: no import order may break them.
+    # The job models are split over producers.job.models and producers.job.yotpo: no import order may break them.
     subprocess.run([sys.executable, "-c", f"import {module}"], check=True, timeout=60)

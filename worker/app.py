@@ -28,9 +28,9 @@ import threading
 from celery import Celery, signals
 from kombu import Queue
 
-from producers.connection import from_settings, is_sentinel
-from producers.message import TASK_NAME
 from producers.settings import Settings, load_settings
+from producers.store.connection import from_settings, is_sentinel
+from producers.store.message import TASK_NAME
 from worker.compat import kombu_closed_channel_guard
 from worker.delivery import SENDER_THREADS, Delivery
 from worker.destinations import Destinations

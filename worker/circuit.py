@@ -5,12 +5,12 @@ service that is down and burns the jobs' attempts. Each worker process counts, p
 (``ACCOUNT|DESTINATION``), the requests of the last ``ATTENTIVE_CIRCUIT_WINDOW_S`` (60 s) and
 how many failed; when at least ``ATTENTIVE_CIRCUIT_MIN_REQUESTS`` (20) were made and more
 than ``ATTENTIVE_CIRCUIT_FAILURE_SHARE`` (0.5) failed, it opens the lane's circuit for every
-worker (`producers.keys.CIRCUIT`, with why and since when).
+worker (`producers.store.keys.CIRCUIT`, with why and since when).
 
 While a circuit is open, a worker that takes one of the lane's jobs holds it (as a pause
 does, `worker.pause`: back in the schedule, its attempts kept, listed under the lane) until
 the next probe. Every ``ATTENTIVE_CIRCUIT_PROBE_S`` (30 s) one job goes through as the probe
-(`producers.keys.circuit_probe`, taken by one worker): a success closes the circuit, and a
+(`producers.store.keys.circuit_probe`, taken by one worker): a success closes the circuit, and a
 second later, once every worker has seen it closed, the held jobs are queued in batch messages
 (`worker.held`); a failure keeps it open for another probe period. Should that second's timer
 never run (the worker stopped), the held jobs go when their hold ends, a probe period after
@@ -31,8 +31,8 @@ from datetime import UTC, datetime
 
 import redis
 
-from producers import keys
 from producers.settings import Settings
+from producers.store import keys
 from worker.held import HeldRelease
 from worker.pause import REFRESH_S, LaneSet
 

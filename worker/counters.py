@@ -32,9 +32,10 @@ from typing import Any, cast
 
 import redis
 
-from producers import accounts, keys, replies
+from producers import accounts
 from producers.errors import REASONS
 from producers.settings import Settings
+from producers.store import keys, replies
 from worker.circuit import Circuits
 from worker.jobstore import UNKNOWN_ACCOUNT
 from worker.pause import Pauses
@@ -138,7 +139,7 @@ def stats(client: redis.Redis, settings: Settings, overdue_after_ms: int | None 
 
     ``settings`` gives the accounts and their queues. ``queued`` counts the jobs waiting for a
     worker; ``queued_messages`` the broker messages that carry them, in every account's queue
-    (a message carries up to `producers.message.MAX_BATCH` jobs; KEDA scales on these).
+    (a message carries up to `producers.store.message.MAX_BATCH` jobs; KEDA scales on these).
     ``accounts`` holds each account's ``delivered``, ``dead_letter`` (by reason), ``queued``,
     ``scheduled``, ``oldest_queued_s`` and ``served`` (whether it is in the settings; see the
     module's note on cost): every account in the settings, and any other one found in Redis.

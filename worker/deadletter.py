@@ -1,8 +1,8 @@
 """The dead-letter store: jobs that will not be delivered without a person, and their story.
 
-Each entry is a JSON string at `producers.keys.dead` holding the job id, the full job, the
+Each entry is a JSON string at `producers.store.keys.dead` holding the job id, the full job, the
 reason, Attentive's last status and response body (truncated), every attempt, and first/last
-seen times. `producers.keys.DEAD_INDEX` orders them by when they died. Entries expire after
+seen times. `producers.store.keys.DEAD_INDEX` orders them by when they died. Entries expire after
 ``ATTENTIVE_DLQ_RETENTION_DAYS`` because they hold personal data; the index drops
 expired ids lazily.
 
@@ -10,19 +10,19 @@ expired ids lazily.
 list``, ``count``, ``replay`` and ``purge`` alike: when they died (``since``/``until``, read
 from the index's scores), reason, the last attempt's HTTP status (``429`` or a class, ``5xx``),
 job kind, account, destination, and a person. A person is found through the keyed erasure
-index (`producers.erasure.person_key`): the set of job ids that mention the phone or email,
+index (`producers.store.erasure.person_key`): the set of job ids that mention the phone or email,
 intersected with the dead-letter ids. Neither the value nor its hash is ever stored by a filter.
 
 **Replay** puts a job back on its account's queue with a fresh attempt count and a new ticket, in
 one transaction with removing the entry (WATCHed, so two operators replaying at once queue it
-once), and with adding its id to `producers.keys.REPLAYING`. So a replay stopped at any point
+once), and with adding its id to `producers.store.keys.REPLAYING`. So a replay stopped at any point
 (Ctrl-C, a lost connection, ``--limit``) is resumed by running it again: what was queued has
 left the dead-letter store, and nothing is sent twice. The workers send replayed jobs like any
 others: same lanes, same global rate limiter, same checks (a stale event stays refused).
 
 **Pacing.** A bulk replay never floods: it queues a lane's jobs (a lane is one credential at one
 endpoint, the rate limiter's bucket) only while fewer than that lane's *window* of replayed jobs
-are queued, running or due within `SOON_S` (counted from `producers.keys.REPLAYING`, so
+are queued, running or due within `SOON_S` (counted from `producers.store.keys.REPLAYING`, so
 concurrent and resumed replays share it), and only while no fresh job of the account has waited
 queued longer than `FRESH_WAIT_S`. The window is `WINDOW_S` of the lane's rate (150/s: 36 jobs).
 A fresh job queued meanwhile therefore finds at most a window of replayed jobs ahead of it, which
@@ -31,7 +31,7 @@ and the replay takes only the capacity fresh work leaves. It works in chunks of 
 with a progress line each, and stops (resumable) when nothing moved for ``stall_s``: workers not
 running, or fresh work never leaving room.
 
-**Stale events.** An event (`producers.freshness.EVENT_KINDS`) that would be older than the
+**Stale events.** An event (`producers.job.freshness.EVENT_KINDS`) that would be older than the
 freshness window by the time it is sent (judged when its chunk comes, with `STALE_MARGIN_S` to
 spare) is reported and kept, not replayed: Attentive would accept it and ignore it. With
 ``include_stale`` it is replayed anyway and listed in `Replay.included_stale`; a worker still
@@ -57,11 +57,13 @@ from typing import Any, cast
 
 import redis
 
-from producers import accounts, erasure, freshness, keys, replies
-from producers.enqueue import add_job, job_record
+from producers import accounts
 from producers.errors import REASONS, InvalidJob
+from producers.job import freshness
+from producers.job.validation import KINDS
 from producers.settings import Settings
-from producers.validation import KINDS
+from producers.store import erasure, keys, replies
+from producers.store.enqueue import add_job, job_record
 from worker.jobstore import UNKNOWN_ACCOUNT, job_with_account
 
 CHUNK = 100

@@ -35,12 +35,13 @@ from typing import Any, TypeVar
 import redis
 from pydantic import BaseModel
 
-from producers import freshness, keys, lua
 from producers.accounts import Account
 from producers.errors import InvalidJob, NetworkError, RateLimited, ServerError, Stale, Uncertain, WorkerLost
-from producers.message import MAX_BATCH, job_of
+from producers.job import freshness
+from producers.job.validation import parse_job
 from producers.settings import Settings
-from producers.validation import parse_job
+from producers.store import keys, lua
+from producers.store.message import MAX_BATCH, job_of
 from worker.circuit import Circuits
 from worker.destinations import Bucket, Destination, Destinations, Outcome, account_of
 from worker.ended import DEFERRED, Ended, dead, skipped

@@ -1,9 +1,9 @@
 """Held jobs going back on their queues: a lane's jobs leave in batch messages, as fresh work does.
 
 A paused lane (`worker.pause`) or an open circuit (`worker.circuit`) holds its jobs in the
-schedule, listed in `producers.keys.held`. When the lane resumes or the circuit closes they are
+schedule, listed in `producers.store.keys.held`. When the lane resumes or the circuit closes they are
 released by `release_held`: `CHUNK` jobs per script, each script queuing them in messages of up
-to `producers.message.MAX_BATCH` jobs per queue (`producers.message.batch_message`, built in the
+to `producers.store.message.MAX_BATCH` jobs per queue (`producers.store.message.batch_message`, built in the
 script from its template), behind the work already queued there. Ten thousand held jobs are
 then a few hundred Celery messages, not ten thousand.
 
@@ -22,8 +22,8 @@ import uuid
 
 import redis
 
-from producers import keys, lua
-from producers.message import (
+from producers.store import keys, lua
+from producers.store.message import (
     JOB_PLACEHOLDER,
     KIND_PLACEHOLDER,
     MAX_BATCH,
@@ -51,7 +51,7 @@ def batch_template() -> str:
     one = batch_message(JOB_PLACEHOLDER, [TICKETS_PLACEHOLDER], QUEUE_PLACEHOLDER, [KIND_PLACEHOLDER])
     summary = f"(1 jobs: {KIND_PLACEHOLDER} x1)"
     if one.count(summary) != 1:
-        raise AssertionError("producers.message.batch_message changed its argsrepr: update worker.held")
+        raise AssertionError("producers.store.message.batch_message changed its argsrepr: update worker.held")
     return one.replace(summary, SUMMARY_PLACEHOLDER)
 
 

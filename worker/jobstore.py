@@ -1,6 +1,6 @@
 """A job's life in Redis: claim, finish, promote, reap. Every transition is one Lua script.
 
-States of the job hash (`producers.keys.job`)::
+States of the job hash (`producers.store.keys.job`)::
 
     queued --claim--> running --finish(delivered)--> (deleted, counted)
       ^  |               |----finish(retry)-------> scheduled --promote--> queued
@@ -19,7 +19,7 @@ The job record is the truth; the broker message is only a wake-up. A message can
 while its job still says ``queued``: a worker killed between Redis handing it the message
 (BRPOP) and the claim, or a Redis restart whose append-only file kept the record but not the
 push. Every queued job is indexed by the time it was queued in this round
-(`producers.keys.QUEUED`); `JobStore.reconcile` looks at those that have waited past
+(`producers.store.keys.QUEUED`); `JobStore.reconcile` looks at those that have waited past
 ``orphan_ms``, searches the queue for their current message, and queues again those whose
 message is gone. Its cost is bounded: a few candidates per pass, each searched in at most
 ``scan_max`` messages from the consuming end of the queue. A job deeper than that in a long
@@ -29,14 +29,14 @@ backlog may be queued again while its old message still exists; the old message 
 The reconciler never makes a job look younger: the index keeps when the job was queued
 (`stats` reads true ages from it, so jobs on a queue no worker consumes show as overdue),
 and the record keeps when the reconciler last found its message (``checked``), so it is
-searched again only an orphan period later. A cursor (`producers.keys.RECONCILE_CURSOR`)
+searched again only an orphan period later. A cursor (`producers.store.keys.RECONCILE_CURSOR`)
 walks the overdue jobs a few per pass, so every one is looked at in turn.
 
-Identity ordering (`producers.ordering`) at scale: when an identity job ends, its list of
-waiters is renamed (`producers.keys.released`) and at most `FINISH_RELEASE` of them are
+Identity ordering (`producers.store.ordering`) at scale: when an identity job ends, its list of
+waiters is renamed (`producers.store.keys.released`) and at most `FINISH_RELEASE` of them are
 queued by the script that records the end; the rest are queued by the promoters,
 `RELEASE_CHUNK` per script (`JobStore.release_waiters`), so no script grows with the list.
-Identity jobs with waiters are indexed once each (`producers.keys.AWAITED`); the reconciler
+Identity jobs with waiters are indexed once each (`producers.store.keys.AWAITED`); the reconciler
 checks each of them once per orphan period, up to `IDENTITY_CHUNK` per script, and releases
 the waiters of one that vanished without ending (erased, expired) the same way.
 
@@ -56,8 +56,9 @@ from typing import Any
 
 import redis
 
-from producers import accounts, keys, lua
-from producers.message import message_template
+from producers import accounts
+from producers.store import keys, lua
+from producers.store.message import message_template
 from worker import observed
 
 log = logging.getLogger("attentive_relay.jobstore")
@@ -188,7 +189,7 @@ class JobStore:
         observe: list[Any] | None = None,
     ) -> bool:
         """Run the finish script; with ``pipe`` only queue it there (its result comes from
-        `producers.lua.run_pipeline`, which sends that pipeline), and return True. ``observe``:
+        `producers.store.lua.run_pipeline`, which sends that pipeline), and return True. ``observe``:
         `worker.observed` fields and increments, counted when the outcome is."""
         finish_keys, finish_args = (
             [
@@ -453,7 +454,7 @@ class JobStore:
 
 
 def job_with_account(job_json: str, account: str) -> str:
-    """The job's JSON naming ``account`` (first, as `producers.validation.job_json` writes it; no
+    """The job's JSON naming ``account`` (first, as `producers.job.validation.job_json` writes it; no
     name for the default account). Text that is not a JSON object is kept: the worker then
     dead-letters it as invalid, as it would have anyway."""
     try:

@@ -13,11 +13,11 @@ that would be a second delivery, and for purchases, add-to-cart and product view
 - While the process is alive it renews, every third of a lease, the lease of every job it
   holds (claimed, not yet recorded): an attempt waiting its turn behind a slow API is not
   taken over. Only a dead or frozen process loses its leases.
-- Erasure (`producers.erasure`) deletes jobs that may be held here. The same thread reads the
+- Erasure (`producers.store.erasure`) deletes jobs that may be held here. The same thread reads the
   erasure epoch every `EPOCH_POLL_S` while the process holds any job (an idle one makes no
   round trips); when it changed, it renews every held lease at once,
   which forgets the erased jobs. The fence skips its round trip only while that check is at
-  most `EPOCH_FRESH_S` old, so once ``erase`` has waited `producers.erasure.FENCE_WAIT_S`
+  most `EPOCH_FRESH_S` old, so once ``erase`` has waited `producers.store.erasure.FENCE_WAIT_S`
   no attempt of an erased job leaves.
 
 What a crash can still double: a process that dies after a request left but before its
@@ -36,7 +36,7 @@ from typing import Any
 
 import redis
 
-from producers import keys, lua
+from producers.store import keys, lua
 
 log = logging.getLogger("attentive_relay.lease")
 
@@ -48,7 +48,7 @@ RENEW_CHUNK = 500
 #: How often a process holding jobs reads the erasure epoch.
 EPOCH_POLL_S = 0.5
 #: The fence trusts its local lease only if the epoch was checked at most this long ago
-#: (`producers.erasure.FENCE_WAIT_S` is longer, with room for a request to start).
+#: (`producers.store.erasure.FENCE_WAIT_S` is longer, with room for a request to start).
 EPOCH_FRESH_S = 1.5
 
 

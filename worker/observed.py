@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from producers import keys
+from producers.store import keys
 
 KEY = keys.PREFIX + "observed"
 """Hash of the fields above."""

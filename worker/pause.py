@@ -4,11 +4,11 @@ A revoked or mis-scoped token makes every request of that account to that destin
 the same way; dead-lettering them would burn the brand's whole backlog. Instead:
 
 - the first 401/403 (`worker.policy.Pause`) marks the *lane* ``ACCOUNT|DESTINATION`` paused
-  in `producers.keys.PAUSED`, with the reason, the status and since when (the first one
+  in `producers.store.keys.PAUSED`, with the reason, the status and since when (the first one
   stays);
 - that job, and every later job of the lane that a worker takes, is *held*: given back to the
   schedule without counting an attempt (`worker.jobstore.JobStore.defer`), listed in
-  `producers.keys.held`, and due again after `RECHECK_S` in case the pause was lifted by hand;
+  `producers.store.keys.held`, and due again after `RECHECK_S` in case the pause was lifted by hand;
 - ``attentive-relay resume ACCOUNT [--destination D]`` (`Pauses.resume`) lifts the pause and
   queues every held job at once, in batch messages (`worker.held`).
 
@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 
 import redis
 
-from producers import keys, replies
+from producers.store import keys, replies
 from worker.held import HeldRelease
 
 #: How often a worker reads which lanes are paused.
@@ -44,7 +44,7 @@ def lane(account: str, destination: str) -> str:
 
 
 class LaneSet:
-    """The lanes named in a Redis hash (`producers.keys.PAUSED`, `producers.keys.CIRCUIT`), as
+    """The lanes named in a Redis hash (`producers.store.keys.PAUSED`, `producers.store.keys.CIRCUIT`), as
     one worker process sees them: read at most every `REFRESH_S`. Thread-safe."""
 
     def __init__(self, client: redis.Redis, key: str, clock: Callable[[], float] = time.monotonic) -> None:

@@ -10,7 +10,7 @@ Only lanes paused by a 401 (the token refused) at one of Attentive's destination
 A 403 means the token lacks a permission for that endpoint, which ``/v1/me`` cannot tell: the
 lane would be resumed only to be paused again by its next job, so it waits for ``resume``. Yotpo
 has no such endpoint. One probe per lane per period across every worker
-(`producers.keys.pause_probe`).
+(`producers.store.keys.pause_probe`).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from collections.abc import Callable
 import httpx
 import redis
 
-from producers import keys
 from producers.accounts import Account
 from producers.settings import Settings
+from producers.store import keys
 from worker.background import Background
 from worker.pause import Pauses
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from producers import freshness
 from producers.errors import RateLimited, RelayError, Stale, Unauthorized
+from producers.job import freshness
 from producers.settings import Settings
 
 

@@ -29,9 +29,9 @@ from collections import deque
 
 import redis
 
-from producers import keys, lua
-from producers.connection import connect
 from producers.settings import Settings
+from producers.store import keys, lua
+from producers.store.connection import connect
 from worker.destinations.base import Bucket
 
 # Several consecutive slots at once: {how many, the first one's wait}; the others follow at the

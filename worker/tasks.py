@@ -15,7 +15,7 @@ import redis
 from celery import Task
 from celery.exceptions import Reject
 
-from producers.message import BATCH_TASK_NAME, MAX_BATCH, TASK_NAME, job_of
+from producers.store.message import BATCH_TASK_NAME, MAX_BATCH, TASK_NAME, job_of
 from worker.app import app, runtime
 from worker.delivery import Pending
 from worker.ended import Ended
@@ -28,7 +28,7 @@ def _summary(started: list[Ended | Pending]) -> str:
 
 @app.task(name=TASK_NAME, bind=True, acks_late=True, ignore_result=True)
 def deliver(self: Task, job_id: str) -> str:
-    """Attempt delivery of ``job_id``; the message's task id is its ticket (see producers.message)."""
+    """Attempt delivery of ``job_id``; the message's task id is its ticket (see producers.store.message)."""
     try:
         [started] = runtime().delivery.start([(job_id, self.request.id)])
     except redis.RedisError as exc:
@@ -39,7 +39,7 @@ def deliver(self: Task, job_id: str) -> str:
 
 @app.task(name=BATCH_TASK_NAME, bind=True, acks_late=True, ignore_result=True)
 def deliver_batch(self: Task, tickets: list[str]) -> str:
-    """Attempt the jobs of one batch message (see producers.message.batch_message); the message's
+    """Attempt the jobs of one batch message (see producers.store.message.batch_message); the message's
     task id is the batch id. Returns what became of them at once, for Flower."""
     pairs = [(job_of(ticket), ticket) for ticket in list(tickets)[:MAX_BATCH]]
     try:

@@ -10,8 +10,8 @@ import typer
 from rich.table import Table
 
 from producers.accounts import DEFAULT
-from producers.connection import from_settings
 from producers.settings import Settings
+from producers.store.connection import from_settings
 from worker.cli.context import JsonFlag, _settings, cli, err, out
 
 
@@ -68,7 +68,7 @@ def attributes(
     """Show the custom attributes Attentive holds for one customer (exactly one of --phone, --email)."""
     import httpx
 
-    from producers.rules import check_email, normalize_phone
+    from producers.job.rules import check_email, normalize_phone
 
     if (phone is None) == (email is None):
         raise typer.BadParameter("give exactly one of --phone or --email")

@@ -10,9 +10,9 @@ import typer
 from rich.console import Console
 
 from producers.accounts import DEFAULT
-from producers.connection import from_settings
 from producers.errors import ConfigurationError
 from producers.settings import Settings, load_settings
+from producers.store.connection import from_settings
 
 cli = typer.Typer(
     help="Deliver customer events and attributes to Attentive through Redis and Celery.",

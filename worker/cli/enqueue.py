@@ -10,12 +10,12 @@ from typing import Annotated, Any, BinaryIO, NoReturn
 
 import typer
 
-from producers import jsonvalues
 from producers.errors import InvalidJob, Problem
+from producers.job import jsonvalues
+from producers.job.rules import MAX_JOB_BYTES
 from producers.prepared import PreparedJob
 from producers.producer import Producer
-from producers.rules import MAX_JOB_BYTES
-from producers.segment import Skip
+from producers.segment.mapping import Skip
 from worker.cli.context import JsonFlag, _client, _settings, cli, err, out
 
 BATCH = 500

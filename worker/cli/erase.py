@@ -66,8 +66,8 @@ def erase(
     request failed. ``--status`` lists requests by a keyed hash of the person: account, request
     id, times, state; never a phone number or email.
     """
-    from producers.erasure import customer_id
-    from producers.erasure import erase as erase_person
+    from producers.store.erasure import customer_id
+    from producers.store.erasure import erase as erase_person
     from worker.privacy.forwarder import forwarder_for, person_of
     from worker.privacy.store import RequestStore
 
@@ -143,7 +143,7 @@ def erase(
 
 def _person(settings: Settings, phone: str | None, email: str | None) -> str:
     """The canonical identifier, or exit 1 naming the rule it breaks (never the value)."""
-    from producers.erasure import identifier
+    from producers.store.erasure import identifier
 
     try:
         return identifier(settings, phone=phone, email=email)

@@ -24,10 +24,13 @@ from typing import Any
 import anyio
 import redis
 
-from producers import accounts, jsonvalues, keys, segment
+from producers import accounts
 from producers.errors import ConfigurationError, InvalidJob, Problem
+from producers.job import jsonvalues
 from producers.prepared import PreparedJob
 from producers.producer import Producer
+from producers.segment import mapping as segment
+from producers.store import keys
 from worker.collector.asgi import Receive, Scope, Send, lifespan, respond
 from worker.collector.body import MAX_BODY, BodyBudget, BodyError, read_body
 from worker.collector.policy import Cors, FailureLimiter, WriteKeys, key_fingerprint, presented_key
@@ -217,8 +220,8 @@ def _marker(message: Any, account: str) -> str | None:
 
 def create_app() -> CollectorApp:
     """The app from the environment's settings: what each ``collect --workers N`` process runs."""
-    from producers.connection import from_settings
     from producers.settings import load_settings
+    from producers.store.connection import from_settings
     from worker.ops import logs
 
     logs.configure()

@@ -3,7 +3,7 @@
 Where: ``POST {ATTENTIVE_BASE_URL}/v1/graphql`` with the account's Bearer token, the body
 ``{"query": MUTATION, "variables": {"input": {...}}}``. `MUTATION` is a constant: values only
 ever travel in ``variables``, never in the document. The input is the job's Attentive body
-(`producers.jobs.attentive_body`: ``type``, ``user``, ``externalEventId``, ``occurredAt``) with
+(`producers.job.models.attentive_body`: ``type``, ``user``, ``externalEventId``, ``occurredAt``) with
 ``properties`` JSON-encoded as a STRING, as ``CreateCustomEventInput`` wants. The job format is
 the same as for REST.
 
@@ -68,7 +68,7 @@ from pydantic import BaseModel
 
 from producers.accounts import Account
 from producers.errors import DeliveryError, RateLimited, Rejected, ServerError, Unauthorized
-from producers.jobs import COUNTED_KINDS, attentive_body
+from producers.job.models import COUNTED_KINDS, attentive_body
 from producers.settings import Settings
 from worker.destinations.attentive import AttentiveApi
 from worker.destinations.attentive import classify as classify_http

@@ -1,6 +1,6 @@
 """Attentive's REST API: one endpoint per kind, a Bearer token per account.
 
-Rules: the job models (`producers.jobs`) are Attentive's own shapes, checked at enqueue and
+Rules: the job models (`producers.job.models`) are Attentive's own shapes, checked at enqueue and
 again before each attempt. Rate limits: one bucket per token and endpoint (the lane is the
 job's kind), at Attentive's published limits (150/s, identity 10/s) unless configured
 (`attentive.rate_for`). Outcomes: classified by HTTP status alone (`classify`, the status
@@ -13,7 +13,7 @@ import httpx
 from pydantic import BaseModel
 
 from producers.accounts import Account
-from producers.jobs import COUNTED_KINDS, EVENT_PATHS, attentive_body
+from producers.job.models import COUNTED_KINDS, EVENT_PATHS, attentive_body
 from producers.settings import Settings
 from worker.destinations.attentive import AttentiveApi, classify
 from worker.destinations.base import Bucket, Outcome

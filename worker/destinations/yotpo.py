@@ -15,8 +15,8 @@ still not logged here. The store id and token come from the job's account
 (``Account.yotpo_store_id`` / ``yotpo_access_token``: YOTPO_STORE_ID / YOTPO_ACCESS_TOKEN for
 the default account); a missing one is `Unauthorized` naming the setting.
 
-Body: the job's fields as Yotpo names them (`producers.yotpo.yotpo_body`). Rules are the job
-model's (`producers.yotpo`), checked at enqueue and before each attempt.
+Body: the job's fields as Yotpo names them (`producers.job.yotpo.yotpo_body`). Rules are the job
+model's (`producers.job.yotpo`), checked at enqueue and before each attempt.
 
 Rate limits: Yotpo allows 5 requests per second per store (YOTPO_RATE_LIMIT); one bucket per
 store id, lane ``yotpo``. Outcomes by HTTP status as for Attentive REST (2xx
@@ -35,8 +35,8 @@ from pydantic import BaseModel
 
 from producers.accounts import DEFAULT, Account
 from producers.errors import DeliveryError, Unauthorized
+from producers.job.yotpo import yotpo_body
 from producers.settings import Settings
-from producers.yotpo import yotpo_body
 from worker.destinations.base import (
     Bucket,
     Outcome,

@@ -69,8 +69,8 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from producers import keys
 from producers.settings import Settings
+from producers.store import keys
 from worker import observed
 from worker.counters import stats
 

@@ -5,6 +5,6 @@
     forwarder  filing and checking through the rate limiter and the retry policy
     check      the scheduled check every worker runs
 
-``attentive-relay erase`` deletes the relay's own copy (`producers.erasure`), then forwards
+``attentive-relay erase`` deletes the relay's own copy (`producers.store.erasure`), then forwards
 the deletion to every account the person's jobs were queued under (docs/privacy.md, "Erasure forwarded to Attentive").
 """

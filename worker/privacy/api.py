@@ -43,7 +43,7 @@ STATUS_LANE = "privacy_status"
 
 def delete_body(subject: str, message: str) -> dict[str, str]:
     """The request body naming ``subject``, a canonical phone number (E.164, ``+...``) or email
-    (`producers.erasure.identifier`); ``message`` is the audit trail's ``requestMsg``."""
+    (`producers.store.erasure.identifier`); ``message`` is the audit trail's ``requestMsg``."""
     field = "subjectEmail" if "@" in subject else "subjectPhone"
     return {field: subject, "requestMsg": message}
 

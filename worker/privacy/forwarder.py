@@ -87,7 +87,7 @@ class Forwarder:
 
     def record(self, person: str, subject: str, accounts: Iterable[str]) -> list[dict[str, object]]:
         """Store a pending request per account, for the workers to file if `attempt` does not.
-        Called before the relay's copy is erased (`producers.erasure.erase`'s ``before_delete``),
+        Called before the relay's copy is erased (`producers.store.erasure.erase`'s ``before_delete``),
         so a command killed in between leaves the requests, not a person nobody forwards.
         Returns, per account, its ``request`` (our id), or ``status`` ``skipped`` with the
         ``reason`` for an account that is not configured or has no Attentive token."""
@@ -272,8 +272,8 @@ def forwarder_for(settings: Settings, client: redis.Redis, limiter: RateLimiter 
 
 def person_of(client: redis.Redis, settings: Settings, identifier: str) -> str:
     """The keyed hash naming a person in requests: the digest their erasure index is named by
-    (`producers.erasure.person_key`), so it reveals nothing the index did not."""
-    from producers import keys
-    from producers.erasure import person_key, secret
+    (`producers.store.erasure.person_key`), so it reveals nothing the index did not."""
+    from producers.store import keys
+    from producers.store.erasure import person_key, secret
 
     return person_key(secret(client, settings), identifier).removeprefix(keys.person(""))

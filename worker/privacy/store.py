@@ -1,7 +1,7 @@
 """Deletion requests forwarded to Attentive, as records in Redis.
 
-One request per person and account. Its record (`producers.keys.privacy_request`) holds the
-keyed hash of the person (the digest `producers.erasure.person_key` names their index by),
+One request per person and account. Its record (`producers.store.keys.privacy_request`) holds the
+keyed hash of the person (the digest `producers.store.erasure.person_key` names their index by),
 the account, the state, Attentive's request id and the times; never the phone number or
 email. States::
 
@@ -9,13 +9,13 @@ email. States::
        |                 |
        '----failed-------'----failed (a permanent answer while checking)--> failed
 
-The value a request names is kept apart (`producers.keys.privacy_subject`) from the moment
+The value a request names is kept apart (`producers.store.keys.privacy_subject`) from the moment
 the request is made until it is filed or fails, and deleted in the same transaction that
 records either: Attentive's API needs the value itself, and keeping it until then is what
 lets a request survive an Attentive outage or the ``erase`` command's process dying (a
 worker files it later). Its expiry (`SUBJECT_TTL_MS`) outlasts the whole retry schedule.
 
-Requests still to file or to check are in `producers.keys.PRIVACY_DUE`, scored by when; a
+Requests still to file or to check are in `producers.store.keys.PRIVACY_DUE`, scored by when; a
 process takes one by moving its score past a lease (`claim`, one Lua script), so of the
 ``erase`` command and any number of workers exactly one acts on it at a time. Records expire
 `RECORD_RETENTION_MS` after their last change: they are the shop's proof that the deletion
@@ -32,7 +32,7 @@ from typing import cast
 
 import redis
 
-from producers import keys, lua, replies
+from producers.store import keys, lua, replies
 
 PENDING, FILED, PROCESSED, FAILED = "pending", "filed", "processed", "failed"
 RECORD_RETENTION_MS = 400 * 86_400_000
@@ -47,7 +47,7 @@ COUNTERS = {
     "retries": "privacy_retries",
     "failed": "privacy_failed:",
 }
-"""Fields of the stats hash (`producers.keys.STATS`): failures are counted by reason."""
+"""Fields of the stats hash (`producers.store.keys.STATS`): failures are counted by reason."""
 
 _CLAIM = lua.script("worker.privacy", "store_claim")
 

@@ -8,7 +8,7 @@ It answers as a GraphQL server does: HTTP 200, with ``errors`` (each ``{"message
   ``x-ratelimit-*`` headers and window as the REST endpoints);
 - a body that is not ``{"query": ..., "variables": {...}}`` with a ``createCustomEvent(input:
   $var)`` document: ``GRAPHQL_VALIDATION_FAILED``;
-- an input the relay's own rules refuse (`producers.validation.parse_job` of a ``custom_event``
+- an input the relay's own rules refuse (`producers.job.validation.parse_job` of a ``custom_event``
   built from the variables, ``properties`` parsed from its JSON string; a ``properties`` that
   is not a string holding a JSON object is refused too): one ``BAD_USER_INPUT`` error per
   problem, with the field in ``extensions.field``;
@@ -26,9 +26,9 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from producers import freshness
 from producers.errors import InvalidJob
-from producers.validation import parse_job
+from producers.job import freshness
+from producers.job.validation import parse_job
 from worker.sandbox.state import SandboxState, error
 
 PATH = "/v1/graphql"

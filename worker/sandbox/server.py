@@ -41,11 +41,11 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from producers import freshness
 from producers.errors import InvalidJob
-from producers.jobs import EVENT_PATHS, CustomAttributes
-from producers.rules import normalize_phone
-from producers.validation import parse_job
+from producers.job import freshness
+from producers.job.models import EVENT_PATHS, CustomAttributes
+from producers.job.rules import normalize_phone
+from producers.job.validation import parse_job
 from worker.destinations.base import credential_tag
 from worker.sandbox import graphql, privacy, yotpo
 from worker.sandbox.httpserver import BackgroundHTTPServer

@@ -8,7 +8,7 @@
   or missing token 401; without any, every store accepts any non-empty token;
 - 5 requests per second per store (``yotpo_rate`` in the config), a fixed one-second window:
   beyond it 429 with ``RateLimit-Remaining`` and ``RateLimit-Reset`` (also sent on every answer);
-- the body is checked with the relay's own rules (`producers.validation.parse_job` of a
+- the body is checked with the relay's own rules (`producers.job.validation.parse_job` of a
   ``yotpo_custom_event``): 400 with ``{"errors": [{"field", "message"}]}`` listing every problem;
 - faults (``POST /__sandbox/faults``, optionally with a ``type`` or a ``path`` holding the store
   id) answer their status;
@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from producers.errors import InvalidJob
-from producers.validation import parse_job
-from producers.yotpo import YotpoCustomEvent
+from producers.job.validation import parse_job
+from producers.job.yotpo import YotpoCustomEvent
 from worker.destinations.yotpo import PATH
 
 if TYPE_CHECKING:

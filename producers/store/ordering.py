@@ -4,7 +4,7 @@ Attentive can attribute an event whose user is known only by a ``clientUserId`` 
 identifier after an identity call has linked that id to a phone number or an email. So when
 such an event is queued while an ``identity`` job for the same id (and the same account) has
 not ended yet (queued, scheduled for a retry or in flight), the event waits: state
-``waiting``, no broker message, listed under the identity job (`producers.keys.waiters`).
+``waiting``, no broker message, listed under the identity job (`producers.store.keys.waiters`).
 When the identity job ends, delivered or dead-lettered, its waiters are queued: the first
 few by the Lua script that records the end, the rest by the promoters in short scripts
 (`worker.jobstore`), so no script grows with the list. Nothing else waits: an event with a
@@ -16,9 +16,9 @@ at once, unordered, and counted (``waiters_over_cap``): that many events for one
 identity call is pending means an id many people share, which one call cannot link anyway.
 
 The link from an id to its identity job is a marker key named by a keyed hash of the account
-and the id (the erasure index's key, `producers.erasure`), so Redis key names never show an
+and the id (the erasure index's key, `producers.store.erasure`), so Redis key names never show an
 id. It expires with the job retention. Identity jobs with waiters are indexed
-(`producers.keys.AWAITED`): if one disappears without ending (erased, expired), the
+(`producers.store.keys.AWAITED`): if one disappears without ending (erased, expired), the
 reconciler finds it within about ``ATTENTIVE_ORPHAN_S`` and its waiters are queued.
 
 Which jobs wait: custom events, eCommerce events and custom attributes whose ``user`` has no
@@ -31,7 +31,7 @@ import hashlib
 import hmac
 from typing import Any
 
-from producers import keys
+from producers.store import keys
 
 #: Kinds whose ``user`` may be known only by external identifiers.
 USER_KINDS = frozenset({"custom_event", "custom_attributes", "product_view", "add_to_cart", "purchase"})

@@ -22,7 +22,7 @@ Rules (checked at enqueue and again before each attempt, like every kind's):
   array or object), names non-empty and without spaces (Yotpo asks for underscores);
 - ``properties`` (the event's): flat primitive values, no null.
 
-Yotpo events have no freshness window: `producers.freshness` and the Attentive ``occurredAt``
+Yotpo events have no freshness window: `producers.job.freshness` and the Attentive ``occurredAt``
 rules do not apply (the model has no ``occurredAt``).
 """
 
@@ -35,8 +35,8 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BeforeValidator, StringConstraints, model_validator
 
-from producers import rules
-from producers.jobs import Email, Identifier, OccurredAt, Phone, _Job, _Model
+from producers.job import rules
+from producers.job.models import Email, Identifier, OccurredAt, Phone, _Job, _Model
 
 KIND: Final = "yotpo_custom_event"
 SNAKE_CASE = re.compile(r"^[a-z0-9]+(_[a-z0-9]+)*$")

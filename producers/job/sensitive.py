@@ -8,7 +8,7 @@ CCPA/CPRA define them) in events or attributes. On by default (``ATTENTIVE_SENSI
 ``shopifyId``, ``klaviyoId`` and custom identifiers' names and values. Only the phone and
 Yotpo's ``phone_number`` (parsed and normalized as phone numbers), ``kind``, ``occurredAt``,
 prices and quantities are skipped (Yotpo's ``event_id`` is a UUID value, not a string).
-What counts (see `producers.sensitive_kinds`):
+What counts (see `producers.job.sensitive_kinds`):
 
 - ``payment_card``: 13 to 19 digits, grouped or not by space runs, dots or dashes, in a card
   network's range and length, passing Luhn. In Attentive's own ids (``orderId``,
@@ -40,8 +40,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from producers.errors import Problem
-from producers.jobs import CustomIdentifier, IdentityIdentifier
-from producers.sensitive_kinds import (
+from producers.job.models import CustomIdentifier, IdentityIdentifier
+from producers.job.sensitive_kinds import (
     Patterns,
     card_network,
     compile_patterns,

@@ -1,6 +1,6 @@
 """What sensitive data looks like: card numbers, SSNs, telling names, operator patterns.
 
-Pure functions on one string or one name; `producers.sensitive` decides which strings of a
+Pure functions on one string or one name; `producers.job.sensitive` decides which strings of a
 job to hand them. Nothing here raises on any input, except `compile_patterns`, which raises
 `ValueError` for a pattern that is not a valid regular expression (at settings load).
 """

@@ -39,7 +39,7 @@ index to find queued jobs whose message is gone (see `worker.jobstore`), and `st
 their ages from it."""
 
 WAITING = PREFIX + "waiting"
-"""Sorted set of job ids in state ``waiting`` (for an identity job, `producers.ordering`),
+"""Sorted set of job ids in state ``waiting`` (for an identity job, `producers.store.ordering`),
 scored by when they started waiting."""
 
 AWAITED = PREFIX + "awaited"
@@ -77,13 +77,13 @@ ERASURE_KEY = PREFIX + "erasure-key"
 
 def person(digest: str) -> str:
     """Set of the ids of the jobs that mention one person (a phone number or an email), named by
-    a keyed hash of it (`producers.erasure`), never by the value itself."""
+    a keyed hash of it (`producers.store.erasure`), never by the value itself."""
     return f"{PREFIX}person:{digest}"
 
 
 def identity(digest: str) -> str:
     """String holding the id of the latest identity job that links one external id in one
-    account, named by a keyed hash of both (`producers.ordering.marker`)."""
+    account, named by a keyed hash of both (`producers.store.ordering.marker`)."""
     return f"{PREFIX}identity:{digest}"
 
 
@@ -117,7 +117,7 @@ def released(token: str) -> str:
 
 
 def batch(batch_id: str) -> str:
-    """String holding a batch message (`producers.message.batch_message`) while it waits in the
+    """String holding a batch message (`producers.store.message.batch_message`) while it waits in the
     queue, for the reconciler to look for; the worker that takes it deletes it."""
     return f"{PREFIX}batch:{batch_id}"
 
@@ -133,7 +133,7 @@ def job(job_id: str) -> str:
 
 
 def seen(message_id: str) -> str:
-    """String marking a Segment ``messageId`` as queued (`producers.enqueue.push_jobs`'s ``once``),
+    """String marking a Segment ``messageId`` as queued (`producers.store.enqueue.push_jobs`'s ``once``),
     named by a hash of it; it expires after the freshness window."""
     digest = hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     return f"{PREFIX}seen:{digest}"

@@ -1,7 +1,7 @@
 """Attentive's rules for identifiers, names and sizes, as plain functions.
 
 Each check raises ``ValueError`` with a message that states the rule and never echoes the
-value (values are personal data). The pydantic models in `producers.jobs` call these; the
+value (values are personal data). The pydantic models in `producers.job.models` call these; the
 sandbox applies the same models, so the rules live here once.
 """
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from producers import jsonvalues, rules
 from producers.errors import InvalidJob, Problem
+from producers.job import jsonvalues, rules
 from producers.settings import Settings
 
 CHECKOUT_KEYS = (
@@ -60,7 +60,7 @@ DEFAULT_REGION: str = Settings.model_fields["attentive_default_region"].default
 _DECIMAL = re.compile(r"([+-]?)([0-9]+)(?:\.([0-9]+))?")
 NOT_A_NUMBER = "must be a number or a decimal string"
 MAX_EVENT_ID = 128
-"""The most characters of externalEventId Attentive takes (the job model, `producers.jobs`, holds
+"""The most characters of externalEventId Attentive takes (the job model, `producers.job.models`, holds
 the same limit)."""
 EVENT_ID_NAMESPACE = uuid.UUID("0d6f3c52-8a41-5e27-b9c4-3f1e7a2d6b90")
 """The uuid5 namespace of externalEventIds derived from long messageIds (fixed: changing it
@@ -310,7 +310,7 @@ def to_jobs(message: Any, *, rename_keys: bool = False, region: str = DEFAULT_RE
     Raises `InvalidJob` naming the Segment field when the message cannot make a valid call,
     and nothing else whatever the message holds: values JSON cannot carry (NaN, Infinity,
     numbers beyond ±(2^53 − 1), lone surrogates, hostile nesting) anywhere in the message are
-    refused first, by their paths (`producers.jsonvalues`). The jobs still go through the
+    refused first, by their paths (`producers.job.jsonvalues`). The jobs still go through the
     usual validation when enqueued. ``region`` reads a userId written without +country when
     deciding whether it is a phone number (pass the settings' ``attentive_default_region``).
     """

@@ -2,15 +2,15 @@
 
 A deletion request (CCPA, GDPR) names a phone number, an email or a customer id. Scanning
 every value in Redis for it would be slow and would need the value in the clear; instead, at
-enqueue each job id is added to one set per identifier it holds (`producers.keys.person`),
+enqueue each job id is added to one set per identifier it holds (`producers.store.keys.person`),
 named by a keyed hash (HMAC-SHA256) of the identifier's canonical form. The key is
 ``ATTENTIVE_ERASURE_KEY`` or, when unset, a random key created once in Redis: without the key
 a set's name does not reveal whose it is, even for a value as guessable as a phone number.
 
 Canonical forms, one per identifier, used by enqueue, the index and `erase` alike:
 
-- a phone number: E.164, as validation normalizes it (`producers.rules.normalize_phone`);
-- an email: the whole address validation accepts (`producers.rules.check_email`), lower-cased
+- a phone number: E.164, as validation normalizes it (`producers.job.rules.normalize_phone`);
+- an email: the whole address validation accepts (`producers.job.rules.check_email`), lower-cased
   and in Unicode NFC, so ``Jöe@Exämple.com`` typed either way is one person, and
   ``o'brien@example.com`` is never ``brien@example.com``;
 - a customer id: its kind and value within its account (``clientUserId``, ``shopifyId``,
@@ -27,7 +27,7 @@ customer ids, then takes every job that carries one of those ids too (an event k
 script (so it works while workers run), the job records in any state (waiting, queued,
 scheduled, batched, in flight), their index entries, their dead letters, the ordering markers
 and waiter lists of their identity jobs, and the sets. Then `worker.lease` fences any attempt
-in flight: `erase` bumps `producers.keys.ERASURE_EPOCH` and waits `FENCE_WAIT_S` (only when one
+in flight: `erase` bumps `producers.store.keys.ERASURE_EPOCH` and waits `FENCE_WAIT_S` (only when one
 of the jobs was running), after which no worker sends one of them. Copies in the append-only
 file or an RDB snapshot go only when Redis rewrites them (docs/privacy.md, "Erasure").
 """
@@ -45,9 +45,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from producers import accounts, keys, lua, ordering, replies
+from producers import accounts
 from producers.errors import InvalidJob, Problem
-from producers.rules import check_email, normalize_phone
+from producers.job.rules import check_email, normalize_phone
+from producers.store import keys, lua, ordering, replies
 
 if TYPE_CHECKING:
     import redis
@@ -71,7 +72,7 @@ MAX_ROUNDS = 4
 #: looked at the erasure epoch (`worker.lease.EPOCH_FRESH_S`) plus a request's start.
 FENCE_WAIT_S = 3.0
 
-_ERASE = lua.script("producers", "erasure_erase")
+_ERASE = lua.script("producers.store", "erasure_erase")
 
 
 def canonical_email(raw: str) -> str:

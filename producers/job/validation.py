@@ -1,6 +1,6 @@
 """From untrusted input to a valid job, or an `InvalidJob` listing every problem.
 
-Shape rules live in the models (`producers.jobs`); this module adds the rules that need the
+Shape rules live in the models (`producers.job.models`); this module adds the rules that need the
 clock and the settings (freshness, clock skew), stamps what a producer left out, and turns
 pydantic's errors into `Problem` values that name the field and the rule but never the value.
 """
@@ -13,17 +13,17 @@ from typing import Annotated, Any, TypeAlias
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from producers import freshness, jsonvalues, rules, sensitive, yotpo
 from producers.errors import InvalidJob, Problem
-from producers.jobs import EVENT_PATHS, AttentiveJob
+from producers.job import freshness, jsonvalues, rules, sensitive, yotpo
+from producers.job.models import EVENT_PATHS, AttentiveJob
+from producers.job.yotpo import KIND as YOTPO_KIND
+from producers.job.yotpo import YotpoCustomEvent
 from producers.settings import Settings
-from producers.yotpo import KIND as YOTPO_KIND
-from producers.yotpo import YotpoCustomEvent
 
 Job: TypeAlias = AttentiveJob | YotpoCustomEvent
 """Any job model: what `parse_job` returns. Each has a ``kind`` literal naming it."""
 KINDS: tuple[str, ...] = (*EVENT_PATHS, YOTPO_KIND)
-"""Every job kind: Attentive's (`producers.jobs.EVENT_PATHS`), then Yotpo's (`producers.yotpo`)."""
+"""Every job kind: Attentive's (`producers.job.models.EVENT_PATHS`), then Yotpo's (`producers.job.yotpo`)."""
 # Told apart by ``kind``: one model is tried per job, and a wrong kind is one problem, not six.
 _ADAPTER: TypeAdapter[Job] = TypeAdapter(Annotated[Job, Field(discriminator="kind")])
 _KIND_ERRORS = {"union_tag_not_found", "union_tag_invalid", "model_attributes_type"}
@@ -96,13 +96,13 @@ def parse_job(data: Any, settings: Settings, now: datetime, *, at_enqueue: bool)
     At enqueue (``at_enqueue=True``) an event without ``occurredAt`` gets ``now`` and one
     without ``externalEventId`` gets a UUID, and an event already past the freshness window
     is refused. A ``yotpo_custom_event`` gets ``occurred_at`` and ``event_id`` the same way
-    (`producers.yotpo.stamp`); it has no freshness window. At delivery nothing is stamped and
+    (`producers.job.yotpo.stamp`); it has no freshness window. At delivery nothing is stamped and
     staleness is left to the freshness check, which dead-letters as ``stale`` rather than ``invalid``.
 
     Raises `InvalidJob` with every problem found, and nothing else whatever ``data`` holds.
     Values JSON cannot carry (NaN, Infinity, numbers beyond ±(2^53 − 1), lone surrogates,
     non-string keys, nesting past `rules.MAX_DEPTH`) are refused first, alone, by their paths
-    (see `producers.jsonvalues`): they are never turned into ``null``.
+    (see `producers.job.jsonvalues`): they are never turned into ``null``.
     """
     raw = _decode(data)
     unsafe = jsonvalues.problems(raw)

@@ -1,7 +1,7 @@
 """Segment track messages to Yotpo custom events: the fan-out behind ATTENTIVE_SEGMENT_TO_YOTPO.
 
 Off by default. When ``ATTENTIVE_SEGMENT_TO_YOTPO`` is true, `Producer.prepare_segment` adds
-one ``yotpo_custom_event`` job (`producers.yotpo`) to the Attentive jobs of every Segment
+one ``yotpo_custom_event`` job (`producers.job.yotpo`) to the Attentive jobs of every Segment
 ``track`` message (pages and identifies make none), for the same account and queued with
 them, all or nothing. The mapping:
 
@@ -34,9 +34,9 @@ import unicodedata
 import uuid
 from typing import Any
 
-from producers import segment
 from producers.errors import InvalidJob, Problem
-from producers.yotpo import KIND, MAX_NAME
+from producers.job.yotpo import KIND, MAX_NAME
+from producers.segment import mapping as segment
 
 NAMESPACE = uuid.UUID("5b0c6d1e-3f4a-5b6c-8d7e-9f0a1b2c3d4e")
 """The uuid5 namespace of event ids derived from Segment messageIds (fixed: changing it would

@@ -3,7 +3,7 @@
 Field names are Attentive's own (``externalEventId``, ``occurredAt``, ...), so a user who
 knows the API knows the format. Models are frozen and refuse unknown fields. Validation
 needs a context ``{"region": "US"}`` for phone numbers written without a country code;
-`producers.validation.parse_job` supplies it from the settings.
+`producers.job.validation.parse_job` supplies it from the settings.
 
 Empty strings and nulls in identifiers are dropped (never sent); everything else that breaks
 a rule is an error naming the field.
@@ -28,7 +28,8 @@ from pydantic import (
     model_validator,
 )
 
-from producers import accounts, jsonvalues, rules
+from producers import accounts
+from producers.job import jsonvalues, rules
 
 log = logging.getLogger("attentive_relay.jobs")
 
@@ -283,7 +284,7 @@ class Identity(_Job):
 
 
 AttentiveJob = CustomEvent | CustomAttributes | ProductView | AddToCart | Purchase | Identity
-"""Every Attentive job model; `producers.validation.Job` adds the other destinations' kinds."""
+"""Every Attentive job model; `producers.job.validation.Job` adds the other destinations' kinds."""
 
 
 def attentive_body(job: BaseModel) -> dict[str, Any]:

@@ -25,8 +25,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from producers import rules
 from producers.errors import Problem
+from producers.job import rules
 
 #: 2^53 − 1: integers beyond this are not exact in parsers that read numbers as doubles.
 MAX_NUMBER = 2**53 - 1

@@ -1,6 +1,6 @@
 """The atomic enqueue: job records, their indexes and their messages, written together.
 
-One Lua script (`STORE`) writes the job records, their messages (`producers.message`) and the
+One Lua script (`STORE`) writes the job records, their messages (`producers.store.message`) and the
 ``enqueued`` counter; inside MULTI/EXEC when identity ordering's markers go with it (and `GATE`
 per job that may wait). Either all of it happens or none does.
 """
@@ -14,8 +14,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from producers import accounts, erasure, keys, lua, ordering
-from producers.message import MAX_BATCH, batch_message, celery_message, new_batch_id, ticket_for
+from producers import accounts
+from producers.store import erasure, keys, lua, ordering
+from producers.store.message import MAX_BATCH, batch_message, celery_message, new_batch_id, ticket_for
 
 if TYPE_CHECKING:
     import redis
@@ -25,19 +26,19 @@ if TYPE_CHECKING:
 
 _ACCOUNT_FIRST = re.compile(r'^\{"account":"([A-Za-z0-9_-]{1,63})"')
 
-# A job that depends on an identity job (`producers.ordering`): it waits if one of the identity
+# A job that depends on an identity job (`producers.store.ordering`): it waits if one of the identity
 # jobs its markers name has not ended (its record still exists), else it is queued. An identity
 # job that already has ``max_waiters`` waiters takes no more: the job is queued at once and
 # counted (``waiters_over_cap``). Every command here is O(1) in the list's length (LLEN, RPUSH).
 # KEYS: job, queued index, waiting index, awaited index, stats, marker...
 # ARGV: job_id, now_ms, message, queue, prefix, ttl_ms, max_waiters
-GATE = lua.script("producers", "queue_gate")
+GATE = lua.script("producers.store", "queue_gate")
 
 
 def account_of(job_json: str) -> str:
     """The account a stored job names, or `producers.accounts.DEFAULT`.
 
-    Reads only the start of the text: `producers.validation.job_json` writes ``account``
+    Reads only the start of the text: `producers.job.validation.job_json` writes ``account``
     first when a job has one (it is the first field of every job model).
     """
     found = _ACCOUNT_FIRST.match(job_json)
@@ -69,7 +70,7 @@ def job_record(job_json: str, kind: str, now_ms: int, round_: int = 0) -> dict[s
 #       job key, '1' to index as queued, job_id, field count, fields..., person count, person keys...,
 #       tie count, ties (person key, member)...
 #       then message count, then per message: queue, message, batch key or ''
-STORE = lua.script("producers", "queue_store_script")
+STORE = lua.script("producers.store", "queue_store_script")
 STORE_KEYS = (keys.STATS, keys.QUEUED)
 
 
@@ -85,9 +86,9 @@ class _Entry:
     persons: list[str]
     ties: list[tuple[str, str]] = field(default_factory=list)
     """(person key, member) links from a phone's or email's set to a customer id's set, so
-    `erase` finds the id after the job that showed the link has ended (`producers.erasure`)."""
+    `erase` finds the id after the job that showed the link has ended (`producers.store.erasure`)."""
     links: list[str] = field(default_factory=list)
-    """Marker keys this identity job sets (`producers.ordering`)."""
+    """Marker keys this identity job sets (`producers.store.ordering`)."""
     needs: list[str] = field(default_factory=list)
     """Marker keys of the identity jobs this job may have to wait for."""
 
@@ -121,7 +122,7 @@ def _store_args(
     settings: Settings, entries: list[_Entry], messages: list[tuple[str, str, str]], now_ms: int, enqueued: int
 ) -> list[Any]:
     """`STORE`'s arguments (its keys are `STORE_KEYS`): the records (expiring after the job retention),
-    their persons (`producers.erasure`; a person's set outlives every job in it, dead letters
+    their persons (`producers.store.erasure`; a person's set outlives every job in it, dead letters
     included), the queued index for jobs not waiting, and ``messages`` as (queue, message,
     batch key or '')."""
     person_ttl_ms = max(settings.job_retention_ms, settings.dlq_retention_ms)
@@ -172,7 +173,7 @@ def _messages(settings: Settings, ready: list[_Entry]) -> list[tuple[str, str, s
     one-job message for a job alone on its queue.
 
     Each job of a batch names it in its record (``batch``), and the batch's message is kept at
-    `producers.keys.batch` until a worker takes it, so the reconciler can find it in the queue.
+    `producers.store.keys.batch` until a worker takes it, so the reconciler can find it in the queue.
     """
     by_queue: dict[str, list[_Entry]] = {}
     for e in ready:
@@ -275,7 +276,7 @@ def add_push(pipe: redis.client.Pipeline | AsyncPipeline, settings: Settings, pl
     entries, now_ms = plan.entries, plan.now_ms
     if entries:
         _store(pipe, settings, entries, _messages(settings, [e for e in entries if not e.needs]), now_ms, len(entries))
-    # Identity ordering (`producers.ordering`): every link first, so a job in this same push
+    # Identity ordering (`producers.store.ordering`): every link first, so a job in this same push
     # that needs one finds it; then each such job waits, or is queued if its identity job ended.
     for e in entries:
         for marker in e.links:

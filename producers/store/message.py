@@ -1,11 +1,11 @@
 """The Celery messages a job travels in, as the producers and the job store's scripts write them.
 
 The broker message carries only the job id; the job itself (with its personal data) sits in
-a Redis hash (`producers.keys.job`). So Flower, broker events and Celery's logs see ids,
+a Redis hash (`producers.store.keys.job`). So Flower, broker events and Celery's logs see ids,
 never phone numbers or emails.
 
 Messages are written straight into kombu's Redis list in Celery's message protocol v2 (by
-`producers.enqueue`'s script, and the job store's scripts from `message_template`), so a
+`producers.store.enqueue`'s script, and the job store's scripts from `message_template`), so a
 producer does not need Celery (heavy to import, slow to send). Jobs pushed together share
 messages, up to `MAX_BATCH` each (`batch_message`).
 
