@@ -6,7 +6,7 @@ Every replayed job reaches the sandbox exactly once, none draws a 429, every fre
 it within the API's latency plus 1 s of being enqueued, and both runs show their progress.
 
 The issue's run is 100,000 dead letters (``ATTENTIVE_REPLAY_JOBS=100000``: several minutes);
-the suite runs 2,000. The sandbox's rate (and the relay's rate limit with it, so the limiter is
+the suite runs 1,000. The sandbox's rate (and the relay's rate limit with it, so the limiter is
 what paces the replay) is ``ATTENTIVE_REPLAY_RATE``, 300/s unless set.
 """
 
@@ -21,18 +21,19 @@ import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from functools import partial
 from typing import IO, Any
 
 from producers.producer import Producer
 from producers.settings import Settings
-from producers.store import keys
+from producers.store import keys, lua
 from producers.store.message import job_of, tickets_in
 from worker.jobstore import Claim, JobStore
 from worker.sandbox.server import Sandbox
 
 from conftest import TOKEN, env_for, make_settings, wait_for
 
-JOBS = int(os.environ.get("ATTENTIVE_REPLAY_JOBS", "2000"))
+JOBS = int(os.environ.get("ATTENTIVE_REPLAY_JOBS", "1000"))
 RATE = int(os.environ.get("ATTENTIVE_REPLAY_RATE", "300"))
 LATENCY_MS = 20
 FRESH_EVERY_S = 0.1
@@ -41,6 +42,10 @@ FILL_CHUNK = 1000
 
 def replayed_event(i: int) -> dict[str, Any]:
     return {"kind": "custom_event", "type": f"Replayed {i}", "user": {"email": f"r{i}@example.org"}}
+
+
+def _dead_letter(store: JobStore, claim: Claim, now_ms: int, entry: dict[str, Any], pipe: Any) -> bool:
+    return store.dead_letter(claim, now_ms, "server_error", entry, pipe)
 
 
 def fill(client: Any, settings: Settings, n: int) -> None:
@@ -60,7 +65,7 @@ def fill(client: Any, settings: Settings, n: int) -> None:
             pairs = [(job_of(t), t) for t in tickets_in(raw)]
             claims += [c for c in store.claim_many(message["headers"]["id"], pairs, now_ms) if isinstance(c, Claim)]
         stamp = datetime.fromtimestamp(now_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        pipe = client.pipeline(transaction=False)
+        steps = []
         for claim in claims:
             entry = {
                 "job_id": claim.job_id,
@@ -74,8 +79,8 @@ def fill(client: Any, settings: Settings, n: int) -> None:
                 "last_seen": stamp,
                 "round": claim.round,
             }
-            store.dead_letter(claim, now_ms, "server_error", entry, pipe)
-        assert all(pipe.execute())
+            steps.append(partial(_dead_letter, store, claim, now_ms, entry))
+        assert all(lua.run_pipeline(client, steps))
     assert client.zcard(keys.DEAD_INDEX) == n
 
 
