@@ -529,13 +529,14 @@ class Delivery:
         )
         if isinstance(decision, Pause):
             self._paused(ready, decision, outcome, done_ms)
+        name = str(Ended.of(decision))
         log.info(
             "job_id=%s kind=%s attempt=%d status=%s outcome=%s",
             claim.job_id,
             ready.kind,
             claim.attempt,
             outcome.status,
-            Ended.of(decision),
+            name,
             extra={
                 "job_id": claim.job_id,
                 "kind": ready.kind,
@@ -543,7 +544,7 @@ class Delivery:
                 "account": ready.account.name,
                 "attempt": claim.attempt,
                 "status": outcome.status,
-                "outcome": str(Ended.of(decision)),
+                "outcome": name,
                 "reason": outcome.error.reason if outcome.error else None,
             },
         )
