@@ -178,9 +178,11 @@ class Settings(BaseSettings):
     """Fraction of the limit to aim at, so clock and network jitter never tip a second over."""
 
     attentive_rate_max_wait_s: float = Field(0.1, ge=0.01, le=10)
-    """A request thread that slept longer than this for its send slot asks Redis whether
-    another worker saw a 429 meanwhile (shorter waits trust this process's own knowledge). A
-    deletion request reserves a slot at most this far ahead, or is put back until its slot.
+    """A request thread that slept longer than this for its send slot checks whether another
+    worker saw a 429 meanwhile, in a view of the holds read at most half this long ago (one
+    round trip per bucket and period in a process; shorter waits trust this process's own
+    knowledge). A deletion request reserves a slot at most this far ahead, or is put back
+    until its slot.
     """
 
     attentive_sensitive_guard: bool = True

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -12,6 +14,7 @@ from producers.settings import Settings
 from producers.store import keys
 from producers.store.message import ticket_for
 from worker.counters import stats
+from worker.ratelimit import RateLimiter
 
 from conftest import TOKEN, KindLimiter, add_fault, delivery_for, make_settings, sandbox_requests, wait_for
 
@@ -55,6 +58,38 @@ def test_back_off_holds_the_whole_bucket_and_keys_hide_the_token(redis_server, r
     assert 1.9 < rl.reserve("custom_event") <= 2.0
     [key] = redis_client.keys(keys.PREFIX + "rate:*")
     assert TOKEN.encode() not in key and b"{" in key
+
+
+def test_a_send_sees_another_worker_s_back_off_through_one_read_per_period(redis_server, redis_client):
+    """A send that waited asks whether another worker backed the bucket off meanwhile. 100
+    sends of one process in one period make one round trip between them, not 100 (at full
+    pace that was a third of a process's round trips); a back-off is seen once the view is
+    older than the period, and stays seen until it ends."""
+    settings = make_settings(redis_server.url)
+    here, there = KindLimiter(redis_client, settings), KindLimiter(redis_client, settings)
+    here.limiter = RateLimiter(redis_client, settings.attentive_rate_headroom, holds_fresh_s=0.2)
+    bucket = here.bucket("custom_event")
+
+    def reads() -> int:
+        stats = redis_client.info("commandstats")
+        return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("exists", "pttl"))
+
+    before = reads()
+    with ThreadPoolExecutor(8) as pool:
+        seen = list(pool.map(lambda _: here.limiter.held(bucket, ask_redis=True), range(100)))
+    assert seen == [False] * 100 and reads() - before == 1
+    assert not here.limiter.held(bucket, ask_redis=False)
+
+    there.back_off("custom_event", 1.0)
+    time.sleep(0.25)
+    assert here.limiter.held(bucket, ask_redis=True), "another worker's back-off voids the slot"
+    assert not here.limiter.held(bucket, ask_redis=False), "a short wait trusts this process's own knowledge"
+    after_seen = reads()
+    time.sleep(0.3)  # past the period: the hold's end is known, so no new read is needed to keep it
+    assert here.limiter.held(bucket, ask_redis=True)
+    time.sleep(0.6)
+    assert not here.limiter.held(bucket, ask_redis=True), "the hold has ended"
+    assert reads() - after_seen == 1
 
 
 def test_workers_share_one_limit_and_never_draw_a_429(redis_server, redis_client, sandbox, start_worker):

@@ -15,7 +15,11 @@ its own lane (`worker.lanes`), so identity calls queued at 10/s never hold up cu
 at 150/s.
 
 When Attentive answers 429, or reports ``x-ratelimit-remaining: 0``, the whole bucket backs
-off (`RateLimiter.back_off`), not just the one job.
+off (`RateLimiter.back_off`), not just the one job. A slot reserved before that is void; a
+send that waited for its slot asks whether another worker backed the bucket off meanwhile
+(`RateLimiter.held`) through a view of the holds that one thread per process reads at most
+every ``ATTENTIVE_RATE_MAX_WAIT_S / 2`` for each bucket: one round trip per bucket and period,
+not one per send (which was a third of a process's round trips at full pace).
 
 The token appears in key names only as a SHA-256 prefix. Each script touches one key, so it
 works on Redis Cluster as well as on a single Redis or a Sentinel-managed primary.
@@ -46,10 +50,11 @@ class RateLimiter:
     """Reserves send slots in `Bucket`s (a credential and an endpoint, with its rate), which
     the destinations define; this class knows nothing of them."""
 
-    def __init__(self, client: redis.Redis, headroom: float) -> None:
+    def __init__(self, client: redis.Redis, headroom: float, holds_fresh_s: float = 0.05) -> None:
         self._headroom = headroom
         self._client = client
         self._held: dict[str, float] = {}
+        self._holds = _HoldView(client, holds_fresh_s)
         self._offsets: deque[float] = deque(maxlen=64)
         self._offset_lock = threading.Lock()
 
@@ -105,10 +110,36 @@ class RateLimiter:
     def held(self, bucket: Bucket, ask_redis: bool) -> bool:
         """Whether the bucket was backed off after a slot in it was reserved: a slot reserved
         earlier must then not be used. This process knows of its own back-offs for free; with
-        ``ask_redis``, other workers' count too (one round trip)."""
-        if self._held.get(self.key(bucket), 0.0) > time.monotonic():
+        ``ask_redis``, other workers' count too, as read at most ``holds_fresh_s`` ago."""
+        now = time.monotonic()
+        if self._held.get(self.key(bucket), 0.0) > now:
             return True
-        return ask_redis and bool(self._client.exists(keys.rate_hold(bucket.tag, bucket.lane)))
+        return ask_redis and self._holds.held(keys.rate_hold(bucket.tag, bucket.lane), now)
+
+
+class _HoldView:
+    """Other workers' back-offs, per hold key, as read at most ``fresh_s`` ago. Thread-safe:
+    when the view of a key is stale, one thread reads it (its remaining time, so a hold seen
+    stays known until it ends) while the others wait for that answer."""
+
+    def __init__(self, client: redis.Redis, fresh_s: float) -> None:
+        self._client = client
+        self._fresh_s = fresh_s
+        self._seen: dict[str, tuple[float, float]] = {}  # key -> (read at, held until), monotonic
+        self._lock = threading.Lock()
+
+    def held(self, key: str, now: float) -> bool:
+        read_at, until = self._seen.get(key, (float("-inf"), 0.0))
+        if until <= now and now - read_at > self._fresh_s:  # a hold seen lasts until its end
+            with self._lock:
+                read_at, until = self._seen.get(key, (float("-inf"), 0.0))
+                if until <= now and time.monotonic() - read_at > self._fresh_s:
+                    read_at = time.monotonic()
+                    ttl_ms = int(self._client.pttl(key))
+                    # -2: no hold; -1: a hold without an end (not written so; taken as held).
+                    until = read_at + ttl_ms / 1000 if ttl_ms >= 0 else (float("inf") if ttl_ms == -1 else 0.0)
+                    self._seen[key] = (read_at, until)
+        return until > now
 
 
 def for_settings(settings: Settings, client: redis.Redis) -> RateLimiter:
@@ -116,4 +147,4 @@ def for_settings(settings: Settings, client: redis.Redis) -> RateLimiter:
     shared by deployments that use the same tokens), otherwise on ``client`` (REDIS_URL)."""
     url = settings.attentive_rate_limit_redis_url
     limiter_redis = connect(url.get_secret_value(), settings.redis_sentinel_master) if url else client
-    return RateLimiter(limiter_redis, settings.attentive_rate_headroom)
+    return RateLimiter(limiter_redis, settings.attentive_rate_headroom, settings.attentive_rate_max_wait_s / 2)
