@@ -82,6 +82,21 @@ def test_a_slow_answer_is_a_read_timeout(sandbox: Sandbox):
         Http(sandbox.url, AUTH, 0.3).post("/v1/events/custom", content=EVENT)
 
 
+def test_the_deadline_not_a_socket_timeout_bounds_an_exchange(sandbox: Sandbox):
+    """Once connected, a connection's socket blocks without a timeout: each send and receive
+    is one system call, not a poll and then the call (two hand-overs of the GIL in a busy
+    process). A silent server is still cut off at the deadline."""
+    http = Http(sandbox.url, AUTH, 0.5)
+    assert http.post("/v1/events/custom", content=EVENT).status_code == 200
+    [conn] = http.transport._all  # type: ignore[attr-defined]
+    assert conn.sock.gettimeout() is None
+    sandbox.state.latency_ms = 3000
+    started = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):
+        http.post("/v1/events/custom", content=EVENT)
+    assert 0.45 < time.monotonic() - started < 1.0
+
+
 def test_nobody_listening_is_a_connect_error():
     with pytest.raises(httpx.ConnectError):
         Http("http://127.0.0.1:9", {}, 2.0).post("/v1/events/custom", content=EVENT)

@@ -8,8 +8,9 @@ straight to a transport. The default, `StdlibTransport`, sends it with the stand
 ``httpx.BaseTransport`` can be injected instead (tests pass ``httpx.MockTransport``), so the
 destinations build the same requests and read the same responses either way.
 
-Behaviour kept from the httpx client it replaces: the timeout applies to each connect, send
-and receive (``ATTENTIVE_TIMEOUT_S``); redirects are not followed; TLS certificates are
+Behaviour kept from the httpx client it replaces: the timeout (``ATTENTIVE_TIMEOUT_S``)
+bounds the connect and the TLS handshake, and the deadline below every send and receive;
+redirects are not followed; TLS certificates are
 verified (the default SSL context). Failures raise httpx's exceptions: `httpx.ConnectTimeout`
 or `httpx.ReadTimeout` for a timeout, `httpx.ConnectError` when no connection could be made (TLS refused included),
 `httpx.RemoteProtocolError` for a connection that broke mid-exchange; nothing else.
@@ -59,9 +60,9 @@ class StdlibTransport(httpx.BaseTransport):
             conn.close()  # the server ended an idle keep-alive connection: reconnect, never resend
         if conn is None:
             if url.scheme == "https":
-                conn = http.client.HTTPSConnection(url.host, url.port, timeout=self.timeout_s, context=self.ssl_context)
+                conn = _HTTPSConnection(url.host, url.port, timeout=self.timeout_s, context=self.ssl_context)
             else:
-                conn = http.client.HTTPConnection(url.host, url.port, timeout=self.timeout_s)
+                conn = _HTTPConnection(url.host, url.port, timeout=self.timeout_s)
             conns[key] = conn
             with self._lock:
                 self._all.append(conn)
@@ -152,6 +153,25 @@ class _Deadlines:
                     if conn.sock is not None:
                         with contextlib.suppress(OSError):
                             conn.sock.shutdown(socket.SHUT_RDWR)
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    """Connects (and shakes hands) within the timeout, then blocks without one: the deadline
+    (`_Deadlines`) already ends an exchange that runs late, and a socket timeout makes every
+    send and receive two system calls (a poll first), each a hand-over of the GIL that a busy
+    sender process pays for in thread switches."""
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.settimeout(None)
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    __doc__ = _HTTPConnection.__doc__
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.settimeout(None)
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
