@@ -26,6 +26,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -248,6 +249,8 @@ class Delivery:
             for ready in group:
                 if ready.claim.job_id not in ended and all(r is not ready for r, _ in sends):
                     ended[ready.claim.job_id] = self._redis_failed(ready.claim, exc)
+        # One wake when the last send ends, not one per send as each result was awaited in turn.
+        futures.wait([future for _, future in sends])
         sent: list[tuple[Ready, Decision, Outcome, int]] = []
         for ready, future in sends:
             claim = ready.claim
