@@ -302,6 +302,12 @@ class Settings(BaseSettings):
     def dlq_retention_ms(self) -> int:
         return int(self.attentive_dlq_retention_days * 86_400_000)
 
+    @property
+    def person_index_ms(self) -> int:
+        """How long a person's set of jobs (`producers.store.erasure`) lives: past every job
+        and dead letter in it."""
+        return max(self.job_retention_ms, self.dlq_retention_ms)
+
 
 def load_settings() -> Settings:
     """``Settings()`` from the environment, or a `ConfigurationError` that names each bad

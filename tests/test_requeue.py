@@ -11,6 +11,7 @@ from test_unserved import EVENT, WITHOUT_X, both, relay
 
 from producers.producer import Producer
 from producers.store import keys
+from producers.store.erasure import customer_id, erase
 from producers.store.message import ticket_for
 from worker.counters import stats
 from worker.deadletter import DeadLetters
@@ -74,6 +75,22 @@ def test_requeue_moves_them_to_another_account(redis_server, redis_client, sandb
     assert job_state(redis_client, waiter) == "queued", "its identity job ended: it went, onto brand-b's queue"
     assert queued_count(redis_client, "attentive.brand-b") == 4  # (run by hand: no broker took the messages)
     assert len([r for r in sandbox_requests(sandbox) if r["status"] in (200, 202)]) == 3
+
+
+def test_a_job_moved_to_another_account_is_erased_by_that_account_s_customer_id(redis_server, redis_client):
+    """A customer id is indexed per account: after ``requeue --to-account brand-b``, erasing
+    brand-b's customer c-9 takes the job that came from brand-x, and so does brand-x's."""
+    before, after = both(redis_server.url)
+    producer = Producer(before, redis_client)
+    by_id = {"kind": "custom_event", "type": "T", "user": {"externalIdentifiers": {"clientUserId": "c-9"}}}
+    moved = [producer.enqueue({**by_id, "account": "brand-x"}) for _ in range(2)]
+    done = relay(["requeue", "--from-account", "brand-x", "--to-account", "brand-b", "--json"], before, WITHOUT_X)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["moved"] == 2
+
+    erased = erase(redis_client, after, ids=[customer_id("brand-b", "clientUserId", "c-9")], fence_wait_s=0)
+    assert erased.jobs == 2
+    assert all(not redis_client.exists(keys.job(job_id)) for job_id in moved)
 
 
 def test_requeue_dead_letters_them_as_unknown_account(redis_server, redis_client):

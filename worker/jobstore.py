@@ -52,12 +52,13 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import redis
 
 from producers import accounts
-from producers.store import keys, lua
+from producers.store import erasure, keys, lua
 from producers.store.message import message_template
 from worker import observed
 
@@ -351,6 +352,8 @@ class JobStore:
         detail: str = "",
         dry_run: bool = False,
         chunk: int = 100,
+        erasure_key: bytes | None = None,
+        person_ttl_ms: int = 0,
     ) -> dict[str, int]:
         """Move every job of ``account`` still queued, scheduled or waiting: to ``to_account``
         (its JSON and record name it, its queue is ``to_queue``; a queued job gets a new message
@@ -365,6 +368,10 @@ class JobStore:
         ``dead_lettered`` stay 0. Returns counts: ``queued``, ``scheduled``, ``waiting`` (jobs
         found in each state), ``in_flight``, ``moved``, ``dead_lettered``.
 
+        A job moved to ``to_account`` is indexed under that account's customer ids too (with
+        ``erasure_key``, `producers.store.erasure.index_of`; its sets live ``person_ttl_ms``),
+        before it moves, so ``erase`` finds it by an id of either account.
+
         Walks the indexes with ZSCAN and moves ``chunk`` jobs per script, so Redis keeps serving
         others while it runs; a job the walk meets twice is moved once. Raises
         ``redis.RedisError`` when Redis cannot be reached; the chunks moved before stay moved.
@@ -372,6 +379,19 @@ class JobStore:
         found = {"queued": 0, "scheduled": 0, "waiting": 0, "in_flight": 0, "moved": 0, "dead_lettered": 0}
         seen: set[str] = set()
         now_ms = int(time.time() * 1000)
+        indexing = (erasure_key, person_ttl_ms) if erasure_key is not None and to_account is not None else None
+        move = partial(
+            self._move_chunk,
+            account=account,
+            to_account=to_account,
+            to_queue=to_queue,
+            detail=detail,
+            dry_run=dry_run,
+            now_ms=now_ms,
+            seen=seen,
+            found=found,
+            indexing=indexing,
+        )
         # Waiting jobs first: dead-lettered before their identity job, they are not released
         # onto the old queue when it ends.
         for index in (keys.WAITING, keys.SCHEDULE, keys.QUEUED, keys.LEASES):
@@ -379,10 +399,10 @@ class JobStore:
             for job_id, _score in self.client.zscan_iter(index, count=1000):
                 batch.append(job_id.decode())
                 if len(batch) >= chunk:
-                    self._move_chunk(batch, account, to_account, to_queue, detail, dry_run, now_ms, seen, found)
+                    move(batch)
                     batch = []
             if batch:
-                self._move_chunk(batch, account, to_account, to_queue, detail, dry_run, now_ms, seen, found)
+                move(batch)
         return found
 
     def _move_chunk(
@@ -396,6 +416,7 @@ class JobStore:
         now_ms: int,
         seen: set[str],
         found: dict[str, int],
+        indexing: tuple[bytes, int] | None,
     ) -> None:
         fields = ("state", "account", "queue", "job", "history", "first_seen", "round")
         pipe = self.client.pipeline(transaction=False)
@@ -424,6 +445,8 @@ class JobStore:
                 args += [job_id, json.dumps(_dead_entry(job_id, record, detail, now_ms))]
         if dry_run or not args:
             return
+        if indexing is not None and to_account is not None:
+            self._index_under(to_account, args, *indexing)
         done, _skipped = _MOVE(
             self.client,
             keys=[
@@ -451,6 +474,18 @@ class JobStore:
             ],
         )
         found["moved" if to_account is not None else "dead_lettered"] += int(done)
+
+    def _index_under(self, account: str, args: list[Any], erasure_key: bytes, ttl_ms: int) -> None:
+        """Index the jobs of ``args`` (job id, new JSON pairs) under ``account``'s customer ids."""
+        pipe = self.client.pipeline(transaction=False)
+        for job_id, text in zip(args[::2], args[1::2], strict=True):
+            sets, ties = erasure.index_of(erasure_key, erasure.parsed(text), account)
+            for key in sets:
+                pipe.sadd(key, job_id)
+                pipe.pexpire(key, ttl_ms)
+            for key, member in ties:
+                pipe.sadd(key, member)
+        pipe.execute()
 
 
 def job_with_account(job_json: str, account: str) -> str:

@@ -99,17 +99,13 @@ def _entry(settings: Settings, job_id: str, record: Mapping[str, Any], erasure_k
     ticket = ticket_for(job_id, int(record["round"]))
     kind, text = str(record.get("kind", "")), str(record["job"])
     job = erasure.parsed(text)
-    people, ids = erasure.people(job), erasure.customer_ids(job, account)
-    id_keys = [erasure.person_key(erasure_key, i) for i in sorted(ids)]
-    person_keys = [erasure.person_key(erasure_key, p) for p in sorted(people)]
     entry = _Entry(
         job_id,
         {**record, "ticket": ticket, "queue": queue},
         queue,
         ticket,
         kind,
-        person_keys + id_keys,
-        [(p, erasure.LINK + i) for p in person_keys for i in id_keys],
+        *erasure.index_of(erasure_key, job, account),
     )
     # Cheap test first: a job can need a link only if it names external identifiers at all.
     if order and isinstance(job, dict) and (kind == "identity" or kind in ordering.USER_KINDS):
@@ -125,8 +121,7 @@ def _store_args(
     their persons (`producers.store.erasure`; a person's set outlives every job in it, dead letters
     included), the queued index for jobs not waiting, and ``messages`` as (queue, message,
     batch key or '')."""
-    person_ttl_ms = max(settings.job_retention_ms, settings.dlq_retention_ms)
-    args: list[Any] = [now_ms, settings.job_retention_ms, person_ttl_ms, enqueued]
+    args: list[Any] = [now_ms, settings.job_retention_ms, settings.person_index_ms, enqueued]
     args.append(len(entries))
     for e in entries:
         fields = [x for item in e.record.items() for x in item]

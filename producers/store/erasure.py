@@ -166,6 +166,15 @@ def identifiers(job_json: str, account: str) -> tuple[set[str], set[str]]:
     return people(job), customer_ids(job, account)
 
 
+def index_of(key: bytes, job: Any, account: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """Where a parsed ``job`` of ``account`` is indexed: the keys of the sets its people and
+    customer ids name (the job id goes in each), and the links (person's set, ``LINK`` + id)
+    that let `erase` follow a person to their ids after the job has ended."""
+    person_keys = [person_key(key, p) for p in sorted(people(job))]
+    id_keys = [person_key(key, i) for i in sorted(customer_ids(job, account))]
+    return person_keys + id_keys, [(p, LINK + i) for p in person_keys for i in id_keys]
+
+
 def mentions(job_json: str, account: str | None = None) -> set[str]:
     """Every identifier a stored job holds, in canonical form: its people and, given its
     ``account``, its customer ids."""

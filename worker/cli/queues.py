@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from producers.store import erasure
 from worker.cli.context import JsonFlag, _client, _configured, _settings, cli, err, out
 
 
@@ -139,7 +140,15 @@ def requeue(
         f"account {from_account} is not in ATTENTIVE_ACCOUNTS: no worker consumes its queue; "
         "dead-lettered by attentive-relay requeue"
     )
-    found = store.move_jobs(from_account, to_account, settings.queue_for(target), detail, dry_run)
+    found = store.move_jobs(
+        from_account,
+        to_account,
+        settings.queue_for(target),
+        detail,
+        dry_run,
+        erasure_key=erasure.secret(store.client, settings),
+        person_ttl_ms=settings.person_index_ms,
+    )
     if as_json:
         print(json.dumps(found))
         return
