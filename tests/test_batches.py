@@ -57,6 +57,24 @@ def test_each_account_s_jobs_are_batched_on_its_own_queue(redis_server, redis_cl
     assert [len(tickets_in(json.dumps(m))) for m in messages(redis_client, "attentive.brand-b")] == [3]
 
 
+def test_a_queue_s_jobs_are_batched_kind_by_kind(producer: Producer, redis_client):
+    """Mixed kinds queued together go in batches of one kind where they can (a worker sends a
+    batch as one group per lane): 40 events and 24 purchases, interleaved, make a batch of 32
+    events, one of 8 events and 24 purchases, never six small groups per batch."""
+    purchase = {
+        "kind": "purchase",
+        "user": {"phone": PHONE},
+        "items": [{"productId": "p", "productVariantId": "v", "price": [{"value": 1}]}],
+    }
+    jobs = [event(i) if i % 8 < 5 else purchase for i in range(64)]
+    ids = producer.enqueue_many(jobs)
+    kinds = {job_id: job["kind"] for job_id, job in zip(ids, jobs, strict=True)}
+    batches = [[kinds[job_of(t)] for t in tickets_in(json.dumps(m))] for m in messages(redis_client)]
+    assert batches == [["custom_event"] * 32, ["custom_event"] * 8 + ["purchase"] * 24]
+    events = [job_id for job_id in ids if kinds[job_id] == "custom_event"]
+    assert [job_of(t) for m in messages(redis_client) for t in tickets_in(json.dumps(m))][:40] == events
+
+
 def test_a_batch_is_claimed_once_and_attempted_overlapped(settings, producer, redis_client, sandbox: Sandbox):
     sandbox.state.latency_ms = 300
     ids = producer.enqueue_many([event(i) for i in range(8)])

@@ -165,7 +165,9 @@ def add_job(
 
 def _messages(settings: Settings, ready: list[_Entry]) -> list[tuple[str, str, str]]:
     """Messages for jobs that wait for nothing: one per `MAX_BATCH` jobs of a queue, or a plain
-    one-job message for a job alone on its queue.
+    one-job message for a job alone on its queue. A queue's jobs are batched kind by kind (in
+    the order each kind first came): a worker sends a batch as one group per lane (one slot
+    reservation, one pipeline of outcomes), and a batch of six kinds cost six groups of five.
 
     Each job of a batch names it in its record (``batch``), and the batch's message is kept at
     `producers.store.keys.batch` until a worker takes it, so the reconciler can find it in the queue.
@@ -174,7 +176,11 @@ def _messages(settings: Settings, ready: list[_Entry]) -> list[tuple[str, str, s
     for e in ready:
         by_queue.setdefault(e.queue, []).append(e)
     messages = []
-    for queue, members in by_queue.items():
+    for queue, arrived in by_queue.items():
+        by_kind: dict[str, list[_Entry]] = {}
+        for e in arrived:
+            by_kind.setdefault(e.kind, []).append(e)
+        members = [e for same in by_kind.values() for e in same]
         for start in range(0, len(members), MAX_BATCH):
             chunk = members[start : start + MAX_BATCH]
             if len(chunk) == 1:
