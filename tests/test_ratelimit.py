@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,11 +13,14 @@ import pytest
 from producers.producer import Producer
 from producers.settings import Settings
 from producers.store import keys
-from producers.store.message import ticket_for
+from producers.store.message import ticket_for, tickets_in
 from worker.counters import stats
+from worker.delivery import Delivery
+from worker.destinations import Destinations
+from worker.destinations.transport import StdlibTransport
 from worker.ratelimit import RateLimiter
 
-from conftest import TOKEN, KindLimiter, add_fault, delivery_for, make_settings, sandbox_requests, wait_for
+from conftest import TOKEN, KindLimiter, add_fault, all_queued, delivery_for, make_settings, sandbox_requests, wait_for
 
 
 def limiter(redis_server, redis_client, **overrides) -> KindLimiter:
@@ -90,6 +94,43 @@ def test_a_send_sees_another_worker_s_back_off_through_one_read_per_period(redis
     time.sleep(0.6)
     assert not here.limiter.held(bucket, ask_redis=True), "the hold has ended"
     assert reads() - after_seen == 1
+
+
+class HeldUp(StdlibTransport):
+    """A busy process: every request thread is held up 150 ms after the delivery's last check,
+    before the request's first byte."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        time.sleep(0.15)
+        return super().handle_request(request)
+
+
+def test_a_send_held_up_past_its_slot_in_a_crowded_bucket_never_leaves(redis_server, redis_client, sandbox):
+    """Late sends in a crowded bucket bunch up into one second past Attentive's count (the
+    identity endpoint's 10/s drew 429s so in a saturated process): the transport stops each
+    request that would leave more than `LATE_SLOT_S` after its slot, and after `LATE_TRIES`
+    slots the job is parked, its attempt not counted. (Another worker holds the next three
+    slots, so each slot after them has sends on both sides.) A send alone in its bucket
+    still goes."""
+    settings = make_settings(redis_server.url, sandbox.url)
+    store = delivery_for(settings, redis_client).store
+    limiter = KindLimiter(redis_client, settings).limiter
+    delivery = Delivery(settings, Destinations(settings, HeldUp(5.0)), store, limiter, rand=lambda: 0.5)
+    producer = Producer(settings, redis_client)
+    ids = all_queued(
+        producer.enqueue_many(
+            [{"kind": "identity", "clientUserId": f"c-{i}", "email": f"p{i}@example.com"} for i in range(6)]
+        )
+    )
+    [message] = [json.loads(m) for m in redis_client.lrange("attentive", 0, -1)]
+    KindLimiter(redis_client, settings).limiter.reserve_many(KindLimiter(redis_client, settings).bucket("identity"), 3)
+    assert delivery.run_batch(message["headers"]["id"], tickets_in(json.dumps(message))) == {"deferred": 6}
+    assert sandbox_requests(sandbox) == []
+    assert {redis_client.hget(keys.job(i), "attempts") for i in ids} == {b"0"}, "no attempt was spent"
+
+    alone = producer.enqueue({"kind": "custom_event", "type": "T", "user": {"email": "a@example.com"}})
+    assert delivery.run(alone, ticket_for(alone, 0)) == "delivered"
+    assert len(sandbox_requests(sandbox)) == 1
 
 
 def test_workers_share_one_limit_and_never_draw_a_429(redis_server, redis_client, sandbox, start_worker):

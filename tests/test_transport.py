@@ -12,7 +12,7 @@ import httpx
 import pytest
 import trustme
 
-from worker.destinations.transport import Http, StdlibTransport
+from worker.destinations.transport import LEAVE_BY, Http, LateToLeave, StdlibTransport
 from worker.sandbox.server import Sandbox
 
 from conftest import TOKEN
@@ -95,6 +95,25 @@ def test_the_deadline_not_a_socket_timeout_bounds_an_exchange(sandbox: Sandbox):
     with pytest.raises(httpx.ReadTimeout):
         http.post("/v1/events/custom", content=EVENT)
     assert 0.45 < time.monotonic() - started < 1.0
+
+
+def test_a_request_past_its_leave_by_is_not_sent(sandbox: Sandbox):
+    """`LEAVE_BY` is checked right before the first byte: a request late for it raises
+    `LateToLeave` and the server sees nothing; one on time goes."""
+    http = Http(sandbox.url, AUTH, 5.0)
+    token = LEAVE_BY.set(time.time() - 0.01)
+    try:
+        with pytest.raises(LateToLeave):
+            http.post("/v1/events/custom", content=EVENT)
+    finally:
+        LEAVE_BY.reset(token)
+    assert sandbox.state.requests == []
+    token = LEAVE_BY.set(time.time() + 5)
+    try:
+        assert http.post("/v1/events/custom", content=EVENT).status_code == 200
+    finally:
+        LEAVE_BY.reset(token)
+    assert len(sandbox.state.requests) == 1
 
 
 def test_nobody_listening_is_a_connect_error():

@@ -45,6 +45,7 @@ from producers.store import keys, lua
 from producers.store.message import MAX_BATCH, job_of
 from worker.circuit import Circuits
 from worker.destinations import Bucket, Destination, Destinations, Outcome, account_of
+from worker.destinations.transport import LEAVE_BY, LateToLeave
 from worker.ended import DEFERRED, Ended, dead, skipped
 from worker.jobstore import Claim, JobStore
 from worker.lanes import Lanes
@@ -70,6 +71,8 @@ MAX_SLOT_TRIES = 100
 #: past Attentive's count for a second (at 10/s, one late send is one too many), so it takes a
 #: new one.
 LATE_SLOT_S = 0.025
+#: Slots a send may take, one after another, when each time it is too late for it.
+LATE_TRIES = 3
 #: A bucket whose next free slot is this far ahead is crowded: late sends there bunch up.
 CROWDED_S = 0.01
 #: How much longer than a request's deadline its lease must last for it to leave without a renewal.
@@ -310,28 +313,52 @@ class Delivery:
     ) -> tuple[Decision, Outcome, int] | Ended:
         """On a request thread: wait for the slot, then fence and send. A slot reserved before
         a 429 held the bucket back is void, and so is one in a crowded bucket that this thread
-        woke too late for (a busy process): a new one is taken (or the job parked)."""
-        wait_s = at_s - self.clock()
-        if wait_s > 0:
-            self.sleep(wait_s)
-        if self.limiter is not None and (
-            (crowded and self.clock() - at_s > LATE_SLOT_S)
-            or self.limiter.held(ready.bucket, ask_redis=wait_s > self.settings.attentive_rate_max_wait_s)
-        ):
-            for _, again_s, _ in self._slots([ready], ended):
-                if again_s > self.clock():
-                    self.sleep(again_s - self.clock())
-            if ready.claim.job_id in ended:
-                return ended.pop(ready.claim.job_id)
-        claim = ready.claim
-        if not self.leases.fence(claim.job_id, claim.ticket, int(self.clock() * 1000), self._fence_need_ms):
-            log.warning(
-                "job_id=%s not sent: the job was taken over before its send",
-                claim.job_id,
-                extra={"job_id": claim.job_id, "outcome": "skipped:taken_over"},
-            )
-            return skipped("taken_over")
-        return self._send(ready)
+        woke too late for (a busy process): a new one is taken. A busy process can also hold
+        a thread up after that check; in a crowded bucket the transport stops the request
+        right before its first byte if it is late by then (`transport.LEAVE_BY`), and it takes
+        a new slot too. After `LATE_TRIES` slots the job is parked (its attempt not counted)."""
+        for _ in range(LATE_TRIES):
+            wait_s = at_s - self.clock()
+            if wait_s > 0:
+                self.sleep(wait_s)
+            if self.limiter is not None and (
+                (crowded and self.clock() - at_s > LATE_SLOT_S)
+                or self.limiter.held(ready.bucket, ask_redis=wait_s > self.settings.attentive_rate_max_wait_s)
+            ):
+                again = self._new_slot(ready, ended)
+                if again is None:
+                    return ended.pop(ready.claim.job_id)
+                at_s, crowded = again
+                continue
+            claim = ready.claim
+            if not self.leases.fence(claim.job_id, claim.ticket, int(self.clock() * 1000), self._fence_need_ms):
+                log.warning(
+                    "job_id=%s not sent: the job was taken over before its send",
+                    claim.job_id,
+                    extra={"job_id": claim.job_id, "outcome": "skipped:taken_over"},
+                )
+                return skipped("taken_over")
+            # The transport reads time.time(); the slot is on this (maybe a test's) clock.
+            leave_by = at_s + LATE_SLOT_S - self.clock() + time.time() if crowded and self.limiter else None
+            token = LEAVE_BY.set(leave_by)
+            try:
+                return self._send(ready)
+            except LateToLeave:
+                again = self._new_slot(ready, ended)
+                if again is None:
+                    return ended.pop(ready.claim.job_id)
+                at_s, crowded = again
+            finally:
+                LEAVE_BY.reset(token)
+        now_ms = int(self.clock() * 1000)
+        return self._in_lane(ready.claim, now_ms, partial(self._park, ready, now_ms, SLOT_WAIT_S / 2))
+
+    def _new_slot(self, ready: Ready, ended: dict[str, Ended]) -> tuple[float, bool] | None:
+        """A new send slot for ``ready`` (its time, and whether the bucket is crowded), or None
+        when it was parked instead (its outcome is in ``ended``)."""
+        for _, at_s, crowded in self._slots([ready], ended):
+            return at_s, crowded
+        return None
 
     def _record_sent(self, sent: list[tuple[Ready, Decision, Outcome, int]], ended: dict[str, Ended]) -> None:
         """Record the sends' outcomes in one pipeline, retrying through a Redis blip for up to

@@ -31,7 +31,7 @@ from producers.errors import (
     Unauthorized,
     Uncertain,
 )
-from worker.destinations.transport import Http
+from worker.destinations.transport import Http, LateToLeave
 
 VERSION = producers.__version__
 USER_AGENT = f"attentive-relay/{VERSION} (+queue-backed delivery worker; httpx/{httpx.__version__})"
@@ -73,7 +73,8 @@ class Destination(Protocol):
         ...
 
     def deliver(self, job: BaseModel, account: Account) -> Outcome:
-        """Make the call. Never raises for HTTP statuses or network failures."""
+        """Make the call. Never raises for HTTP statuses or network failures; raises
+        `LateToLeave`, having sent nothing, when the delivery's send slot passed first."""
         ...
 
     def close(self) -> None: ...
@@ -141,10 +142,13 @@ def exchange(
     counted: bool = False,
 ) -> tuple[Outcome, httpx.Response | None]:
     """Make one call (``send``) and classify it as `post` does: (the outcome, the response,
-    None when no answer came). For callers that read the answer's body as well."""
+    None when no answer came). For callers that read the answer's body as well. `LateToLeave`
+    (nothing sent) is raised for the delivery to take a new slot."""
     started = time.monotonic()
     try:
         response = send()
+    except LateToLeave:
+        raise  # nothing was sent: the delivery takes a new slot
     except httpx.TransportError as exc:
         return Outcome(None, transport_error(exc, counted), time.monotonic() - started), None
     outcome = Outcome(

@@ -31,12 +31,23 @@ import socket
 import ssl
 import threading
 import time
+from contextvars import ContextVar
 from typing import Any
 
 import httpx
 
 MAX_RESPONSE = 1024 * 1024
 """Bytes of a response body read; the rest is dropped with the connection."""
+
+LEAVE_BY: ContextVar[float | None] = ContextVar("attentive_leave_by", default=None)
+"""The latest ``time.time()`` at which this thread's request may still leave, or None. The
+delivery sets it for a send in a crowded rate bucket (`worker.delivery`): a request that would
+leave later than its slot allows is not sent (`LateToLeave`), since a busy process can hold
+a thread up anywhere between its last check and the first byte."""
+
+
+class LateToLeave(httpx.TransportError):
+    """Nothing was sent: the request was about to leave after `LEAVE_BY`."""
 
 
 class StdlibTransport(httpx.BaseTransport):
@@ -72,6 +83,9 @@ class StdlibTransport(httpx.BaseTransport):
         conn = self._connection(request.url)
         connected = conn.sock is not None
         target = request.url.raw_path.decode("ascii")
+        leave_by = LEAVE_BY.get()
+        if leave_by is not None and time.time() > leave_by:
+            raise LateToLeave("its send slot passed before it could leave", request=request)
         watch = self._deadlines.watch(conn, self.timeout_s)
         try:
             conn.request(request.method, target, body=request.read(), headers=dict(request.headers.multi_items()))
