@@ -148,11 +148,20 @@ def env_for(settings: Settings) -> dict[str, str]:
 
 @pytest.fixture
 def start_worker(tmp_path: Path, settings: Settings) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start real ``celery -A worker worker`` processes; all are killed at teardown."""
+    """Start real ``celery -A worker worker`` processes; all are killed at teardown.
+
+    ``wait_ready=0`` returns at once: several workers then boot side by side (about 1.5 s of CPU
+    each), and the test calls ``ready()`` on each.
+    """
     started: list[WorkerProcess] = []
 
     def start(
-        name: str = "w1", concurrency: int = 2, settings_: Settings | None = None, pool: str = "prefork", **env: str
+        name: str = "w1",
+        concurrency: int = 2,
+        settings_: Settings | None = None,
+        pool: str = "prefork",
+        wait_ready: float = 60.0,
+        **env: str,
     ) -> WorkerProcess:
         worker = WorkerProcess(
             env={**env_for(settings_ or settings), **env},
@@ -162,7 +171,7 @@ def start_worker(tmp_path: Path, settings: Settings) -> Iterator[Callable[..., W
             pool=pool,
         )
         started.append(worker)
-        return worker.start()
+        return worker.start(wait_ready)
 
     yield start
     for worker in started:
