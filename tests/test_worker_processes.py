@@ -243,8 +243,9 @@ def test_a_redis_restart_loses_nothing(tmp_path, sandbox, start_worker):
     try:
         # A message taken from Redis as it stopped can be lost with it (kombu cannot restore it
         # to a Redis that is down): the reconciler queues its job again once it has said
-        # `queued` for ATTENTIVE_ORPHAN_S. 3 s instead of a minute keeps the test short.
-        settings = make_settings(server.url, sandbox.url, attentive_orphan_s=3)
+        # `queued` for ATTENTIVE_ORPHAN_S. 3 s instead of a minute keeps the test short. An attempt
+        # under way when Redis went comes back when its lease ends: the crash tests' short lease.
+        settings = crash_settings(server, sandbox, attentive_orphan_s=3)
         client = redis.Redis.from_url(server.url)
         producer = Producer(settings, client)
         httpx.post(f"{sandbox.url}/__sandbox/config", json={"latency_ms": 40}).raise_for_status()
