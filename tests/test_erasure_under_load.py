@@ -69,8 +69,8 @@ def test_half_of_1000_people_erased_while_workers_deliver(redis_server, redis_cl
     for start in range(0, PEOPLE, 100):
         producer.enqueue_many([job for i in range(start, start + 100) for job in jobs_of(i)])
     erased = set(range(0, PEOPLE, 2))
-    start_worker("a", concurrency=2, settings_=settings)
-    start_worker("b", concurrency=2, settings_=settings)
+    for worker in [start_worker(name, concurrency=2, settings_=settings, wait_ready=0) for name in ("a", "b")]:
+        worker.ready()
     wait_for(lambda: stats(redis_client, settings)["delivered"] >= 200, 60, "deliveries under way")
 
     returned: dict[int, float] = {}

@@ -27,10 +27,11 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, cast
 
-import httpx
 import hypothesis
 import pytest
 import redis
+import typer.main
+import typer.testing
 from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -46,7 +47,7 @@ from producers.store.message import job_of, tickets_in
 from worker.cli import cli
 from worker.collector.background import Collector
 
-from conftest import make_settings
+from conftest import LOCAL_HTTP, make_settings
 
 hypothesis.settings.register_profile(
     "fuzz",
@@ -487,6 +488,14 @@ def enqueue_runs(draw: st.DrawFn) -> tuple[list[str], list[tuple[bytes, bool | N
     return ["enqueue", *args], draw(ndjson_files(segment))
 
 
+@pytest.fixture
+def cli_built_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """typer's runner builds the click command from ``cli`` on every invoke, about 45 ms: once is enough."""
+    built = typer.main.get_command(cli)
+    monkeypatch.setattr(typer.testing, "_get_command", lambda app: built if app is cli else typer.main.get_command(app))
+
+
+@pytest.mark.usefixtures("cli_built_once")
 @examples(120)
 @given(run=enqueue_runs())
 def test_enqueue_command_reads_every_line_and_queues_the_valid_ones(
@@ -544,13 +553,12 @@ def test_collector_answers_every_batch_and_queues_its_valid_messages_once(
         else json.dumps(bad, allow_nan=True)
         for i, (role, good, bad) in enumerate(batch)
     ]
-    with httpx.Client() as client:
-        response = client.post(
-            collector.url + "/v1/batch",
-            content=('{"batch": [' + ", ".join(texts) + "]}").encode(),
-            auth=(KEY, ""),
-            headers={"Content-Type": "application/json"},
-        )
+    response = LOCAL_HTTP.post(
+        collector.url + "/v1/batch",
+        content=('{"batch": [' + ", ".join(texts) + "]}").encode(),
+        auth=(KEY, ""),
+        headers={"Content-Type": "application/json"},
+    )
     assert response.status_code in (200, 400), response.text
     answer = response.json()
     problems = answer.get("problems", [])

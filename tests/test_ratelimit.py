@@ -142,8 +142,8 @@ def test_workers_share_one_limit_and_never_draw_a_429(redis_server, redis_client
     producer.enqueue_many(
         [{"kind": "custom_event", "type": f"Burst {i}", "user": {"email": "a@example.com"}} for i in range(200)]
     )
-    for n in range(4):
-        start_worker(f"w{n}", concurrency=1, settings_=settings)
+    for worker in [start_worker(f"w{n}", concurrency=1, settings_=settings, wait_ready=0) for n in range(4)]:
+        worker.ready()
     wait_for(lambda: stats(redis_client, settings)["delivered"] == 200, 60, "all deliveries", 0.25)
     requests = sandbox_requests(sandbox)
     assert [r["status"] for r in requests].count(429) == 0
@@ -188,8 +188,8 @@ def test_a_429_pushes_back_the_whole_bucket(redis_server, redis_client, sandbox)
 
 def test_workers_back_off_together_after_a_429(redis_server, redis_client, sandbox, start_worker):
     settings = make_settings(redis_server.url, sandbox.url, attentive_rate_limit=20)
-    start_worker("a", concurrency=1, settings_=settings)
-    start_worker("b", concurrency=1, settings_=settings)
+    for worker in [start_worker(name, concurrency=1, settings_=settings, wait_ready=0) for name in ("a", "b")]:
+        worker.ready()
     add_fault(sandbox, status=429, times=1, retry_after=2)
     Producer(settings, redis_client).enqueue_many(
         [{"kind": "custom_event", "type": f"T{i}", "user": {"email": "a@example.com"}} for i in range(30)]

@@ -93,17 +93,17 @@ def test_with_a_real_worker_their_age_grows_and_stats_count_them_overdue(redis_s
     """Issue 15: the reconciler found their messages still waiting and put them back at the end
     of the queued index on every pass, so `queued_overdue` stayed 0 and `oldest_queued_s` about
     3 s while the jobs waited until their records expired."""
-    before, after = both(redis_server.url, attentive_orphan_s=2)
+    before, after = both(redis_server.url, attentive_orphan_s=1)
     ids = all_queued(Producer(before, redis_client).enqueue_many([{**EVENT, "account": "brand-x"}] * 5))
     queued_at = time.monotonic()
     assert stats(redis_client, after)["unserved"]["brand-x"]["queued"] == 5, "named at once"
     start_worker(settings_=after)
     wait_for(lambda: stats(redis_client, after)["queued_overdue"] == 5, 30, "the jobs to count as overdue")
     overdue_after = time.monotonic() - queued_at
-    time.sleep(4)  # two more orphan periods: the reconciler has looked at them again
+    time.sleep(2 * after.attentive_orphan_s)  # two more orphan periods: the reconciler has looked at them again
     s = stats(redis_client, after)
     age = time.monotonic() - queued_at
     assert s["queued_overdue"] == 5 and s["queued_unserved"] == 5
     assert s["oldest_queued_s"] >= age - 1.5, f"oldest_queued_s {s['oldest_queued_s']} after {age:.1f} s"
     assert all(job_state(redis_client, i) == "queued" for i in ids)
-    print(f"\nunserved at once; counted overdue after {overdue_after:.1f} s (ATTENTIVE_ORPHAN_S=2)")
+    print(f"\nunserved at once; counted overdue after {overdue_after:.1f} s (ATTENTIVE_ORPHAN_S=1)")

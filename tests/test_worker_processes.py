@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from producers.producer import Producer
+from producers.settings import Settings
 from producers.store import keys
 from producers.store.enqueue import push_jobs
 from worker.counters import stats
@@ -35,6 +36,19 @@ from conftest import (
 )
 
 PHONE = "+14155552671"
+# The shortest lease the settings allow (ATTENTIVE_TIMEOUT_S + 10): a job whose worker died comes
+# back when its lease ends, so the crash tests wait about this long for each recovery. The 2 s
+# request deadline only bounds the requests the tests cut short with a kill (sent, then killed
+# within a poll or two) and the sandbox's quick answers to the resends.
+CRASH_TIMEOUT_S = 2
+CRASH_LEASE_S = CRASH_TIMEOUT_S + 10
+
+
+def crash_settings(redis_server, sandbox, **overrides) -> Settings:
+    """`make_settings` with the shortest lease, for the tests that kill a worker mid-delivery."""
+    return make_settings(
+        redis_server.url, sandbox.url, attentive_lease_s=CRASH_LEASE_S, attentive_timeout_s=CRASH_TIMEOUT_S, **overrides
+    )
 
 
 def event(type_: str, **extra) -> dict:
@@ -127,9 +141,11 @@ def _wait_for_arrival(sandbox, type_: str) -> dict:
     return wait_for(lambda: requests_for(sandbox, type_), 30, f"{type_} to reach the sandbox")[0]
 
 
-def test_pool_process_killed_mid_delivery_loses_nothing(settings, producer, redis_client, sandbox, start_worker):
+def test_pool_process_killed_mid_delivery_loses_nothing(redis_server, redis_client, sandbox, start_worker):
+    settings = crash_settings(redis_server, sandbox)
+    producer = Producer(settings, redis_client)
     add_fault(sandbox, status=200, type="Slow Event", times=1, delay_ms=5000)
-    worker = start_worker(concurrency=1)
+    worker = start_worker(concurrency=1, settings_=settings)
     job_id = producer.enqueue(event("Slow Event"))
     first = _wait_for_arrival(sandbox, "Slow Event")
     for pid in worker.child_pids():
@@ -142,7 +158,7 @@ def test_pool_process_killed_mid_delivery_loses_nothing(settings, producer, redi
 
 
 def test_a_job_that_kills_its_worker_every_time_ends_as_worker_lost(redis_server, redis_client, sandbox, start_worker):
-    settings = make_settings(redis_server.url, sandbox.url, attentive_lease_s=13, attentive_max_attempts=2)
+    settings = crash_settings(redis_server, sandbox, attentive_max_attempts=2)
     add_fault(sandbox, status=200, type="Deadly Event", times=99, delay_ms=10_000)
     worker = start_worker(concurrency=1, settings_=settings)
     job_id = Producer(settings, redis_client).enqueue(event("Deadly Event"))
@@ -165,7 +181,7 @@ def test_a_job_that_kills_its_worker_every_time_ends_as_worker_lost(redis_server
 def test_whole_worker_killed_mid_delivery_is_recovered_by_another_worker(
     redis_server, redis_client, sandbox, start_worker
 ):
-    settings = make_settings(redis_server.url, sandbox.url, attentive_lease_s=13)
+    settings = crash_settings(redis_server, sandbox)
     producer = Producer(settings, redis_client)
     add_fault(sandbox, status=200, type="Slow Event", times=1, delay_ms=8000)
     doomed = start_worker("doomed", settings_=settings)
@@ -191,11 +207,11 @@ def test_whole_worker_killed_mid_delivery_is_recovered_by_another_worker(
 
 
 def test_a_delayed_retry_survives_a_worker_crash_and_runs_once(redis_server, redis_client, sandbox, start_worker):
-    settings = make_settings(redis_server.url, sandbox.url, attentive_lease_s=13, attentive_backoff_max_s=60)
+    settings = crash_settings(redis_server, sandbox, attentive_backoff_max_s=60)
     producer = Producer(settings, redis_client)
     # Longer than the lease: only the schedule can bring it back (ack emulation is off, so
     # kombu has no visibility timeout to wait out).
-    later = 13 + 2
+    later = CRASH_LEASE_S + 2
     add_fault(sandbox, status=429, type="Later Event", times=1, retry_after=later)
     doomed = start_worker("doomed", settings_=settings)
     job_id = producer.enqueue(event("Later Event"))
@@ -227,8 +243,9 @@ def test_a_redis_restart_loses_nothing(tmp_path, sandbox, start_worker):
     try:
         # A message taken from Redis as it stopped can be lost with it (kombu cannot restore it
         # to a Redis that is down): the reconciler queues its job again once it has said
-        # `queued` for ATTENTIVE_ORPHAN_S. 5 s instead of a minute keeps the test short.
-        settings = make_settings(server.url, sandbox.url, attentive_orphan_s=5)
+        # `queued` for ATTENTIVE_ORPHAN_S. 3 s instead of a minute keeps the test short. An attempt
+        # under way when Redis went comes back when its lease ends: the crash tests' short lease.
+        settings = crash_settings(server, sandbox, attentive_orphan_s=3)
         client = redis.Redis.from_url(server.url)
         producer = Producer(settings, client)
         httpx.post(f"{sandbox.url}/__sandbox/config", json={"latency_ms": 40}).raise_for_status()

@@ -121,7 +121,7 @@ class WorkerProcess:
     def start(self, wait_ready: float = 60.0) -> WorkerProcess:
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         log = self.log_path.open("ab")
-        self.proc = proc = subprocess.Popen(
+        self.proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -145,14 +145,20 @@ class WorkerProcess:
             start_new_session=True,
         )
         log.close()
-        if wait_ready:
-            _wait(
-                lambda: b" ready." in self.log_path.read_bytes() or proc.poll() is not None,
-                wait_ready,
-                f"worker {self.name}",
-            )
-            if proc.poll() is not None:
-                raise RuntimeError(f"worker {self.name} exited: see {self.log_path}")
+        return self.ready(wait_ready) if wait_ready else self
+
+    def ready(self, timeout: float = 60.0) -> WorkerProcess:
+        """Wait until the worker logs that it is ready (workers started with ``wait_ready=0``
+        then boot side by side); raise if it exits first or takes longer than ``timeout``."""
+        proc = self.proc
+        assert proc is not None
+        _wait(
+            lambda: b" ready." in self.log_path.read_bytes() or proc.poll() is not None,
+            timeout,
+            f"worker {self.name}",
+        )
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker {self.name} exited: see {self.log_path}")
         return self
 
     def child_pids(self) -> list[int]:
