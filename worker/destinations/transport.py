@@ -13,7 +13,9 @@ bounds the connect and the TLS handshake, and the deadline below every send and 
 redirects are not followed; TLS certificates are
 verified (the default SSL context). Failures raise httpx's exceptions: `httpx.ConnectTimeout`
 or `httpx.ReadTimeout` for a timeout, `httpx.ConnectError` when no connection could be made (TLS refused included),
-`httpx.RemoteProtocolError` for a connection that broke mid-exchange; nothing else.
+`httpx.RemoteProtocolError` for a connection that broke mid-exchange, and `LateToLeave` (an
+`httpx.TransportError` too) for a request that did not leave because its send slot passed
+(`LEAVE_BY`); nothing else.
 
 Unlike httpx, the timeout is also a deadline for the whole exchange: a server that trickles
 its answer a byte at a time is cut off ``ATTENTIVE_TIMEOUT_S`` after the request started
